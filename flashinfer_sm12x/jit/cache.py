@@ -44,12 +44,12 @@ def default_root() -> Path:
 def ensure_private_dir(path: Path, *, create: bool = True) -> Path:
     """Create `path` 0700 if missing; refuse it unless it is a real directory private to this user."""
     if create and not os.path.lexists(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(path, 0o700)
         except FileExistsError:
             pass  # another process won the race; checked below like any existing directory
-        except PermissionError as exc:
+        except OSError as exc:  # EACCES, EROFS (read-only cache), ENOSPC...
             raise CacheSecurityError(
                 f"cannot create the JIT cache directory {path}: {exc.strerror}. "
                 f"Set {env.CACHE_DIR} to a writable private directory (mode 0700)."
