@@ -83,7 +83,7 @@ class ModuleSpec:
     def ldflags(self) -> tuple[str, ...]:
         if self.target is None:
             return ()
-        lib = toolchain.find_nvcc().path.parent.parent / "lib64"
+        lib = toolchain.find_nvcc().cuda_home / "lib64"
         # libcudart only: CPU build machines have no libcuda, and driver calls resolve at run time.
         return (f"-L{lib}", "-lcudart", f"-Wl,-rpath,{lib}")
 

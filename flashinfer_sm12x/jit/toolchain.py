@@ -22,6 +22,7 @@ class Nvcc:
     path: Path
     version: tuple[int, int]
     version_text: str  # the full `nvcc --version` release line, part of every cache key
+    cuda_home: Path  # the toolkit whose lib64/libcudart.so modules link against
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,19 @@ def _nvcc_version(path: str) -> Nvcc:
         raise ToolchainError(f"could not read the CUDA release from `{path} --version`:\n{out}")
     line = next((ln for ln in out.splitlines() if "release" in ln), out.strip())
     build = next((ln for ln in out.splitlines() if ln.startswith("Build")), "")
-    return Nvcc(Path(path), (int(match.group(1)), int(match.group(2))), f"{line.strip()} {build.strip()}")
+    return Nvcc(Path(path), (int(match.group(1)), int(match.group(2))), f"{line.strip()} {build.strip()}",
+                _cuda_home(Path(path)))
+
+
+def _cuda_home(nvcc: Path) -> Path:
+    # nvcc may be a wrapper script (e.g. /usr/local/bin/nvcc): look for the toolkit that holds libcudart.
+    candidates = [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    candidates += [nvcc.parent.parent, Path("/usr/local/cuda")]
+    for home in candidates:
+        if (home / "include" / "cuda_runtime.h").is_file() and any((home / "lib64").glob("libcudart.so*")):
+            return Path(os.path.realpath(home))
+    raise ToolchainError(f"found {nvcc} but no CUDA toolkit (include/cuda_runtime.h, lib64/libcudart.so) beside it; "
+                         "set CUDA_HOME to the toolkit's root.")
 
 
 def find_cxx() -> str:

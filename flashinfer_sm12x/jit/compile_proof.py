@@ -1,0 +1,171 @@
+"""Compile proof without a GPU: build a module's sources to a cubin for one target, then read what ptxas and
+the SASS say (registers, spills, shared memory, stack, which MMA instructions are there).
+
+    report = compile_proof(spec)
+    report.require(instruction="OMMA.SF", no_spills=True, max_smem=SM120_SMEM_CAPACITY)
+
+Used by the `compile_proof` pytest marker in CI and by scripts/compile_sweep.py for the full tile menu.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ArchError, BuildError
+from . import toolchain
+from .arch import Target, check_nvcc_supports, parse_target
+from .module import ModuleSpec
+
+SM120_SMEM_CAPACITY = 101_376  # bytes of shared memory one block may use on SM120/SM121
+
+
+@dataclass
+class KernelReport:
+    name: str
+    registers: int = 0
+    static_smem: int = 0
+    stack_bytes: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    instructions: Counter[str] = field(default_factory=Counter)  # SASS mnemonic (with modifiers) -> count
+
+    def count(self, prefix: str) -> int:
+        return sum(n for op, n in self.instructions.items() if op.startswith(prefix))
+
+
+@dataclass
+class CompileReport:
+    module: str
+    target: Target
+    seconds: float
+    kernels: list[KernelReport]
+    ptxas_log: str
+    dynamic_smem: int | None = None  # filled by ops whose kernels size shared memory at launch (CUTLASS)
+
+    def kernel(self, substring: str = "") -> KernelReport:
+        hits = [k for k in self.kernels if substring in k.name and k.instructions]
+        if not hits:
+            raise AssertionError(f"no kernel matching {substring!r} in {[k.name for k in self.kernels]}")
+        return hits[0]
+
+    def require(self, *, instruction: str | None = None, no_spills: bool = True, max_smem: int | None = None,
+                kernel: str = "") -> KernelReport:
+        """Raise AssertionError unless the kernel meets every requirement given."""
+        k = self.kernel(kernel)
+        problems = []
+        if instruction and k.count(instruction) == 0:
+            seen = sorted({op for op in k.instructions if "MMA" in op})
+            problems.append(f"no {instruction} in SASS (MMA-like instructions seen: {seen})")
+        if no_spills and (k.spill_stores or k.spill_loads):
+            problems.append(f"spills: {k.spill_stores} B stored, {k.spill_loads} B loaded")
+        smem = k.static_smem + (self.dynamic_smem or 0)
+        if max_smem is not None and smem > max_smem:
+            problems.append(f"shared memory {smem} B > {max_smem} B")
+        if problems:
+            raise AssertionError(f"{self.module} for {self.target}: " + "; ".join(problems))
+        return k
+
+
+def compile_proof(spec: ModuleSpec, out_dir: Path | None = None) -> CompileReport:
+    """Compile every CUDA source of `spec` to a cubin for spec.target and inspect it."""
+    if spec.target is None:
+        raise ArchError(f"{spec.op} is a host-only module: nothing to prove")
+    check_nvcc_supports(spec.target, toolchain.find_nvcc().version)
+    return _compile(spec, spec.target.gencode, spec.target, out_dir)
+
+
+def compile_proof_for_arch(spec: ModuleSpec, arch: str, out_dir: Path | None = None) -> CompileReport:
+    """Like compile_proof for an arch given as text; a suffix-less arch is refused, naming the suffix."""
+    target = parse_target(arch, correct_suffix=False)
+    check_nvcc_supports(target, toolchain.find_nvcc().version)
+    return _compile(spec, target.gencode, target, out_dir)
+
+
+def _compile(spec: ModuleSpec, gencode: str, target: Target, out_dir: Path | None) -> CompileReport:
+    work = Path(tempfile.mkdtemp(prefix=f"proof-{spec.op}-")) if out_dir is None else out_dir
+    work.mkdir(parents=True, exist_ok=True)
+    nvcc = str(toolchain.find_nvcc().path)
+    flags = [f for f in spec.cuda_flags() if not f.startswith("-gencode")]
+    kernels: list[KernelReport] = []
+    logs = []
+    start = time.monotonic()
+    for src in spec.sources:
+        if not src.name.endswith(".cu"):
+            continue
+        path = work / src.name
+        path.write_text(src.text)
+        cubin = work / (src.name + ".cubin")
+        cmd = [nvcc, *flags, gencode, "-cubin", "-Xptxas=-v", "-o", str(cubin), str(path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(_explain_failure(proc.stderr + proc.stdout, gencode))
+        logs.append(proc.stderr)
+        kernels += _merge(parse_ptxas(proc.stderr), parse_sass(_sass(cubin)))
+    return CompileReport(spec.name, target, time.monotonic() - start, kernels, "".join(logs))
+
+
+def _explain_failure(output: str, gencode: str) -> str:
+    hint = ""
+    if re.search(r"code=sm_\d+(,|$)", gencode) or "not supported on" in output or "block scale" in output:
+        hint = (
+            "\nhint: the block-scaled MMA and cvt.e2m1x2 need an arch-specific target: use sm_120a / sm_121a "
+            "(the 'a' suffix) or sm_120f (the 'f' family suffix), never plain sm_120."
+        )
+    return f"nvcc failed for {gencode}:\n{output[-8000:]}{hint}"
+
+
+def _sass(cubin: Path) -> str:
+    cuobjdump, nvdisasm = toolchain.find_sass_tools()
+    env = {"PATH": f"{nvdisasm.parent}:/usr/bin:/bin"}  # cuobjdump runs nvdisasm from PATH
+    proc = subprocess.run([str(cuobjdump), "-sass", str(cubin)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise BuildError(f"cuobjdump -sass {cubin} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+_ENTRY = re.compile(r"(?:Compiling entry function|Function properties for) '?([\w$.]+)'?")
+_PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas(log: str) -> dict[str, KernelReport]:
+    reports: dict[str, KernelReport] = {}
+    current: KernelReport | None = None
+    for line in log.splitlines():
+        if m := _ENTRY.search(line):
+            current = reports.setdefault(m.group(1), KernelReport(m.group(1)))
+        elif current is not None and (m := _PROPS.search(line)):
+            current.stack_bytes, current.spill_stores, current.spill_loads = map(int, m.groups())
+        elif current is not None and (m := _USED.search(line)):
+            current.registers = int(m.group(1))
+            if s := _SMEM.search(line):
+                current.static_smem = int(s.group(1))
+    return reports
+
+
+_FUNCTION = re.compile(r"^\s*Function : (\S+)")
+_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)")
+
+
+def parse_sass(sass: str) -> dict[str, Counter[str]]:
+    functions: dict[str, Counter[str]] = {}
+    current: Counter[str] | None = None
+    for line in sass.splitlines():
+        if m := _FUNCTION.match(line):
+            current = functions.setdefault(m.group(1), Counter())
+        elif current is not None and (m := _INSTRUCTION.search(line)):
+            current[m.group(1)] += 1
+    return functions
+
+
+def _merge(ptxas: dict[str, KernelReport], sass: dict[str, Counter[str]]) -> list[KernelReport]:
+    for name, counts in sass.items():
+        ptxas.setdefault(name, KernelReport(name)).instructions = counts
+    return list(ptxas.values())

@@ -1,0 +1,1 @@
+"""Ops: one Python file per kernel family (its JIT spec, heuristics, validation and launcher)."""
