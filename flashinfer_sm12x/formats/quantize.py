@@ -44,8 +44,10 @@ def _check_input(a: torch.Tensor, block: int, fn: str) -> None:
 
 
 def _is_column_major(a: torch.Tensor) -> bool:
-    # FlashInfer's fp4_quantize quantizes a column-major matrix along its rows (it transposes,
-    # quantizes and transposes back); we do the same for genuinely column-major inputs.
+    # FlashInfer's fp4_quantize puts the blocks of a column-major [.., M, K] input along M: it
+    # quantizes the row-major transpose and returns both outputs transposed. We copy that for
+    # genuinely column-major inputs (FlashInfer's test, stride(-2) == 1, also fires on degenerate
+    # strides of size-1 dimensions, which we treat as row-major).
     return a.dim() >= 2 and a.stride(-2) == 1 and a.stride(-1) != 1 and min(a.shape[-2:]) > 1
 
 
@@ -94,7 +96,8 @@ def mxfp4_quantize(
 
     Returns (x_q uint8 [..., K/2], sf uint8): sf is [round_up(rows, R), round_up(K/32, 4)] for the
     swizzled layouts (R = 128 or 8) and [rows, K/32] for layout_linear, rows = numel / K. These are
-    the shapes FlashInfer's `mxfp4_quantize` returns.
+    the shapes FlashInfer's `mxfp4_quantize` returns. A column-major input is quantized along
+    dim -2 and both outputs come back transposed, as in FlashInfer.
     """
     layout = as_sf_layout(sfLayout)
     _check_backend(backend, ("cuda", "cute-dsl"), "mxfp4_quantize")
