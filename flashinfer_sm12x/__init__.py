@@ -3,3 +3,23 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .formats import (  # noqa: E402  (FlashInfer-compatible quantizers at the top level, as flashinfer has them)
+    mxfp4_dequantize,
+    mxfp4_quantize,
+    mxfp8_dequantize,
+    mxfp8_quantize,
+    nvfp4_quantize,
+)
+from .ops.mm_fp4 import mm_fp4, mm_mxfp8_mxfp4  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "mm_fp4",
+    "mm_mxfp8_mxfp4",
+    "mxfp4_dequantize",
+    "mxfp4_quantize",
+    "mxfp8_dequantize",
+    "mxfp8_quantize",
+    "nvfp4_quantize",
+]

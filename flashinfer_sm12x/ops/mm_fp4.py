@@ -1,0 +1,281 @@
+"""Dense block-scaled GEMM for SM120/SM121 (include/flashinfer_sm12x/mm_fp4.cuh, jit/mm_fp4.cu.jinja).
+
+D = alpha * (A * SFA)(B * SFB)^T with A [m, k] and B [n, k] both K-major, D [m, n] bf16/fp16, scales in the
+128x4 layout. Formats: MXFP4 x MXFP4 (W4A4), NVFP4 x NVFP4, MXFP8 x MXFP4 (W4A8).
+
+`mm_fp4` has FlashInfer's exact signature and semantics (`a` [m, k/2] uint8, `b` = w.T, `b_descale` passed
+transposed; MXFP4 = `block_size=32, use_nvfp4=False`). Backends: "cutlass_sm12x" (ours), "auto", and
+FlashInfer's names, which delegate to `flashinfer.mm_fp4`. One JIT module per (format, out dtype, target,
+tactic): a call builds only the tactic it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ArchError
+from ..jit.arch import Target, target_for_device
+from ..jit.module import ModuleSpec, Source, load_module
+from ..jit.render import render
+
+OURS = "cutlass_sm12x"
+FLASHINFER_BACKENDS = ("cudnn", "trtllm", "cutlass", "cute-dsl", "cutedsl_low_latency", "b12x")
+SUPPORTED_CC = (120, 121, 90)  # 90: only through the emulated MMA atom (FLASHINFER_SM12X_EMULATE=1)
+
+MENU = {
+    "format": ("mxfp4", "nvfp4", "mxfp8_mxfp4"),
+    "out_dtype": ("bfloat16", "float16"),
+    "tile_m": (128, 256),
+    "tile_n": (32, 64, 128, 256),
+    "tile_k": (128, 256),
+    "schedule": ("pingpong", "cooperative", "streamk"),
+    "emulated": (False, True),
+}
+_OUT_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_BLOCK = {"mxfp4": 32, "nvfp4": 16, "mxfp8_mxfp4": 32}
+
+
+@dataclass(frozen=True)
+class Tactic:
+    schedule: str
+    tile_m: int
+    tile_n: int
+    tile_k: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.schedule}_{self.tile_m}x{self.tile_n}x{self.tile_k}"
+
+
+# The shipped menu: every entry is compile-proven for sm_120a and sm_121a (scripts/compile_sweep.py).
+TACTICS: tuple[Tactic, ...] = (
+    Tactic("pingpong", 128, 128, 128),
+    Tactic("cooperative", 128, 128, 128),
+    Tactic("pingpong", 128, 64, 128),
+    Tactic("cooperative", 256, 128, 128),
+    Tactic("streamk", 128, 128, 128),
+)
+
+
+def mm_fp4_spec(target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype) -> ModuleSpec:
+    params = {
+        "format": fmt, "out_dtype": _OUT_NAMES.get(out_dtype, str(out_dtype)), "tile_m": tactic.tile_m,
+        "tile_n": tactic.tile_n, "tile_k": tactic.tile_k, "schedule": tactic.schedule, "emulated": target.emulated,
+    }
+    text = render("mm_fp4.cu.jinja", params, MENU)
+    group = f"{fmt}_{params['out_dtype']}_{tactic.name}"
+    return ModuleSpec(op="mm_fp4", group=group, target=target, sources=(Source("mm_fp4.cu", text),),
+                      uses_cutlass=True)
+
+
+def heuristic(m: int, n: int, k: int) -> list[Tactic]:
+    """Tactics in preference order. Small M: narrow-N Pingpong (more CTAs in flight, less padding waste);
+    mid M: Pingpong 128x128; large problems: Cooperative, 256-row tiles once there are enough of them."""
+    ping128, coop128, ping64, coop256, streamk = TACTICS
+    tiles = -(-m // 128) * -(-n // 128)
+    if m <= 64:
+        order = [ping64, ping128, coop128]
+    elif m <= 256:
+        order = [ping128, ping64, coop128]
+    elif tiles >= 4 * 170 and m >= 1024:
+        order = [coop256, coop128, ping128]
+    else:
+        order = [coop128, ping128, streamk]
+    return order + [t for t in TACTICS if t not in order]
+
+
+@dataclass
+class Problem:
+    fmt: str
+    m: int
+    n: int
+    k: int
+    a: torch.Tensor  # [m, k/2] uint8 (fp4) or [m, k] uint8 view of e4m3 (W4A8)
+    b: torch.Tensor  # [n, k/2] uint8, K-major (the transpose of FlashInfer's `b`)
+    sfa: torch.Tensor  # 128x4 layout, uint8 view, contiguous
+    sfb: torch.Tensor
+    alpha: torch.Tensor | None
+    out: torch.Tensor
+
+
+def _round_up(x: int, to: int) -> int:
+    return -(-x // to) * to
+
+
+def _require_tensor(name: str, t: Any) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check_scales(name: str, sf: torch.Tensor, rows: int, kb: int, fmt: str, transposed: bool) -> torch.Tensor:
+    """128x4-layout scales: [round_up(rows,128), round_up(kb,4)] (FlashInfer passes b's transposed) or flat."""
+    allowed = (torch.float8_e4m3fn, torch.uint8) if fmt == "nvfp4" else (torch.uint8, torch.float8_e8m0fnu)
+    if sf.dtype not in allowed:
+        raise TypeError(f"{name} must be one of {allowed} for {fmt}, got {sf.dtype}")
+    shape = (_round_up(rows, 128), _round_up(kb, 4))
+    if sf.ndim == 2 and transposed:
+        sf = sf.T
+    if sf.ndim == 2 and tuple(sf.shape) != shape:
+        raise ValueError(f"{name} must hold {shape} scales in the 128x4 layout (rows padded to 128, scale "
+                         f"columns to a multiple of 4), got {tuple(sf.shape)}{' (transposed)' if transposed else ''}")
+    if sf.ndim not in (1, 2) or sf.numel() != shape[0] * shape[1]:
+        raise ValueError(f"{name} must have {shape[0] * shape[1]} elements (128x4 layout), got {sf.numel()}")
+    if not sf.is_contiguous():
+        raise ValueError(f"{name} must be contiguous in the 128x4 layout" + (" after .T" if transposed else ""))
+    return sf.view(torch.uint8)
+
+
+def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dtype: Any, out: Any,
+             block_size: int, use_8x4_sf_layout: bool, use_nvfp4: bool, fp8_a: bool = False) -> Problem:
+    """Every check that can fail, before anything is allocated or launched (TypeError / ValueError)."""
+    for name, t in (("a", a), ("b", b), ("a_descale", a_descale), ("b_descale", b_descale)):
+        _require_tensor(name, t)
+    fmt = "mxfp8_mxfp4" if fp8_a else ("nvfp4" if use_nvfp4 else "mxfp4")
+    if block_size != _BLOCK[fmt]:
+        raise ValueError(f"{fmt} uses block_size={_BLOCK[fmt]}, got {block_size}"
+                         + ("" if use_nvfp4 or fp8_a else " (MXFP4 is block_size=32, use_nvfp4=False)"))
+    if use_8x4_sf_layout:
+        raise ValueError(f"the {OURS} backend reads the 128x4 scale layout; use_8x4_sf_layout=True is trtllm's")
+    fp4 = (torch.uint8, getattr(torch, "float4_e2m1fn_x2", torch.uint8))
+    if fp8_a and a.dtype != torch.float8_e4m3fn:
+        raise TypeError(f"a must be float8_e4m3fn (MXFP8) for W4A8, got {a.dtype}")
+    if not fp8_a and a.dtype not in fp4:
+        raise TypeError(f"a must be packed e2m1 (uint8 or float4_e2m1fn_x2), got {a.dtype}")
+    if b.dtype not in fp4:
+        raise TypeError(f"b must be packed e2m1 (uint8 or float4_e2m1fn_x2), got {b.dtype}")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"a and b must be 2-D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    k = a.shape[1] * (1 if fp8_a else 2)
+    if b.shape[0] * 2 != k:
+        raise ValueError(f"K mismatch: a gives K={k}, b (shape [k/2, n]) gives K={b.shape[0] * 2}")
+    m, n = a.shape[0], b.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        raise ValueError(f"empty problem m={m}, n={n}, k={k}")
+    if k % 128:
+        raise ValueError(f"K={k} must be a multiple of 128 (the kernels' K tile; TMA needs 16-byte rows)")
+    if n % 8:
+        raise ValueError(f"N={n} must be a multiple of 8 (16-byte rows of the bf16/fp16 output for TMA)")
+    if not a.is_contiguous():
+        raise ValueError("a must be contiguous (row-major [m, k/2])")
+    if not b.T.is_contiguous():
+        raise ValueError("b must be the transpose of a contiguous [n, k/2] weight (pass w.T, column-major)")
+    devices = {t.device for t in (a, b, a_descale, b_descale)}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    device = a.device
+    sfa = _check_scales("a_descale", a_descale, m, k // block_size, fmt, transposed=False)
+    sfb = _check_scales("b_descale", b_descale, n, k // block_size, fmt, transposed=True)
+    if alpha is not None:
+        _require_tensor("alpha", alpha)
+        if alpha.dtype != torch.float32 or alpha.numel() != 1:
+            raise ValueError(f"alpha must be a one-element float32 tensor, got {alpha.dtype} x {alpha.numel()}")
+        if alpha.device != device:
+            raise ValueError(f"alpha must be on {device}, got {alpha.device}")
+    if out_dtype not in _OUT_NAMES:
+        raise ValueError(f"out_dtype must be torch.bfloat16 or torch.float16, got {out_dtype}")
+    if out is not None:
+        _require_tensor("out", out)
+        if out.dtype != out_dtype:
+            raise TypeError(f"out has dtype {out.dtype}, expected out_dtype={out_dtype}")
+        if tuple(out.shape) != (m, n):
+            raise ValueError(f"out must have shape {(m, n)}, got {tuple(out.shape)}")
+        if out.device != device or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous tensor on {device}")
+    if device.type != "cuda":
+        raise ValueError(f"mm_fp4 runs on CUDA tensors, got {device}")
+    if out is None:
+        out = torch.empty(m, n, dtype=out_dtype, device=device)
+    return Problem(fmt, m, n, k, a.view(torch.uint8), b.T.view(torch.uint8), sfa, sfb, alpha, out)
+
+
+def _target(device: torch.device) -> Target:
+    cc = torch.cuda.get_device_capability(device)
+    return target_for_device(cc)
+
+
+def run_tactic(p: Problem, tactic: Tactic, enable_pdl: bool = True) -> torch.Tensor:
+    target = _target(p.out.device)
+    module = load_module(mm_fp4_spec(target, p.fmt, tactic, p.out.dtype))
+    workspace = torch.empty(max(int(module.workspace_bytes(p.m, p.n, p.k)), 1), dtype=torch.uint8,
+                            device=p.out.device)
+    module.run(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and not target.emulated))
+    return p.out
+
+
+def _flashinfer_runner_base() -> type:
+    try:
+        from flashinfer.autotuner import TunableRunner
+
+        return TunableRunner
+    except Exception:  # flashinfer absent or not importable here: a plain base keeps the API usable
+        return object
+
+
+class MmFp4Runner(_flashinfer_runner_base()):  # type: ignore[misc]
+    """FlashInfer autotuner runner: same `inputs` list as flashinfer.mm_fp4's runners
+    ([a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_nvfp4, workspace]), so one
+    `AutoTuner.choose_one("fp4_gemm", ...)` compares our tactics with cudnn, b12x and cutlass."""
+
+    def get_valid_tactics(self, inputs: list[Any], profile: Any = None) -> list[int]:
+        a, b = inputs[0], inputs[1]
+        return list(range(len(heuristic(a.shape[0], b.shape[1], a.shape[1] * 2))))
+
+    def forward(self, inputs: list[Any], tactic: int = -1, do_preparation: bool = False, **kwargs: Any) -> Any:
+        a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_nvfp4 = inputs[:9]
+        p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, False, use_nvfp4)
+        order = heuristic(p.m, p.n, p.k)
+        return run_tactic(p, order[max(tactic, 0)], kwargs.get("enable_pdl", True))
+
+
+def _delegate(backend: str, *args: Any) -> torch.Tensor:
+    import flashinfer
+
+    return flashinfer.mm_fp4(*args, backend=backend)
+
+
+def mm_fp4(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_descale: torch.Tensor,
+    b_descale: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
+    block_size: int = 16,
+    use_8x4_sf_layout: bool = False,
+    backend: str = "auto",
+    use_nvfp4: bool = True,
+    enable_pdl: bool = True,
+) -> torch.Tensor:
+    """FlashInfer-compatible FP4 GEMM. backend: "cutlass_sm12x", "auto" (ours on SM12x), or a FlashInfer
+    backend name (delegated to flashinfer.mm_fp4 unchanged)."""
+    if backend in FLASHINFER_BACKENDS:
+        return _delegate(backend, a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
+                         use_8x4_sf_layout, use_nvfp4, enable_pdl)
+    if backend not in (OURS, "auto"):
+        raise ValueError(f"unknown backend {backend!r}; use {OURS!r}, 'auto' or one of {FLASHINFER_BACKENDS}")
+    p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout, use_nvfp4)
+    target = _target(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
+    if target.emulated and backend == "auto":
+        raise ArchError("backend='auto' never picks the emulated SM90 path; ask for backend='cutlass_sm12x'")
+    return run_tactic(p, heuristic(p.m, p.n, p.k)[0], enable_pdl)
+
+
+def mm_mxfp8_mxfp4(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_descale: torch.Tensor,
+    b_descale: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
+    enable_pdl: bool = True,
+) -> torch.Tensor:
+    """W4A8: a [m, k] float8_e4m3fn (MXFP8, E8M0 per 32), b = w.T with w [n, k/2] packed e2m1 (MXFP4);
+    scales as in mm_fp4 (128x4 layout, b_descale transposed)."""
+    p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, 32, False, False, fp8_a=True)
+    return run_tactic(p, heuristic(p.m, p.n, p.k)[0], enable_pdl)
