@@ -6,8 +6,13 @@ import argparse
 import datetime
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .errors import Sm12xError
+
+if TYPE_CHECKING:
+    from .jit.module import ModuleSpec
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -61,9 +66,17 @@ def _prebuild(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown op(s) {unknown}; known: {sorted(PREBUILD)}")
     specs = [spec for a in args.arch.split(",") for op in ops for spec in PREBUILD[op](parse_target(a))]
-    for i, spec in enumerate(specs, 1):
+    if args.parallel < 1:
+        raise SystemExit("--parallel must be at least 1")
+
+    def one(item: tuple[int, ModuleSpec]) -> None:
+        i, spec = item
         print(f"[{i}/{len(specs)}] {spec.name}", flush=True)
         build_module(spec)
+
+    # Modules build independently (each with its own lock), so a big machine can build several at once.
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        list(pool.map(one, enumerate(specs, 1)))
     print(f"prebuilt {len(specs)} module(s)")
     return 0
 
@@ -86,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     prebuild = sub.add_parser("prebuild", help="build modules ahead of time (no GPU needed)")
     prebuild.add_argument("--arch", required=True, help="comma-separated targets, e.g. sm_120a,sm_121a")
     prebuild.add_argument("--ops", default="", help="comma-separated ops (default: all)")
+    prebuild.add_argument("--parallel", type=int, default=1,
+                          help="modules built at once (each uses MAX_JOBS jobs; mind ~5.5 GB per CUTLASS TU)")
     prebuild.set_defaults(func=_prebuild)
     return parser
 

@@ -14,6 +14,17 @@ def _mma_probe(target: Target) -> list[ModuleSpec]:
     return [] if target.emulated else [mma_probe_spec(target, k) for k in MENU["k_tiles"]]
 
 
+def _mm_fp4(target: Target) -> list[ModuleSpec]:
+    import torch
+
+    from .ops.mm_fp4 import EMULATED_FORMATS, MENU, TACTICS, mm_fp4_spec
+
+    formats = EMULATED_FORMATS if target.emulated else MENU["format"]
+    return [mm_fp4_spec(target, fmt, tactic, out) for fmt in formats for out in (torch.bfloat16, torch.float16)
+            for tactic in TACTICS]
+
+
 PREBUILD: dict[str, Callable[[Target], list[ModuleSpec]]] = {
     "mma_probe": _mma_probe,
+    "mm_fp4": _mm_fp4,
 }

@@ -88,8 +88,14 @@ def compile_proof_for_arch(spec: ModuleSpec, arch: str, out_dir: Path | None = N
 
 
 def _compile(spec: ModuleSpec, gencode: str, target: Target, out_dir: Path | None) -> CompileReport:
-    work = Path(tempfile.mkdtemp(prefix=f"proof-{spec.op}-")) if out_dir is None else out_dir
-    work.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix=f"proof-{spec.op}-") as tmp:
+            return _compile_in(spec, gencode, target, Path(tmp))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _compile_in(spec, gencode, target, out_dir)
+
+
+def _compile_in(spec: ModuleSpec, gencode: str, target: Target, work: Path) -> CompileReport:
     nvcc = str(toolchain.find_nvcc().path)
     flags = [f for f in spec.cuda_flags() if not f.startswith("-gencode")]
     kernels: list[KernelReport] = []

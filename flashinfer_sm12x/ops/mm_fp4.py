@@ -24,6 +24,8 @@ from ..jit.render import render
 OURS = "cutlass_sm12x"
 FLASHINFER_BACKENDS = ("cudnn", "trtllm", "cutlass", "cute-dsl", "cutedsl_low_latency", "b12x")
 SUPPORTED_CC = (120, 121, 90)  # 90: only through the emulated MMA atom (FLASHINFER_SM12X_EMULATE=1)
+# W4A8's FP4 operand is loaded unpacked (SM100 LDSM/TMA types SM90 lacks): not emulated, see the notes.
+EMULATED_FORMATS = ("mxfp4",)
 
 MENU = {
     "format": ("mxfp4", "nvfp4", "mxfp8_mxfp4"),

@@ -48,3 +48,6 @@ cudaError_t mm_fp4_instantiated_run(fm::Problem const& p, void* ws, cudaStream_t
 }
 int mm_fp4_instantiated_smem() { return fm::smem_bytes<Config>(); }
 int mm_fp4_instantiated_stages() { return Config::kStages; }
+
+// {SharedStorage bytes, stages} in the cubin's .nv.global.init, readable with `cuobjdump -elf`.
+__device__ int mm_fp4_info[2] = {fm::smem_bytes<Config>(), Config::kStages};
