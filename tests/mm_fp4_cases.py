@@ -10,7 +10,7 @@ from flashinfer_sm12x.ops.mm_fp4 import Tactic, run_tactic, validate
 
 # M sweep with N not a multiple of any tile; K sweep from one tile to 8192.
 M_SWEEP = [(m, 200, 640) for m in (1, 7, 64, 127, 128, 300, 4096)]
-K_SWEEP = [(128, 264, k) for k in (128, 2944, 8192)]
+K_SWEEP = [(128, 264, k) for k in (128, 2880, 8192)]  # 2880: GPT-OSS hidden size, not a multiple of 128
 SHAPES = M_SWEEP + K_SWEEP
 
 TOLERANCE = {torch.bfloat16: 2**-7, torch.float16: 2**-10}

@@ -23,6 +23,10 @@ from .arch import Target, check_nvcc_supports, parse_target
 from .module import ModuleSpec
 
 SM120_SMEM_CAPACITY = 101_376  # bytes of shared memory one block may use on SM120/SM121
+# Templates may define an empty kernel with this name whose template arguments are (smem bytes, stages):
+# the mangled name carries them into the cubin, readable without running anything.
+FACTS_KERNEL = "flashinfer_sm12x_compile_facts"
+_FACTS = re.compile(FACTS_KERNEL + r".*?ILi(\d+)ELi(\d+)EE")
 
 
 @dataclass
@@ -46,13 +50,15 @@ class CompileReport:
     seconds: float
     kernels: list[KernelReport]
     ptxas_log: str
-    dynamic_smem: int | None = None  # filled by ops whose kernels size shared memory at launch (CUTLASS)
+    dynamic_smem: int | None = None  # CUTLASS kernels size shared memory at launch: read from compile facts
+    stages: int | None = None
 
     def kernel(self, substring: str = "") -> KernelReport:
-        hits = [k for k in self.kernels if substring in k.name and k.instructions]
+        """The matching kernel with the most instructions (the GEMM, not a helper kernel)."""
+        hits = [k for k in self.kernels if substring in k.name and k.instructions and FACTS_KERNEL not in k.name]
         if not hits:
             raise AssertionError(f"no kernel matching {substring!r} in {[k.name for k in self.kernels]}")
-        return hits[0]
+        return max(hits, key=lambda k: sum(k.instructions.values()))
 
     def require(self, *, instruction: str | None = None, no_spills: bool = True, max_smem: int | None = None,
                 kernel: str = "") -> KernelReport:
@@ -113,7 +119,11 @@ def _compile_in(spec: ModuleSpec, gencode: str, target: Target, work: Path) -> C
             raise BuildError(_explain_failure(proc.stderr + proc.stdout, gencode))
         logs.append(proc.stderr)
         kernels += _merge(parse_ptxas(proc.stderr), parse_sass(_sass(cubin)))
-    return CompileReport(spec.name, target, time.monotonic() - start, kernels, "".join(logs))
+    report = CompileReport(spec.name, target, time.monotonic() - start, kernels, "".join(logs))
+    for k in kernels:
+        if m := _FACTS.search(k.name):
+            report.dynamic_smem, report.stages = int(m.group(1)), int(m.group(2))
+    return report
 
 
 def _explain_failure(output: str, gencode: str) -> str:

@@ -157,8 +157,11 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
     m, n = a.shape[0], b.shape[1]
     if m == 0 or n == 0 or k == 0:
         raise ValueError(f"empty problem m={m}, n={n}, k={k}")
-    if k % 128:
-        raise ValueError(f"K={k} must be a multiple of 128 (the kernels' K tile; TMA needs 16-byte rows)")
+    # TMA needs 16-byte rows: 32 FP4 elements. W4A8 keeps FP4 unpacked in shared memory, 128-element rows.
+    k_align = 128 if fp8_a else 32
+    if k % k_align:
+        why = "W4A8 keeps FP4 unpacked in smem" if fp8_a else "TMA needs 16-byte rows"
+        raise ValueError(f"K={k} must be a multiple of {k_align} ({why})")
     if n % 8:
         raise ValueError(f"N={n} must be a multiple of 8 (16-byte rows of the bf16/fp16 output for TMA)")
     if not a.is_contiguous():
@@ -281,3 +284,10 @@ def mm_mxfp8_mxfp4(
     scales as in mm_fp4 (128x4 layout, b_descale transposed)."""
     p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, 32, False, False, fp8_a=True)
     return run_tactic(p, heuristic(p.m, p.n, p.k)[0], enable_pdl)
+
+
+def required_instruction(fmt: str, target: Target) -> str:
+    """The SASS instruction a compile proof must find: the native block-scaled MMA, or the emulation's HMMA."""
+    if target.emulated:
+        return "HMMA.16816.F32.BF16"
+    return "QMMA.SF" if fmt == "mxfp8_mxfp4" else "OMMA.SF"

@@ -63,10 +63,15 @@ def test_bad_input_is_a_typed_error(operands: dict[str, torch.Tensor], case: str
 
 
 def test_k_and_n_alignment() -> None:
-    a, a_sf = mxfp4_quantize(torch.randn(4, 96))
-    w, w_sf = mxfp4_quantize(torch.randn(16, 96))
+    a = torch.zeros(4, 24, dtype=torch.uint8)  # NVFP4 with K = 48: blocks fit, TMA rows (24 B) do not
+    w = torch.zeros(16, 24, dtype=torch.uint8)
+    sf = torch.zeros(128, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        mm_fp4(a, w.T, sf, sf.T, block_size=16, use_nvfp4=True)
+    x8, x8_sf = mxfp8_quantize(torch.randn(4, 160))  # W4A8 with K = 160
+    w, w_sf = mxfp4_quantize(torch.randn(16, 160))
     with pytest.raises(ValueError, match="multiple of 128"):
-        mm_fp4(a, w.T, a_sf, w_sf.T, block_size=32, use_nvfp4=False)
+        mm_mxfp8_mxfp4(x8, w.T, x8_sf, w_sf.T)
     a, a_sf = mxfp4_quantize(torch.randn(4, 128))
     w, w_sf = mxfp4_quantize(torch.randn(12, 128))
     with pytest.raises(ValueError, match="multiple of 8"):

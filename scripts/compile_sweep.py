@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Compile proof of the whole mm_fp4 tile menu: one cubin per (format, tactic, target), no GPU needed.
+
+Prints a table (config, target, registers, spills, smem, stages, MMA instruction count, seconds, verdict)
+and writes it as CSV. Exit status 1 if any config fails a requirement (native MMA in SASS, no spills,
+smem <= 101,376 B).
+
+    python scripts/compile_sweep.py --arch sm_120a,sm_121a --parallel 2 --csv sweep.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.jit.compile_proof import SM120_SMEM_CAPACITY, compile_proof
+from flashinfer_sm12x.ops.mm_fp4 import EMULATED_FORMATS, MENU, TACTICS, mm_fp4_spec, required_instruction
+
+OUT = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def prove(fmt: str, tactic, target, out: str) -> dict:
+    spec = mm_fp4_spec(target, fmt, tactic, OUT[out])
+    row = {"config": f"{fmt}/{out}/{tactic.name}", "target": target.name}
+    try:
+        report = compile_proof(spec)
+        instruction = required_instruction(fmt, target)
+        kernel = report.kernel()
+        row.update(registers=kernel.registers, spill_stores=kernel.spill_stores, spill_loads=kernel.spill_loads,
+                   smem=(report.dynamic_smem or 0) + kernel.static_smem, stages=report.stages,
+                   mma=f"{instruction} x{kernel.count(instruction)}", seconds=round(report.seconds))
+        report.require(instruction=instruction, no_spills=True, max_smem=SM120_SMEM_CAPACITY)
+        row["verdict"] = "PASS"
+    except Exception as exc:  # a failing config is a row of the table, not the end of the sweep
+        row["verdict"] = "FAIL: " + str(exc).strip().splitlines()[-1][:160]
+    print(f"  {row['config']:<44} {row['target']:<8} {row['verdict']}", flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="sm_120a,sm_121a")
+    parser.add_argument("--formats", default=",".join(MENU["format"]))
+    parser.add_argument("--out-dtypes", default="bf16")
+    parser.add_argument("--parallel", type=int, default=2, help="cubins compiled at once (~5.5 GB each)")
+    parser.add_argument("--csv", default="")
+    args = parser.parse_args()
+    jobs = []
+    for arch in args.arch.split(","):
+        target = parse_target(arch)
+        formats = [f for f in args.formats.split(",") if not target.emulated or f in EMULATED_FORMATS]
+        jobs += [(f, t, target, o) for f in formats for t in TACTICS for o in args.out_dtypes.split(",")]
+    print(f"compile sweep: {len(jobs)} configs, {args.parallel} at a time", flush=True)
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        rows = list(pool.map(lambda j: prove(*j), jobs))
+    cols = ["config", "target", "registers", "spill_stores", "spill_loads", "smem", "stages", "mma", "seconds",
+            "verdict"]
+    print(f"\n{len(rows)} configs in {time.monotonic() - start:.0f} s")
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0 if all(r["verdict"] == "PASS" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
