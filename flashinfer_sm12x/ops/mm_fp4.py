@@ -264,10 +264,40 @@ def mm_fp4(
     if backend not in (OURS, "auto"):
         raise ValueError(f"unknown backend {backend!r}; use {OURS!r}, 'auto' or one of {FLASHINFER_BACKENDS}")
     p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout, use_nvfp4)
+    return _dispatch()(p.out, p, backend=backend, enable_pdl=enable_pdl)
+
+
+def _run_ours(out: torch.Tensor, p: Problem, backend: str = OURS, enable_pdl: bool = True) -> torch.Tensor:
+    """`out` leads so that FlashInfer's backend_requirement reads the compute capability off it."""
     target = _target(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
     if target.emulated and backend == "auto":
         raise ArchError("backend='auto' never picks the emulated SM90 path; ask for backend='cutlass_sm12x'")
     return run_tactic(p, heuristic(p.m, p.n, p.k)[0], enable_pdl)
+
+
+_DISPATCH: Any = None
+
+
+def _dispatch() -> Any:
+    """_run_ours behind FlashInfer's backend_requirement/supported_compute_capability checks (compute
+    capability and backend support, BackendSupportedError otherwise), when FlashInfer is importable."""
+    global _DISPATCH
+    if _DISPATCH is None:
+        try:
+            from flashinfer.utils import backend_requirement, supported_compute_capability
+        except Exception:  # FlashInfer missing or broken here: the same function without its checks
+            _DISPATCH = _run_ours
+            return _DISPATCH
+
+        @supported_compute_capability(list(SUPPORTED_CC))
+        def _ours_requirement(out: torch.Tensor, p: Problem, backend: str = OURS, enable_pdl: bool = True) -> bool:
+            return True  # shapes, dtypes and layouts were checked by validate() with typed errors
+
+        def _auto(suitable: list[str], *args: Any, **kwargs: Any) -> list[str]:
+            return [b for b in suitable if b == OURS]
+
+        _DISPATCH = backend_requirement({OURS: _ours_requirement}, heuristic_func=_auto)(_run_ours)
+    return _DISPATCH
 
 
 def mm_mxfp8_mxfp4(

@@ -106,3 +106,27 @@ def test_heuristic_orders_every_tactic_once() -> None:
 def test_public_names() -> None:
     assert fs.mm_fp4 is mm_fp4 and fs.mm_mxfp8_mxfp4 is mm_mxfp8_mxfp4
     assert callable(fs.mxfp4_quantize)
+
+
+def test_flashinfer_backend_requirement_machinery() -> None:
+    from flashinfer_sm12x.ops.mm_fp4 import _dispatch
+
+    dispatch = _dispatch()
+    assert dispatch.is_backend_supported("cutlass_sm12x", 120)
+    assert dispatch.is_backend_supported("cutlass_sm12x", 121)
+    assert not dispatch.is_backend_supported("cutlass_sm12x", 100)  # no SM100 kernels here
+    assert not dispatch.is_backend_supported("cudnn")  # FlashInfer's names are delegated, not dispatched
+
+
+def test_autotuner_runner_is_a_flashinfer_tunable_runner(operands: dict[str, torch.Tensor]) -> None:
+    from flashinfer.autotuner import TunableRunner
+
+    from flashinfer_sm12x.ops.mm_fp4 import MmFp4Runner
+
+    runner = MmFp4Runner()
+    assert isinstance(runner, TunableRunner)
+    inputs = [operands["a"], operands["b"], operands["a_descale"], operands["b_descale"], None, torch.bfloat16,
+              None, 32, False, None]
+    assert runner.get_valid_tactics(inputs) == list(range(len(TACTICS)))
+    with pytest.raises(ValueError, match="CUDA"):  # validated like the public API, before any launch
+        runner.forward(inputs, tactic=0)
