@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flashinfer_sm12x.formats import mxfp4_quantize, nvfp4_quantize  # noqa: E402
 from flashinfer_sm12x.formats.reference import mm_fp4_reference  # noqa: E402
-from flashinfer_sm12x.ops.mm_fp4 import TACTICS, heuristic, mm_fp4, run_tactic, validate  # noqa: E402
+from flashinfer_sm12x.ops.mm_fp4 import heuristic, mm_fp4, run_tactic, validate  # noqa: E402
 
 # Dense FP4 peaks (TFLOPS; datasheet "AI TOPS" are 2:4 sparse, halved) and bf16 for other GPUs.
 FP4_PEAK = {"RTX 5090": 1676, "RTX PRO 6000": 2015, "GB10": 500}
@@ -106,8 +106,8 @@ def bench_shape(layer: str, m: int, n: int, k: int, native: bool, emulated: bool
 
     if native or emulated:
         ref = mm_fp4_reference(*mx, None, torch.float64, 32, False) if m * n <= 2**26 else None
-        for name, idx in [("sm12x auto", None)] + [(f"sm12x {t.name}", heuristic(m, n, k).index(t))
-                                                  for t in TACTICS]:
+        for name, idx in [("sm12x auto", None)] + [(f"sm12x {t.name}", i)
+                                                  for i, t in enumerate(heuristic(m, n, k))]:
             row = Row(layer, m, n, k, name)
             try:
                 fn = ours(idx)

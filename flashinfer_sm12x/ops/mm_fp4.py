@@ -52,14 +52,25 @@ class Tactic:
         return f"{self.schedule}_{self.tile_m}x{self.tile_n}x{self.tile_k}"
 
 
-# The shipped menu: every entry is compile-proven for sm_120a and sm_121a (scripts/compile_sweep.py).
-TACTICS: tuple[Tactic, ...] = (
+# Every config the compile sweep tries (scripts/compile_sweep.py --candidates).
+CANDIDATES: tuple[Tactic, ...] = (
     Tactic("pingpong", 128, 128, 128),
     Tactic("cooperative", 128, 128, 128),
     Tactic("pingpong", 128, 64, 128),
+    Tactic("pingpong", 128, 32, 128),
     Tactic("cooperative", 256, 128, 128),
+    Tactic("pingpong", 128, 128, 256),
     Tactic("streamk", 128, 128, 128),
 )
+
+# The shipped menu per format: only configs whose compile proof passed for sm_120a AND sm_121a (native MMA in
+# SASS, no spills, smem <= 101,376 B). The table is in the issue notes; re-run the sweep when this changes.
+SHIPPED: dict[str, tuple[Tactic, ...]] = {
+    "mxfp4": CANDIDATES[:3] + CANDIDATES[4:5] + CANDIDATES[6:],
+    "nvfp4": CANDIDATES[:2] + CANDIDATES[4:5] + CANDIDATES[6:],
+    "mxfp8_mxfp4": CANDIDATES[:2] + CANDIDATES[4:5] + CANDIDATES[6:],
+}
+TACTICS = SHIPPED["mxfp4"]
 
 
 def mm_fp4_spec(target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype) -> ModuleSpec:
@@ -73,20 +84,24 @@ def mm_fp4_spec(target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype
                       uses_cutlass=True)
 
 
-def heuristic(m: int, n: int, k: int) -> list[Tactic]:
-    """Tactics in preference order. Small M: narrow-N Pingpong (more CTAs in flight, less padding waste);
-    mid M: Pingpong 128x128; large problems: Cooperative, 256-row tiles once there are enough of them."""
-    ping128, coop128, ping64, coop256, streamk = TACTICS
+def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4") -> list[Tactic]:
+    """The format's shipped tactics in preference order.
+
+    Decode / small M: Pingpong with the narrowest N tile (more CTAs in flight on a skinny problem; the other
+    consumer warp group hides the epilogue). Mid M: Pingpong 128x128. Large problems: Cooperative, with
+    256-row tiles once the grid has several waves; stream-K last (it pays off on few, long tiles)."""
     tiles = -(-m // 128) * -(-n // 128)
-    if m <= 64:
-        order = [ping64, ping128, coop128]
-    elif m <= 256:
-        order = [ping128, ping64, coop128]
-    elif tiles >= 4 * 170 and m >= 1024:
-        order = [coop256, coop128, ping128]
-    else:
-        order = [coop128, ping128, streamk]
-    return order + [t for t in TACTICS if t not in order]
+
+    def preference(t: Tactic) -> tuple:
+        if m <= 64:
+            return (t.schedule != "pingpong", t.tile_n, t.tile_k)
+        if m <= 256:
+            return (t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
+        big = tiles >= 4 * 170 and m >= 1024
+        return (t.schedule == "streamk", t.schedule != "cooperative", (t.tile_m != 256) if big else t.tile_m,
+                abs(t.tile_n - 128), t.tile_k)
+
+    return sorted(SHIPPED[fmt], key=preference)
 
 
 @dataclass
@@ -227,12 +242,13 @@ class MmFp4Runner(_flashinfer_runner_base()):  # type: ignore[misc]
 
     def get_valid_tactics(self, inputs: list[Any], profile: Any = None) -> list[int]:
         a, b = inputs[0], inputs[1]
-        return list(range(len(heuristic(a.shape[0], b.shape[1], a.shape[1] * 2))))
+        fmt = "mxfp4" if not inputs[8] else "nvfp4"
+        return list(range(len(heuristic(a.shape[0], b.shape[1], a.shape[1] * 2, fmt))))
 
     def forward(self, inputs: list[Any], tactic: int = -1, do_preparation: bool = False, **kwargs: Any) -> Any:
         a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_nvfp4 = inputs[:9]
         p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, False, use_nvfp4)
-        order = heuristic(p.m, p.n, p.k)
+        order = heuristic(p.m, p.n, p.k, p.fmt)
         return run_tactic(p, order[max(tactic, 0)], kwargs.get("enable_pdl", True))
 
 
@@ -272,7 +288,7 @@ def _run_ours(out: torch.Tensor, p: Problem, backend: str = OURS, enable_pdl: bo
     target = _target(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
     if target.emulated and backend == "auto":
         raise ArchError("backend='auto' never picks the emulated SM90 path; ask for backend='cutlass_sm12x'")
-    return run_tactic(p, heuristic(p.m, p.n, p.k)[0], enable_pdl)
+    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt)[0], enable_pdl)
 
 
 _DISPATCH: Any = None
@@ -313,7 +329,7 @@ def mm_mxfp8_mxfp4(
     """W4A8: a [m, k] float8_e4m3fn (MXFP8, E8M0 per 32), b = w.T with w [n, k/2] packed e2m1 (MXFP4);
     scales as in mm_fp4 (128x4 layout, b_descale transposed)."""
     p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, 32, False, False, fp8_a=True)
-    return run_tactic(p, heuristic(p.m, p.n, p.k)[0], enable_pdl)
+    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt)[0], enable_pdl)
 
 
 def required_instruction(fmt: str, target: Target) -> str:

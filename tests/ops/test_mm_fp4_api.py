@@ -9,7 +9,7 @@ import torch
 
 import flashinfer_sm12x as fs
 from flashinfer_sm12x.formats import mxfp4_quantize, mxfp8_quantize
-from flashinfer_sm12x.ops.mm_fp4 import TACTICS, heuristic, mm_fp4, mm_mxfp8_mxfp4
+from flashinfer_sm12x.ops.mm_fp4 import SHIPPED, TACTICS, heuristic, mm_fp4, mm_mxfp8_mxfp4
 
 M, N, K = 7, 24, 256
 
@@ -97,10 +97,13 @@ def test_w4a8_validation() -> None:
 
 
 def test_heuristic_orders_every_tactic_once() -> None:
-    for m in (1, 7, 64, 127, 128, 300, 4096, 8192):
-        order = heuristic(m, 2880, 2880)
-        assert sorted(order, key=TACTICS.index) == list(TACTICS)
-    assert heuristic(1, 4096, 4096)[0].tile_n == 64  # decode: the narrow tile first
+    for fmt, shipped in SHIPPED.items():
+        for m in (1, 7, 64, 127, 128, 300, 4096, 8192):
+            order = heuristic(m, 2880, 2880, fmt)
+            assert sorted(order, key=shipped.index) == list(shipped)
+    assert heuristic(1, 4096, 4096)[0].schedule == "pingpong"  # decode: Pingpong, the narrowest N tile first
+    assert heuristic(1, 4096, 4096)[0].tile_n == min(t.tile_n for t in SHIPPED["mxfp4"])
+    assert heuristic(8192, 57344, 8192)[0].schedule == "cooperative"
 
 
 def test_public_names() -> None:

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import flashinfer_sm12x as fs
-from flashinfer_sm12x.ops.mm_fp4 import TACTICS
+from flashinfer_sm12x.ops.mm_fp4 import MENU, SHIPPED
 from tests.mm_fp4_cases import SHAPES, make_operands, run_and_check
 
 pytestmark = pytest.mark.sm12x
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4", "mxfp8_mxfp4"])
-@pytest.mark.parametrize("tactic", TACTICS, ids=lambda t: t.name)
+@pytest.mark.parametrize(("fmt", "tactic"), [(f, t) for f in MENU["format"] for t in SHIPPED[f]],
+                         ids=lambda v: v if isinstance(v, str) else v.name)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_tactic_matches_reference(fmt: str, tactic, out_dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
