@@ -17,11 +17,11 @@ def _mma_probe(target: Target) -> list[ModuleSpec]:
 def _mm_fp4(target: Target) -> list[ModuleSpec]:
     import torch
 
-    from .ops.mm_fp4 import EMULATED_FORMATS, MENU, SHIPPED, mm_fp4_spec
+    from .ops.mm_fp4 import EMULATED_FORMATS, MENU, mm_fp4_spec, shipped
 
     formats = EMULATED_FORMATS if target.emulated else MENU["format"]
     return [mm_fp4_spec(target, fmt, tactic, out) for fmt in formats for out in (torch.bfloat16, torch.float16)
-            for tactic in SHIPPED[fmt]]
+            for tactic in shipped(fmt, target)]
 
 
 PREBUILD: dict[str, Callable[[Target], list[ModuleSpec]]] = {

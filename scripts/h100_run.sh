@@ -27,7 +27,7 @@ nvcc --version | tail -2
 
 sweep_pid=""
 if [[ $stages == *sweep* ]]; then  # CPU-only work: runs beside the GPU stages
-  ( FLASHINFER_SM12X_QUIET=1 python3 scripts/compile_sweep.py --arch sm_120a,sm_121a --parallel 8 \
+  ( FLASHINFER_SM12X_QUIET=1 python3 scripts/compile_sweep.py --candidates --arch sm_120a,sm_121a --parallel 8 \
       --csv "$OUT/compile_sweep.csv" > "$OUT/compile_sweep.log" 2>&1 ) &
   sweep_pid=$!
 fi
@@ -40,10 +40,8 @@ if [[ $stages == *atom* ]]; then
 fi
 
 if [[ $stages == *emulation* ]]; then
-  echo "== [$(elapsed) s] building the emulated mm_fp4 modules (sm_90a)"
-  MAX_JOBS=1 python3 -m flashinfer_sm12x prebuild --arch sm_90a --ops mm_fp4 --parallel 8 2>&1 | tail -3
-  echo "== [$(elapsed) s] emulation tests"
-  FLASHINFER_SM12X_EMULATE=1 python3 -m pytest -q -ra -p no:cacheprovider tests/emulation tests/formats \
+  echo "== [$(elapsed) s] emulation tests (their fixture builds the sm_90a modules, 8 at a time)"
+  FLASHINFER_SM12X_PREBUILD_PARALLEL=8 FLASHINFER_SM12X_QUIET=1 FLASHINFER_SM12X_EMULATE=1 python3 -m pytest -q -ra -p no:cacheprovider tests/emulation tests/formats \
     -m "emulation or cuda" 2>&1 | tee "$OUT/emulation.log" | tail -25
 fi
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from flashinfer_sm12x.formats import mxfp4_quantize, mxfp8_quantize, nvfp4_quantize
 from flashinfer_sm12x.formats.reference import mm_fp4_reference, mm_mxfp8_mxfp4_reference
-from flashinfer_sm12x.ops.mm_fp4 import Tactic, run_tactic, validate
+from flashinfer_sm12x.jit.arch import Target
+from flashinfer_sm12x.jit.module import build_module
+from flashinfer_sm12x.ops.mm_fp4 import Tactic, mm_fp4_spec, run_tactic, validate
 
 # M sweep with N not a multiple of any tile; K sweep from one tile to 8192.
 M_SWEEP = [(m, 200, 640) for m in (1, 7, 64, 127, 128, 300, 4096)]
@@ -64,3 +69,13 @@ def run_and_check(fmt: str, tactic: Tactic, out_dtype: torch.dtype, m: int, n: i
     assert worst <= 0, (f"{fmt} {tactic.name} {out_dtype} m={m} n={n} k={k}: max error "
                         f"{err.max().item():.3e} over bound by {worst:.3e}")
     return err.max().item() / scale
+
+
+def prebuild(cases: list[tuple[str, Tactic, torch.dtype]], target: Target) -> None:
+    """Build every module the cases need, several at once (FLASHINFER_SM12X_PREBUILD_PARALLEL, default 2:
+    one CUTLASS TU takes ~5.5 GB), so the tests themselves only load."""
+    specs = {mm_fp4_spec(target, fmt, tactic, out).name: mm_fp4_spec(target, fmt, tactic, out)
+             for fmt, tactic, out in cases}
+    workers = int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(build_module, specs.values()))

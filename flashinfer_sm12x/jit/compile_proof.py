@@ -38,9 +38,25 @@ class KernelReport:
     spill_stores: int = 0
     spill_loads: int = 0
     instructions: Counter[str] = field(default_factory=Counter)  # SASS mnemonic (with modifiers) -> count
+    code: list[tuple[int, str, str]] = field(default_factory=list)  # (address, mnemonic, whole instruction)
 
     def count(self, prefix: str) -> int:
         return sum(n for op, n in self.instructions.items() if op.startswith(prefix))
+
+    def mainloop_spills(self, mma_prefix: str) -> int:
+        """STL/LDL instructions inside the innermost loops that issue `mma_prefix` (the mainloops).
+
+        A loop is a backward branch; the innermost ones holding MMAs are those containing no smaller such
+        loop. Spill bytes elsewhere (prologue, epilogue, scheduler) do not slow the mainloop."""
+        loops = []
+        for addr, op, text in self.code:
+            if op.startswith("BRA") and (m := _BRANCH_TARGET.search(text)):
+                target = int(m.group(1), 16)
+                if target < addr and any(target <= a <= addr and o.startswith(mma_prefix) for a, o, _ in self.code):
+                    loops.append((target, addr))
+        innermost = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+        return sum(1 for a, op, _ in self.code if op.startswith(("STL", "LDL"))
+                   and any(lo <= a <= hi for lo, hi in innermost))
 
 
 @dataclass
@@ -60,9 +76,10 @@ class CompileReport:
             raise AssertionError(f"no kernel matching {substring!r} in {[k.name for k in self.kernels]}")
         return max(hits, key=lambda k: sum(k.instructions.values()))
 
-    def require(self, *, instruction: str | None = None, no_spills: bool = True, max_smem: int | None = None,
-                kernel: str = "") -> KernelReport:
-        """Raise AssertionError unless the kernel meets every requirement given."""
+    def require(self, *, instruction: str | None = None, no_spills: bool = False,
+                no_mainloop_spills: bool = True, max_smem: int | None = None, kernel: str = "") -> KernelReport:
+        """Raise AssertionError unless the kernel meets every requirement given. `no_spills` forbids any
+        spill; `no_mainloop_spills` (needs `instruction`) forbids STL/LDL in the loops that issue it."""
         k = self.kernel(kernel)
         problems = []
         if instruction and k.count(instruction) == 0:
@@ -70,6 +87,8 @@ class CompileReport:
             problems.append(f"no {instruction} in SASS (MMA-like instructions seen: {seen})")
         if no_spills and (k.spill_stores or k.spill_loads):
             problems.append(f"spills: {k.spill_stores} B stored, {k.spill_loads} B loaded")
+        if no_mainloop_spills and instruction and (n := k.mainloop_spills(instruction)):
+            problems.append(f"{n} spill instructions (STL/LDL) inside the mainloop")
         smem = k.static_smem + (self.dynamic_smem or 0)
         if max_smem is not None and smem > max_smem:
             problems.append(f"shared memory {smem} B > {max_smem} B")
@@ -167,21 +186,25 @@ def parse_ptxas(log: str) -> dict[str, KernelReport]:
 
 
 _FUNCTION = re.compile(r"^\s*Function : (\S+)")
-_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)")
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+((?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)[^;]*);")
+_BRANCH_TARGET = re.compile(r"BRA(?:\.\w+)*\s+(?:!?U?P[T\d]+,\s*)?0x([0-9a-f]+)")
 
 
-def parse_sass(sass: str) -> dict[str, Counter[str]]:
-    functions: dict[str, Counter[str]] = {}
-    current: Counter[str] | None = None
+def parse_sass(sass: str) -> dict[str, list[tuple[int, str, str]]]:
+    """Per function: its instructions in order as (address, mnemonic with modifiers, text)."""
+    functions: dict[str, list[tuple[int, str, str]]] = {}
+    current: list[tuple[int, str, str]] | None = None
     for line in sass.splitlines():
         if m := _FUNCTION.match(line):
-            current = functions.setdefault(m.group(1), Counter())
+            current = functions.setdefault(m.group(1), [])
         elif current is not None and (m := _INSTRUCTION.search(line)):
-            current[m.group(1)] += 1
+            current.append((int(m.group(1), 16), m.group(3), m.group(2)))
     return functions
 
 
-def _merge(ptxas: dict[str, KernelReport], sass: dict[str, Counter[str]]) -> list[KernelReport]:
-    for name, counts in sass.items():
-        ptxas.setdefault(name, KernelReport(name)).instructions = counts
+def _merge(ptxas: dict[str, KernelReport], sass: dict[str, list[tuple[int, str, str]]]) -> list[KernelReport]:
+    for name, code in sass.items():
+        report = ptxas.setdefault(name, KernelReport(name))
+        report.code = code
+        report.instructions = Counter(op for _, op, _ in code)
     return list(ptxas.values())

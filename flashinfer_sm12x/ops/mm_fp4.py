@@ -25,10 +25,11 @@ OURS = "cutlass_sm12x"
 FLASHINFER_BACKENDS = ("cudnn", "trtllm", "cutlass", "cute-dsl", "cutedsl_low_latency", "b12x")
 SUPPORTED_CC = (120, 121, 90)  # 90: only through the emulated MMA atom (FLASHINFER_SM12X_EMULATE=1)
 # W4A8's FP4 operand is loaded unpacked (SM100 LDSM/TMA types SM90 lacks): not emulated, see the notes.
-EMULATED_FORMATS = ("mxfp4",)
+EMULATED_FORMATS = ("mxfp4", "nvfp4")
 
+MENU_FORMATS = ("mxfp4", "nvfp4", "mxfp8_mxfp4")
 MENU = {
-    "format": ("mxfp4", "nvfp4", "mxfp8_mxfp4"),
+    "format": MENU_FORMATS,
     "out_dtype": ("bfloat16", "float16"),
     "tile_m": (128, 256),
     "tile_n": (32, 64, 128, 256),
@@ -63,13 +64,35 @@ CANDIDATES: tuple[Tactic, ...] = (
     Tactic("streamk", 128, 128, 128),
 )
 
-# The shipped menu per format: only configs whose compile proof passed for sm_120a AND sm_121a (native MMA in
-# SASS, no spills, smem <= 101,376 B). The table is in the issue notes; re-run the sweep when this changes.
-SHIPPED: dict[str, tuple[Tactic, ...]] = {
-    "mxfp4": CANDIDATES[:3] + CANDIDATES[4:5] + CANDIDATES[6:],
-    "nvfp4": CANDIDATES[:2] + CANDIDATES[4:5] + CANDIDATES[6:],
-    "mxfp8_mxfp4": CANDIDATES[:2] + CANDIDATES[4:5] + CANDIDATES[6:],
+# The shipped menu per (target, format): only configs whose compile proof passed for that target (native MMA
+# in SASS, no spill instructions in the mainloop, smem <= 101,376 B). Filled from scripts/compile_sweep.py's
+# table (in the issue notes); re-run the sweep when a template or this menu changes.
+_PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128 = CANDIDATES
+PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {
+    "sm_120a": {
+        "mxfp4": (_PP128, _CO128, _PP64, _CO256, _SK128),
+        "nvfp4": (_PP128, _CO128, _CO256, _SK128),
+        "mxfp8_mxfp4": (_PP128, _CO128, _CO256, _SK128),
+    },
+    "sm_121a": {
+        "mxfp4": (_CO128, _PP64, _CO256, _SK128),
+        "nvfp4": (_PP128, _CO128, _CO256, _SK128),
+        "mxfp8_mxfp4": (_PP128, _CO128, _CO256, _SK128),
+    },
 }
+EMULATION_MENU_OF = "sm_120a"  # the emulated SM90 build runs the sm_120a menu
+
+
+def shipped(fmt: str, target: Target | None = None) -> tuple[Tactic, ...]:
+    """The proven tactics for `fmt` on `target`; a target without its own sweep gets those proven everywhere."""
+    name = EMULATION_MENU_OF if target is None or target.emulated else target.name
+    if name in PROVEN:
+        return PROVEN[name][fmt]
+    common = [t for t in CANDIDATES if all(t in menu[fmt] for menu in PROVEN.values())]
+    return tuple(common)
+
+
+SHIPPED = {fmt: shipped(fmt) for fmt in MENU_FORMATS}
 TACTICS = SHIPPED["mxfp4"]
 
 
@@ -84,7 +107,7 @@ def mm_fp4_spec(target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype
                       uses_cutlass=True)
 
 
-def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4") -> list[Tactic]:
+def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None = None) -> list[Tactic]:
     """The format's shipped tactics in preference order.
 
     Decode / small M: Pingpong with the narrowest N tile (more CTAs in flight on a skinny problem; the other
@@ -101,7 +124,7 @@ def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4") -> list[Tactic]:
         return (t.schedule == "streamk", t.schedule != "cooperative", (t.tile_m != 256) if big else t.tile_m,
                 abs(t.tile_n - 128), t.tile_k)
 
-    return sorted(SHIPPED[fmt], key=preference)
+    return sorted(shipped(fmt, target), key=preference)
 
 
 @dataclass
@@ -248,7 +271,7 @@ class MmFp4Runner(_flashinfer_runner_base()):  # type: ignore[misc]
     def forward(self, inputs: list[Any], tactic: int = -1, do_preparation: bool = False, **kwargs: Any) -> Any:
         a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_nvfp4 = inputs[:9]
         p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, False, use_nvfp4)
-        order = heuristic(p.m, p.n, p.k, p.fmt)
+        order = heuristic(p.m, p.n, p.k, p.fmt, _target(p.out.device))
         return run_tactic(p, order[max(tactic, 0)], kwargs.get("enable_pdl", True))
 
 
@@ -288,7 +311,7 @@ def _run_ours(out: torch.Tensor, p: Problem, backend: str = OURS, enable_pdl: bo
     target = _target(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
     if target.emulated and backend == "auto":
         raise ArchError("backend='auto' never picks the emulated SM90 path; ask for backend='cutlass_sm12x'")
-    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt)[0], enable_pdl)
+    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt, _target(p.out.device))[0], enable_pdl)
 
 
 _DISPATCH: Any = None
@@ -329,7 +352,7 @@ def mm_mxfp8_mxfp4(
     """W4A8: a [m, k] float8_e4m3fn (MXFP8, E8M0 per 32), b = w.T with w [n, k/2] packed e2m1 (MXFP4);
     scales as in mm_fp4 (128x4 layout, b_descale transposed)."""
     p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, 32, False, False, fp8_a=True)
-    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt)[0], enable_pdl)
+    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt, _target(p.out.device))[0], enable_pdl)
 
 
 def required_instruction(fmt: str, target: Target) -> str:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashinfer_sm12x.ops.mm_fp4 import EMULATED_FORMATS, SHIPPED, mm_fp4
-from tests.mm_fp4_cases import SHAPES, make_operands, run_and_check
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.ops.mm_fp4 import CANDIDATES, EMULATED_FORMATS, mm_fp4
+from tests.mm_fp4_cases import SHAPES, make_operands, prebuild, run_and_check
 
 pytestmark = pytest.mark.emulation
 
@@ -18,9 +19,18 @@ def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
 
 
-@pytest.mark.parametrize(("fmt", "tactic"), [(f, t) for f in EMULATED_FORMATS for t in SHIPPED[f]],
-                         ids=lambda v: v if isinstance(v, str) else v.name)
-@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.fixture(scope="module", autouse=True)
+def _prebuilt() -> None:
+    prebuild(CASES, parse_target("sm_90a"))
+
+
+# Every candidate config (not only the shipped menu) in bf16; fp16 output on the two base schedules.
+CASES = [(f, t, torch.bfloat16) for f in EMULATED_FORMATS for t in CANDIDATES]
+CASES += [(f, t, torch.float16) for f in EMULATED_FORMATS for t in CANDIDATES[:2]]
+
+
+@pytest.mark.parametrize(("fmt", "tactic", "out_dtype"), CASES,
+                         ids=[f"{f}-{t.name}-{str(o).split('.')[-1]}" for f, t, o in CASES])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_tactic_matches_reference(fmt: str, tactic, out_dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
     m, n, k = shape

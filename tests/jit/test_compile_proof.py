@@ -8,7 +8,9 @@ from flashinfer_sm12x.errors import ArchError, BuildError
 from flashinfer_sm12x.jit.arch import Target, parse_target
 from flashinfer_sm12x.jit.compile_proof import (
     SM120_SMEM_CAPACITY,
+    KernelReport,
     _compile,
+    _merge,
     compile_proof,
     compile_proof_for_arch,
     parse_ptxas,
@@ -23,7 +25,8 @@ pytestmark = pytest.mark.compile_proof
 @pytest.mark.parametrize("arch", ["sm_120a", "sm_121a", "sm_120f"])
 def test_probe_has_native_block_scaled_mma(arch: str) -> None:
     report = compile_proof(mma_probe_spec(parse_target(arch), k_tiles=2))
-    kernel = report.require(instruction="OMMA.SF.16864.F32.E2M1.E2M1.E8", no_spills=True, max_smem=SM120_SMEM_CAPACITY)
+    kernel = report.require(instruction="OMMA.SF.16864.F32.E2M1.E2M1.E8", no_spills=True, no_mainloop_spills=True,
+                            max_smem=SM120_SMEM_CAPACITY)
     assert kernel.count("OMMA.SF") == 2  # one per 64-wide k tile: nothing emulated, nothing dropped
     assert kernel.registers > 0 and kernel.stack_bytes == 0
 
@@ -66,5 +69,24 @@ def test_parsers_on_known_text() -> None:
         "        /*0010*/                   OMMA.SF.16864.F32.E2M1.E2M1.E8 R4, R8, R12, R4, R2, R3, URZ ;\n"
         "        /*0020*/              @!P0 BRA 0x40 ;\n"
     )
-    counts = parse_sass(sass)["_Z1kv"]
-    assert counts["OMMA.SF.16864.F32.E2M1.E2M1.E8"] == 1 and counts["BRA"] == 1
+    code = parse_sass(sass)["_Z1kv"]
+    assert [(a, op) for a, op, _ in code] == [(0x10, "OMMA.SF.16864.F32.E2M1.E2M1.E8"), (0x20, "BRA")]
+
+
+def _kernel_from(sass: str) -> KernelReport:
+    return _merge({}, parse_sass(sass))[0]
+
+
+def test_mainloop_spills_counts_only_the_innermost_mma_loop() -> None:
+    sass = "\n".join([
+        "\t\tFunction : _Z1kv",
+        "        /*0000*/                   STL [R1], R2 ;",  # prologue spill: allowed
+        "        /*0010*/                   OMMA.SF.16864.F32.E2M1.E2M1.E8 R4, R8, R12, R4, R2, R3, URZ ;",
+        "        /*0020*/                   LDL R3, [R1] ;",  # inside the k loop: a mainloop spill
+        "        /*0030*/               @P0 BRA 0x10 ;",  # the k loop (backward branch over the MMA)
+        "        /*0040*/                   STL [R1+0x4], R5 ;",  # epilogue, inside only the outer tile loop
+        "        /*0050*/                   BRA 0x0 ;",  # the persistent tile loop
+    ])
+    kernel = _kernel_from(sass)
+    assert kernel.mainloop_spills("OMMA.SF") == 1
+    assert kernel.mainloop_spills("QMMA.SF") == 0  # no such loop
