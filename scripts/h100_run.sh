@@ -45,6 +45,11 @@ if [[ $stages == *emulation* ]]; then
     -m "emulation or cuda" 2>&1 | tee "$OUT/emulation.log" | tail -25
 fi
 
+if [[ -n $sweep_pid ]]; then
+  echo "== [$(elapsed) s] waiting for the compile sweep"
+  wait "$sweep_pid"
+  tail -45 "$OUT/compile_sweep.log"
+fi
 if [[ $stages == *sanitizer* ]]; then
   echo "== [$(elapsed) s] compute-sanitizer memcheck (subset)"
   FLASHINFER_SM12X_EMULATE=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
@@ -57,9 +62,4 @@ if [[ $stages == *bench* ]]; then
     --csv "$OUT/bench_mm_fp4.csv" --png "$OUT/bench_mm_fp4.png" 2>&1 | tee "$OUT/bench.log" | tail -30
 fi
 
-if [[ -n $sweep_pid ]]; then
-  echo "== [$(elapsed) s] waiting for the compile sweep"
-  wait "$sweep_pid"
-  tail -45 "$OUT/compile_sweep.log"
-fi
 echo "== done in $(elapsed) s"
