@@ -106,6 +106,18 @@ def test_heuristic_orders_every_tactic_once() -> None:
     assert heuristic(8192, 57344, 8192)[0].schedule == "cooperative"
 
 
+def test_proven_menus() -> None:
+    from flashinfer_sm12x.jit.arch import parse_target
+    from flashinfer_sm12x.ops.mm_fp4 import CANDIDATES, PROVEN, shipped
+
+    pp128 = CANDIDATES[0]
+    assert pp128 in shipped("mxfp4", parse_target("sm_120a"))
+    assert pp128 not in shipped("mxfp4", parse_target("sm_121a"))  # mainloop spill on sm_121a
+    assert shipped("mxfp4", parse_target("sm_90a")) == PROVEN["sm_120a"]["mxfp4"]  # emulation runs sm_120a's
+    family = shipped("mxfp4", parse_target("sm_120f"))  # no sweep of its own: what is proven on both chips
+    assert family and all(t in PROVEN["sm_120a"]["mxfp4"] and t in PROVEN["sm_121a"]["mxfp4"] for t in family)
+
+
 def test_public_names() -> None:
     assert fs.mm_fp4 is mm_fp4 and fs.mm_mxfp8_mxfp4 is mm_mxfp8_mxfp4
     assert callable(fs.mxfp4_quantize)

@@ -19,7 +19,7 @@ SUBSET = [
     ("sm_120a", "mxfp4", torch.bfloat16, Tactic("pingpong", 128, 128, 128)),
     ("sm_121a", "mxfp4", torch.bfloat16, Tactic("pingpong", 128, 64, 128)),
     ("sm_121a", "mxfp4", torch.float16, Tactic("cooperative", 128, 128, 128)),
-    ("sm_120a", "mxfp4", torch.bfloat16, Tactic("streamk", 128, 128, 128)),
+    ("sm_121a", "mxfp4", torch.bfloat16, Tactic("streamk", 128, 128, 128)),
     ("sm_120a", "nvfp4", torch.bfloat16, Tactic("cooperative", 128, 128, 128)),
     ("sm_121a", "mxfp8_mxfp4", torch.bfloat16, Tactic("cooperative", 128, 128, 128)),
     ("sm_120a", "mxfp8_mxfp4", torch.bfloat16, Tactic("pingpong", 128, 128, 128)),
