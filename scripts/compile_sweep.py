@@ -20,7 +20,15 @@ import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.jit.compile_proof import SM120_SMEM_CAPACITY, compile_proof
-from flashinfer_sm12x.ops.mm_fp4 import CANDIDATES, EMULATED_FORMATS, MENU, mm_fp4_spec, required_instruction, shipped
+from flashinfer_sm12x.ops.mm_fp4 import (
+    CANDIDATES,
+    EMULATED_FORMATS,
+    MENU,
+    applicable,
+    mm_fp4_spec,
+    required_instruction,
+    shipped,
+)
 
 OUT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,13 +61,16 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="cubins compiled at once (~5.5 GB each)")
     parser.add_argument("--csv", default="")
     parser.add_argument("--candidates", action="store_true", help="every candidate config, not only the shipped")
+    parser.add_argument("--only", default="", help="comma-separated tactic names to restrict the sweep to")
     args = parser.parse_args()
     jobs = []
     for arch in args.arch.split(","):
         target = parse_target(arch)
         formats = [f for f in args.formats.split(",") if not target.emulated or f in EMULATED_FORMATS]
         jobs += [(f, t, target, o) for f in formats for t in (CANDIDATES if args.candidates else shipped(f, target))
-                 for o in args.out_dtypes.split(",")]
+                 for o in args.out_dtypes.split(",") if applicable(f, t)]
+    if args.only:
+        jobs = [j for j in jobs if j[1].name in args.only.split(",")]
     print(f"compile sweep: {len(jobs)} configs, {args.parallel} at a time", flush=True)
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:

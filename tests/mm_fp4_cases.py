@@ -79,3 +79,13 @@ def prebuild(cases: list[tuple[str, Tactic, torch.dtype]], target: Target) -> No
     workers = int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(build_module, specs.values()))
+
+
+def selected_cases(request: object, cases: list[tuple[str, Tactic, torch.dtype]]) -> list[tuple[str, Tactic, torch.dtype]]:
+    """The cases that the selected tests (after -k/-m) of this module use, so a prebuild builds only those."""
+    wanted = set()
+    for item in request.session.items:  # type: ignore[attr-defined]
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if {"fmt", "tactic", "out_dtype"} <= params.keys():
+            wanted.add((params["fmt"], params["tactic"], params["out_dtype"]))
+    return [c for c in cases if c in wanted]

@@ -36,6 +36,7 @@ MENU = {
     "tile_k": (128, 256),
     "schedule": ("pingpong", "cooperative", "streamk"),
     "emulated": (False, True),
+    "swap_ab": (False, True),
 }
 _OUT_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _BLOCK = {"mxfp4": 32, "nvfp4": 16, "mxfp8_mxfp4": 32}
@@ -47,10 +48,16 @@ class Tactic:
     tile_m: int
     tile_n: int
     tile_k: int
+    swap_ab: bool = False  # compute D^T = B A^T (weights in the 128-row tile) for few activation rows
 
     @property
     def name(self) -> str:
-        return f"{self.schedule}_{self.tile_m}x{self.tile_n}x{self.tile_k}"
+        return f"{self.schedule}_{self.tile_m}x{self.tile_n}x{self.tile_k}" + ("_swapab" if self.swap_ab else "")
+
+
+def applicable(fmt: str, tactic: Tactic) -> bool:
+    """W4A8 has different A and B formats: it cannot swap them."""
+    return not (tactic.swap_ab and fmt == "mxfp8_mxfp4")
 
 
 # Every config the compile sweep tries (scripts/compile_sweep.py --candidates).
@@ -62,12 +69,14 @@ CANDIDATES: tuple[Tactic, ...] = (
     Tactic("cooperative", 256, 128, 128),
     Tactic("pingpong", 128, 128, 256),
     Tactic("streamk", 128, 128, 128),
+    Tactic("pingpong", 128, 32, 128, swap_ab=True),
+    Tactic("pingpong", 128, 64, 128, swap_ab=True),
 )
 
 # The shipped menu per (target, format): only configs whose compile proof passed for that target (native MMA
 # in SASS, no spill instructions in the mainloop, smem <= 101,376 B). Filled from scripts/compile_sweep.py's
 # table (in the issue notes); re-run the sweep when a template or this menu changes.
-_PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128 = CANDIDATES
+_PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128, _SW32, _SW64 = CANDIDATES
 PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {  # sweep of 2026-11-22, nvcc 13.0, CUTLASS 4.5.0
     "sm_120a": {
         "mxfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256),
@@ -100,6 +109,7 @@ def mm_fp4_spec(target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype
     params = {
         "format": fmt, "out_dtype": _OUT_NAMES.get(out_dtype, str(out_dtype)), "tile_m": tactic.tile_m,
         "tile_n": tactic.tile_n, "tile_k": tactic.tile_k, "schedule": tactic.schedule, "emulated": target.emulated,
+        "swap_ab": tactic.swap_ab,
     }
     text = render("mm_fp4.cu.jinja", params, MENU)
     group = f"{fmt}_{params['out_dtype']}_{tactic.name}"
@@ -115,13 +125,18 @@ def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None 
     256-row tiles once the grid has several waves; stream-K last (it pays off on few, long tiles)."""
     tiles = -(-m // 128) * -(-n // 128)
 
+    # Swapped tiles waste less MMA work on a handful of rows but launch only ceil(N/128) CTAs: prefer them only
+    # when that still fills the GPU (unmeasured on SM12x: a reasoned default; the autotuner decides for real).
+    swap_first = m <= 32 and -(-n // 128) >= 128
+
     def preference(t: Tactic) -> tuple:
         if m <= 64:
-            return (t.schedule != "pingpong", t.tile_n, t.tile_k)
+            swap_rank = (not t.swap_ab) if swap_first else t.swap_ab
+            return (swap_rank, t.schedule != "pingpong", t.tile_n, t.tile_k)
         if m <= 256:
-            return (t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
+            return (t.swap_ab, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
         big = tiles >= 4 * 170 and m >= 1024
-        return (t.schedule == "streamk", t.schedule != "cooperative", (t.tile_m != 256) if big else t.tile_m,
+        return (t.swap_ab, t.schedule == "streamk", t.schedule != "cooperative", (t.tile_m != 256) if big else t.tile_m,
                 abs(t.tile_n - 128), t.tile_k)
 
     return sorted(shipped(fmt, target), key=preference)

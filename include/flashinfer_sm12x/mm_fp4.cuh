@@ -122,8 +122,12 @@ struct MaybeEmulatedMainloop<Collective, true> {
 // ---------------------------------------------------------------------------------------------
 // The kernel configuration
 // ---------------------------------------------------------------------------------------------
-template <class Format, class ElementD_, int TileM, int TileN, int TileK, class Schedule, bool Emulated>
+// SwapAB computes D^T = B * A^T: the weights fill the 128-row M tile and the few activation rows of a decode
+// step land in a narrow N tile. D^T in column-major is D in row-major, so the caller's output is unchanged.
+template <class Format, class ElementD_, int TileM, int TileN, int TileK, class Schedule, bool Emulated,
+          bool SwapAB = false>
 struct MmFp4Config {
+  static_assert(!(SwapAB && cute::is_same_v<Format, Mxfp8Mxfp4>), "W4A8 has distinct A/B formats: no swap");
   static_assert(cute::is_same_v<ElementD_, cutlass::bfloat16_t> || cute::is_same_v<ElementD_, cutlass::half_t>,
                 "D must be bf16 or fp16");
   static_assert(TileM % 128 == 0, "TileM must be a multiple of 128 (SF smem layout has a TileM/128 mode)");
@@ -136,7 +140,7 @@ struct MmFp4Config {
   using ElementCompute = float;
   using LayoutA = cutlass::layout::RowMajor;     // A [M,K] K-major
   using LayoutB = cutlass::layout::ColumnMajor;  // B [N,K] K-major
-  using LayoutD = cutlass::layout::RowMajor;
+  using LayoutD = cute::conditional_t<SwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
   static constexpr int AlignmentD = 128 / cutlass::sizeof_bits<ElementD>::value;
 
   using ArchTag = cutlass::arch::Sm120;
@@ -176,6 +180,7 @@ struct MmFp4Config {
   static constexpr int kSmemBytes = static_cast<int>(sizeof(typename GemmKernel::SharedStorage));
   static_assert(kSmemBytes <= cutlass::arch::sm120_smem_capacity_bytes, "SharedStorage exceeds 101376 B");
   static constexpr bool kEmulated = Emulated;
+  static constexpr bool kSwapAB = SwapAB;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -208,8 +213,19 @@ inline int sm_count_cached() {
   return cache[dev];
 }
 
+// The problem the kernel sees: the caller's, or its transpose for SwapAB configs.
 template <class Config>
-typename Config::Gemm::Arguments make_arguments(Problem const& p) {
+Problem kernel_problem(Problem const& p) {
+  if constexpr (Config::kSwapAB) {
+    return Problem{p.n, p.m, p.k, p.b, p.a, p.sfb, p.sfa, p.d, p.alpha};
+  } else {
+    return p;
+  }
+}
+
+template <class Config>
+typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem) {
+  const Problem p = kernel_problem<Config>(caller_problem);
   using Gemm = typename Config::Gemm;
   using Mainloop = typename Config::CollectiveMainloop;
   using Epilogue = typename Config::CollectiveEpilogue;

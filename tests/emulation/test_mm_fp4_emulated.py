@@ -9,7 +9,7 @@ import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.ops.mm_fp4 import CANDIDATES, EMULATED_FORMATS, mm_fp4
-from tests.mm_fp4_cases import SHAPES, make_operands, prebuild, run_and_check
+from tests.mm_fp4_cases import SHAPES, make_operands, prebuild, run_and_check, selected_cases
 
 pytestmark = pytest.mark.emulation
 
@@ -20,8 +20,8 @@ def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _prebuilt() -> None:
-    prebuild(CASES, parse_target("sm_90a"))
+def _prebuilt(request: pytest.FixtureRequest) -> None:
+    prebuild(selected_cases(request, CASES), parse_target("sm_90a"))
 
 
 # Every candidate config (not only the shipped menu) in bf16; fp16 output on the two base schedules.

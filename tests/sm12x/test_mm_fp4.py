@@ -8,20 +8,20 @@ import torch
 
 import flashinfer_sm12x as fs
 from flashinfer_sm12x.jit.arch import target_for_device
-from flashinfer_sm12x.ops.mm_fp4 import CANDIDATES, MENU, shipped
-from tests.mm_fp4_cases import SHAPES, make_operands, prebuild, run_and_check
+from flashinfer_sm12x.ops.mm_fp4 import CANDIDATES, MENU, applicable, shipped
+from tests.mm_fp4_cases import SHAPES, make_operands, prebuild, run_and_check, selected_cases
 
 pytestmark = pytest.mark.sm12x
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _prebuilt() -> None:
+def _prebuilt(request: pytest.FixtureRequest) -> None:
     target = target_for_device(torch.cuda.get_device_capability())
-    prebuild([(f, t, o) for f in MENU["format"] for t in shipped(f, target) for o in (torch.bfloat16, torch.float16)],
-             target)
+    cases = [(f, t, o) for f in MENU["format"] for t in shipped(f, target) for o in (torch.bfloat16, torch.float16)]
+    prebuild(selected_cases(request, cases), target)
 
 
-@pytest.mark.parametrize(("fmt", "tactic"), [(f, t) for f in MENU["format"] for t in CANDIDATES],
+@pytest.mark.parametrize(("fmt", "tactic"), [(f, t) for f in MENU["format"] for t in CANDIDATES if applicable(f, t)],
                          ids=lambda v: v if isinstance(v, str) else v.name)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
