@@ -81,7 +81,10 @@ def prebuild(cases: list[tuple[str, Tactic, torch.dtype]], target: Target) -> No
         list(pool.map(build_module, specs.values()))
 
 
-def selected_cases(request: object, cases: list[tuple[str, Tactic, torch.dtype]]) -> list[tuple[str, Tactic, torch.dtype]]:
+Case = tuple[str, Tactic, torch.dtype]
+
+
+def selected_cases(request: object, cases: list[Case]) -> list[Case]:
     """The cases that the selected tests (after -k/-m) of this module use, so a prebuild builds only those."""
     wanted = set()
     for item in request.session.items:  # type: ignore[attr-defined]
