@@ -79,13 +79,13 @@ CANDIDATES: tuple[Tactic, ...] = (
 _PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128, _SW32, _SW64 = CANDIDATES
 PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {  # sweep of 2026-11-22, nvcc 13.0, CUTLASS 4.5.0
     "sm_120a": {
-        "mxfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256),
-        "nvfp4": (_PP128, _CO128, _PP64, _PP32),
+        "mxfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SW32, _SW64),
+        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _SW32, _SW64),
         "mxfp8_mxfp4": (_PP128, _CO128, _PP64, _PP32),
     },
     "sm_121a": {  # ptxas puts a 4-byte spill into Pingpong 128x128's mainloop for sm_121a (not for sm_120a)
-        "mxfp4": (_CO128, _PP64, _PP32, _PP128K256, _SK128),
-        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SK128),
+        "mxfp4": (_CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64),
+        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64),
         "mxfp8_mxfp4": (_CO128, _PP64, _PP32, _SK128),
     },
 }

@@ -104,6 +104,8 @@ def test_heuristic_orders_every_tactic_once() -> None:
     assert heuristic(1, 4096, 4096)[0].schedule == "pingpong"  # decode: Pingpong, the narrowest N tile first
     assert heuristic(1, 4096, 4096)[0].tile_n == min(t.tile_n for t in SHIPPED["mxfp4"])
     assert heuristic(8192, 57344, 8192)[0].schedule == "cooperative"
+    assert heuristic(4, 57344, 8192)[0].swap_ab  # decode on a wide layer: swapped, N/128 CTAs fill the GPU
+    assert not heuristic(4, 2880, 4096)[0].swap_ab  # decode on a narrow layer: too few CTAs when swapped
 
 
 def test_proven_menus() -> None:

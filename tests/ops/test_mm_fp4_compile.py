@@ -23,6 +23,7 @@ SUBSET = [
     ("sm_120a", "nvfp4", torch.bfloat16, Tactic("cooperative", 128, 128, 128)),
     ("sm_121a", "mxfp8_mxfp4", torch.bfloat16, Tactic("cooperative", 128, 128, 128)),
     ("sm_120a", "mxfp8_mxfp4", torch.bfloat16, Tactic("pingpong", 128, 128, 128)),
+    ("sm_121a", "nvfp4", torch.bfloat16, Tactic("pingpong", 128, 32, 128, swap_ab=True)),
 ]
 IDS = [f"{a}-{f}-{str(o).split('.')[-1]}-{t.name}" for a, f, o, t in SUBSET]
 
