@@ -35,6 +35,8 @@ def _gpu(report: Report) -> tuple[int, int] | None:
     report.fact("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none: CPU build'})")
     if not torch.cuda.is_available():
         report.fact("GPU", "none visible (CPU-only machine)")
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        report.fact("cuDNN", str(cudnn) if cudnn else "not available (torch has no cuDNN here)")
         return None
     cc = torch.cuda.get_device_capability()
     props = torch.cuda.get_device_properties(0)
