@@ -8,6 +8,8 @@
 #   5. the benchmark in its reduced mode (correctness of the emulated path, bf16 baseline timing)
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0
 # include/ and tools/util/include). Logs go to $OUT. Usage: bash scripts/h100_run.sh [stage ...]
+# All stages took 585 s in one 10-minute device call for 42 sweep configs; with more candidates, split it:
+#   bash scripts/h100_run.sh atom emulation sanitizer   then   bash scripts/h100_run.sh sweep bench
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/h100-out}
