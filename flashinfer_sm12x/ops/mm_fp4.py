@@ -251,13 +251,25 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
 
 
 def _target(device: torch.device) -> Target:
-    cc = torch.cuda.get_device_capability(device)
-    return target_for_device(cc)
+    return target_for_device(torch.cuda.get_device_capability(device))
+
+
+# Loaded modules by config: after the first call a GEMM costs a dict lookup on the host, not a template render
+# and a cache-key hash (decode steps are short enough for that to show).
+_MODULES: dict[tuple[str, str, Tactic, torch.dtype], Any] = {}
+
+
+def _module(target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype) -> Any:
+    key = (target.name, fmt, tactic, out_dtype)
+    module = _MODULES.get(key)
+    if module is None:
+        module = _MODULES[key] = load_module(mm_fp4_spec(target, fmt, tactic, out_dtype))
+    return module
 
 
 def run_tactic(p: Problem, tactic: Tactic, enable_pdl: bool = True) -> torch.Tensor:
     target = _target(p.out.device)
-    module = load_module(mm_fp4_spec(target, p.fmt, tactic, p.out.dtype))
+    module = _module(target, p.fmt, tactic, p.out.dtype)
     workspace = torch.empty(max(int(module.workspace_bytes(p.m, p.n, p.k)), 1), dtype=torch.uint8,
                             device=p.out.device)
     module.run(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and not target.emulated))
