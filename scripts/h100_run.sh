@@ -43,8 +43,9 @@ fi
 
 if [[ $stages == *emulation* ]]; then
   echo "== [$(elapsed) s] emulation tests (their fixture builds the sm_90a modules, 8 at a time)"
+  # EMULATION_K: a pytest -k expression to run part of the cases (e.g. one new tactic) within a call's budget.
   FLASHINFER_SM12X_PREBUILD_PARALLEL=8 FLASHINFER_SM12X_QUIET=1 FLASHINFER_SM12X_EMULATE=1 python3 -m pytest -q -ra -p no:cacheprovider tests/emulation tests/formats \
-    -m "emulation or cuda" 2>&1 | tee "$OUT/emulation.log" | tail -25
+    -m "emulation or cuda" ${EMULATION_K:+-k "$EMULATION_K"} 2>&1 | tee "$OUT/emulation.log" | tail -25
 fi
 
 if [[ -n $sweep_pid ]]; then

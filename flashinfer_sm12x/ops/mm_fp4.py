@@ -31,7 +31,7 @@ MENU_FORMATS = ("mxfp4", "nvfp4", "mxfp8_mxfp4")
 MENU = {
     "format": MENU_FORMATS,
     "out_dtype": ("bfloat16", "float16"),
-    "tile_m": (128, 256),
+    "tile_m": (64, 128, 256),
     "tile_n": (32, 64, 128, 256),
     "tile_k": (128, 256),
     "schedule": ("pingpong", "cooperative", "streamk"),
@@ -56,8 +56,9 @@ class Tactic:
 
 
 def applicable(fmt: str, tactic: Tactic) -> bool:
-    """W4A8 has different A and B formats: it cannot swap them."""
-    return not (tactic.swap_ab and fmt == "mxfp8_mxfp4")
+    """W4A8 has different A and B formats (it cannot swap them) and keeps FP4 unpacked in smem (the 64-row
+    mainloop serves packed e2m1 x e2m1 only)."""
+    return not (fmt == "mxfp8_mxfp4" and (tactic.swap_ab or tactic.tile_m == 64))
 
 
 # Every config the compile sweep tries (scripts/compile_sweep.py --candidates).
@@ -71,21 +72,22 @@ CANDIDATES: tuple[Tactic, ...] = (
     Tactic("streamk", 128, 128, 128),
     Tactic("pingpong", 128, 32, 128, swap_ab=True),
     Tactic("pingpong", 128, 64, 128, swap_ab=True),
+    Tactic("pingpong", 64, 128, 128),  # our 64-row mainloop (mm_fp4_m64_mainloop.cuh)
 )
 
 # The shipped menu per (target, format): only configs whose compile proof passed for that target (native MMA
 # in SASS, no spill instructions in the mainloop, smem <= 101,376 B). Filled from scripts/compile_sweep.py's
 # table (in the issue notes); re-run the sweep when a template or this menu changes.
-_PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128, _SW32, _SW64 = CANDIDATES
+_PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128, _SW32, _SW64, _M64 = CANDIDATES
 PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {  # sweep of 2026-11-22, nvcc 13.0, CUTLASS 4.5.0
     "sm_120a": {
-        "mxfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SW32, _SW64),
-        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _SW32, _SW64),
+        "mxfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SW32, _SW64, _M64),
+        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _SW32, _SW64, _M64),
         "mxfp8_mxfp4": (_PP128, _CO128, _PP64, _PP32),
     },
     "sm_121a": {  # ptxas puts a 4-byte spill into Pingpong 128x128's mainloop for sm_121a (not for sm_120a)
-        "mxfp4": (_CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64),
-        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64),
+        "mxfp4": (_CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64, _M64),
+        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64, _M64),
         "mxfp8_mxfp4": (_CO128, _PP64, _PP32, _SK128),
     },
 }
@@ -118,26 +120,35 @@ def mm_fp4_spec(target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype
 
 
 def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None = None) -> list[Tactic]:
-    """The format's shipped tactics in preference order.
+    """The format's shipped tactics in preference order (unmeasured on SM12x: reasoned defaults; FlashInfer's
+    autotuner, through backend="auto" inside `flashinfer.autotune()`, decides for real).
 
-    Decode / small M: Pingpong with the narrowest N tile (more CTAs in flight on a skinny problem; the other
-    consumer warp group hides the epilogue). Mid M: Pingpong 128x128. Large problems: Cooperative, with
-    256-row tiles once the grid has several waves; stream-K last (it pays off on few, long tiles)."""
+    Decode / small M (m <= 64) reads the whole weight once whatever the tile, so the tile should waste little
+    MMA work and still give enough CTAs. On a wide layer (ceil(N/128) >= 128 CTAs fill the GPU by themselves):
+    m <= 32 swapped A/B with an N' tile that covers m; 32 < m <= 64 the 64-row tile (same CTA count and waste
+    as swapping, with a row-major store). On a narrower layer: 128-row Pingpong with the narrowest N tile (more
+    CTAs in flight), then the 64-row tile. 64 < m <= 128: the 64-row tile while its doubled CTA count still fits
+    one wave, else Pingpong 128x128. Larger M: Pingpong 128x128 up to 256 rows; then Cooperative, with 256-row
+    tiles once the grid has several waves; stream-K last."""
     tiles = -(-m // 128) * -(-n // 128)
-
-    # Swapped tiles waste less MMA work on a handful of rows but launch only ceil(N/128) CTAs: prefer them only
-    # when that still fills the GPU (unmeasured on SM12x: a reasoned default; the autotuner decides for real).
-    swap_first = m <= 32 and -(-n // 128) >= 128
+    wide = -(-n // 128) >= 128
 
     def preference(t: Tactic) -> tuple:
         if m <= 64:
-            swap_rank = (not t.swap_ab) if swap_first else t.swap_ab
-            return (swap_rank, t.schedule != "pingpong", t.tile_n, t.tile_k)
+            if wide and m <= 32:
+                rank = 0 if t.swap_ab and t.tile_n >= m else 1 if t.tile_m == 64 else 2 if t.swap_ab else 3
+            elif wide:
+                rank = 0 if t.tile_m == 64 else 1 if t.swap_ab and t.tile_n >= m else 2
+            else:
+                rank = 0 if t.tile_m == 128 and not t.swap_ab else 1 if t.tile_m == 64 else 2
+            return (rank, t.schedule != "pingpong", t.tile_n, t.tile_k)
+        if m <= 128 and 2 * -(-n // 128) <= 170:
+            return (t.tile_m != 64, t.swap_ab, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
         if m <= 256:
-            return (t.swap_ab, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
+            return (t.swap_ab, t.tile_m != 128, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
         big = tiles >= 4 * 170 and m >= 1024
-        return (t.swap_ab, t.schedule == "streamk", t.schedule != "cooperative", (t.tile_m != 256) if big else t.tile_m,
-                abs(t.tile_n - 128), t.tile_k)
+        return (t.swap_ab, t.tile_m == 64, t.schedule == "streamk", t.schedule != "cooperative",
+                (t.tile_m != 256) if big else t.tile_m, abs(t.tile_n - 128), t.tile_k)
 
     return sorted(shipped(fmt, target), key=preference)
 
@@ -154,6 +165,8 @@ class Problem:
     sfb: torch.Tensor
     alpha: torch.Tensor | None
     out: torch.Tensor
+    # flashinfer.mm_fp4's positional arguments (out allocated), for backend="auto"'s autotuner inputs
+    flashinfer_args: tuple | None = None
 
 
 def _round_up(x: int, to: int) -> int:
@@ -295,11 +308,14 @@ class MmFp4Runner(_flashinfer_runner_base()):  # type: ignore[misc]
         fmt = "mxfp4" if not inputs[8] else "nvfp4"
         return list(range(len(heuristic(a.shape[0], b.shape[1], a.shape[1] * 2, fmt))))
 
+    def __init__(self, enable_pdl: bool = True) -> None:
+        self.enable_pdl = enable_pdl
+
     def forward(self, inputs: list[Any], tactic: int = -1, do_preparation: bool = False, **kwargs: Any) -> Any:
         a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_nvfp4 = inputs[:9]
         p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, False, use_nvfp4)
         order = heuristic(p.m, p.n, p.k, p.fmt, _target(p.out.device))
-        return run_tactic(p, order[max(tactic, 0)], kwargs.get("enable_pdl", True))
+        return run_tactic(p, order[max(tactic, 0)], kwargs.get("enable_pdl", self.enable_pdl))
 
 
 def _delegate(backend: str, *args: Any) -> torch.Tensor:
@@ -330,6 +346,8 @@ def mm_fp4(
     if backend not in (OURS, "auto"):
         raise ValueError(f"unknown backend {backend!r}; use {OURS!r}, 'auto' or one of {FLASHINFER_BACKENDS}")
     p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout, use_nvfp4)
+    p.flashinfer_args = (a, b, a_descale, b_descale, alpha, out_dtype, p.out, block_size, use_8x4_sf_layout,
+                         backend, use_nvfp4)
     return _dispatch()(p.out, p, backend=backend, enable_pdl=enable_pdl)
 
 
@@ -338,7 +356,14 @@ def _run_ours(out: torch.Tensor, p: Problem, backend: str = OURS, enable_pdl: bo
     target = _target(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
     if target.emulated and backend == "auto":
         raise ArchError("backend='auto' never picks the emulated SM90 path; ask for backend='cutlass_sm12x'")
-    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt, _target(p.out.device))[0], enable_pdl)
+    if backend == "auto" and p.flashinfer_args is not None and _flashinfer_runner_base() is not object:
+        # FlashInfer's autotuner over our tactics and its SM12x backends; untuned, its fallback is ours.
+        from ..integrations import flashinfer_fp4_gemm
+
+        cc = torch.cuda.get_device_capability(p.out.device)
+        flashinfer_fp4_gemm.choose_and_run(p.flashinfer_args, cc, MmFp4Runner(), enable_pdl)
+        return p.out
+    return run_tactic(p, heuristic(p.m, p.n, p.k, p.fmt, target)[0], enable_pdl)
 
 
 _DISPATCH: Any = None

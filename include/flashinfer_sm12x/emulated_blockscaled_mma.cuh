@@ -46,6 +46,8 @@
 #include "cutlass/gemm/collective/collective_mma_decl.hpp"
 #include "cutlass/gemm/kernel/tile_scheduler.hpp"
 
+#include "flashinfer_sm12x/packed_fp4_tma.cuh"
+
 namespace flashinfer_sm12x::emulated {
 
 namespace detail {
@@ -246,9 +248,8 @@ struct Sm90TmaMainloop : Base {
   template <class Element, class Stride, class SmemLayout, class GmemCopy, class MNExtent, class Coords>
   static auto make_byte_tma(Element const* ptr, Coords coords, Stride stride, MNExtent mn_extent) {
     using namespace cute;
-    Tensor t = make_tensor(recast_ptr<Element>(ptr), make_layout(coords, stride));
-    return make_tma_copy<uint8_t>(GmemCopy{}, t, SmemLayout{}(_, _, Int<0>{}),
-                                  make_shape(mn_extent, shape<2>(TileShape{})), _1{});
+    return make_packed_fp4_tma<Element, GmemCopy>(ptr, coords, stride, SmemLayout{}(_, _, Int<0>{}),
+                                                  make_shape(mn_extent, shape<2>(TileShape{})));
   }
   using TMA_A8 = decltype(make_byte_tma<ElementA, StrideA, SmemLayoutA, GmemTiledCopyA>(
       nullptr, cute::repeat_like(StrideA{}, int32_t(0)), StrideA{}, cute::shape<0>(TileShape{})));
@@ -352,13 +353,18 @@ struct Sm90TmaMainloop : Base {
   }
 };
 
-template <class Collective> struct EmulateCollective;
+// The same collective with the emulated atom in its TiledMma (everything else as built for SM120).
+template <class Collective> struct WithEmulatedAtom;
 template <class DP, class TS, class EA, class SA, class EB, class SB, class TM, class GA, class LA, class CA,
           class TrA, class GB, class LB, class CB, class TrB>
-struct EmulateCollective<cutlass::gemm::collective::CollectiveMma<DP, TS, EA, SA, EB, SB, TM, GA, LA, CA, TrA,
-                                                                  GB, LB, CB, TrB>> {
-  using type = Sm90TmaMainloop<cutlass::gemm::collective::CollectiveMma<
-      DP, TS, EA, SA, EB, SB, typename EmulateTiledMma<TM>::type, GA, LA, CA, TrA, GB, LB, CB, TrB>>;
+struct WithEmulatedAtom<cutlass::gemm::collective::CollectiveMma<DP, TS, EA, SA, EB, SB, TM, GA, LA, CA, TrA,
+                                                                 GB, LB, CB, TrB>> {
+  using type = cutlass::gemm::collective::CollectiveMma<
+      DP, TS, EA, SA, EB, SB, typename EmulateTiledMma<TM>::type, GA, LA, CA, TrA, GB, LB, CB, TrB>;
+};
+
+template <class Collective> struct EmulateCollective {
+  using type = Sm90TmaMainloop<typename WithEmulatedAtom<Collective>::type>;
 };
 
 // Scheduler tags (GemmUniversal's 4th parameter) that select SM90 schedulers for the SM120 kernel.

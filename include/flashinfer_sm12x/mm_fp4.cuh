@@ -24,8 +24,8 @@
 // - Measured (nvcc 13.0, 128x128x128, bf16 out): MXFP4 Pingpong/Cooperative 5 stages, 97,280 B;
 //   NVFP4 4 stages, 83,968 B; W4A8 only 2 stages, 77,824 B (fp4 is unpacked to 8 bit in smem and the
 //   16U4_ALIGN16B TMA box must be 128 wide in K) - prefer a narrower N tile for W4A8.
-// - TileM must be a multiple of 128: the SF smem layout has a TileM/128 mode (see
-//   mm_fp4_64x128_design.md for a 64-row Pingpong sketch).
+// - TileM is 64 or a multiple of 128. CUTLASS's collective needs whole 128-row scale atoms; 64-row Pingpong
+//   tiles (MXFP4 / NVFP4) use our mainloop, mm_fp4_m64_mainloop.cuh, which documents that design.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -43,6 +43,7 @@
 #include "cutlass/util/packed_stride.hpp"  // tools/util/include
 
 #include "flashinfer_sm12x/emulated_blockscaled_mma.cuh"
+#include "flashinfer_sm12x/mm_fp4_m64_mainloop.cuh"
 
 namespace flashinfer_sm12x::mm_fp4 {
 
@@ -62,6 +63,7 @@ namespace detail {
 template <class Format> struct FormatTraits;
 
 template <> struct FormatTraits<Mxfp4> {
+  static constexpr int kVecSize = 32;
   using ElementA = cutlass::mx_float4_t<cutlass::float_e2m1_t>;
   using ElementB = cutlass::mx_float4_t<cutlass::float_e2m1_t>;
   static constexpr int AlignmentA = 32;  // 128-bit TMA rows
@@ -71,6 +73,7 @@ template <> struct FormatTraits<Mxfp4> {
 };
 
 template <> struct FormatTraits<Nvfp4> {
+  static constexpr int kVecSize = 16;
   using ElementA = cutlass::nv_float4_t<cutlass::float_e2m1_t>;
   using ElementB = cutlass::nv_float4_t<cutlass::float_e2m1_t>;
   static constexpr int AlignmentA = 32;
@@ -80,6 +83,7 @@ template <> struct FormatTraits<Nvfp4> {
 };
 
 template <> struct FormatTraits<Mxfp8Mxfp4> {
+  static constexpr int kVecSize = 32;
   using ElementA = cutlass::mx_float8_t<cutlass::float_e4m3_t>;
   using ElementB = cutlass::mx_float4_t<cutlass::float_e2m1_t>;
   static constexpr int AlignmentA = 16;   // 128 bits of fp8
@@ -109,13 +113,35 @@ struct SchedulerTag<Schedule, true> {
                                    emulated::Sm90PersistentSchedulerTag>;
 };
 
-// Lazy: only touch the emulation metafunction when asked for.
-template <class Collective, bool Emulated>
-struct MaybeEmulatedMainloop { using type = Collective; };
+// Lazy: only touch the emulation metafunctions when asked for. 128-row tiles: CUTLASS's collective (emulated:
+// with the SM90 atom and byte-typed A/B TMA). 64-row tiles: our mainloop over the collective CUTLASS builds
+// for that tile (emulated: the same mainloop, only the atom differs; it always loads A/B as bytes).
+template <class Collective, bool Emulated, bool M64>
+struct SelectMainloop { using type = Collective; };
 template <class Collective>
-struct MaybeEmulatedMainloop<Collective, true> {
+struct SelectMainloop<Collective, true, false> {
   using type = typename emulated::EmulateCollective<Collective>::type;
 };
+template <class Collective>
+struct SelectMainloop<Collective, false, true> {
+  using type = M64PingpongMainloop<Collective>;
+};
+template <class Collective>
+struct SelectMainloop<Collective, true, true> {
+  using type = M64PingpongMainloop<typename emulated::WithEmulatedAtom<Collective>::type>;
+};
+
+// Stages of a 64-row tile: the builder cannot size them (its SFA layout is empty for 64 rows), so count what
+// one stage holds (64-row A, B, the full 128-row SFA block, SFB) against the smem left after the epilogue,
+// the per-stage pipeline barriers and a reserve for the scheduler and kernel barriers (the static_assert on
+// the kernel's SharedStorage is the real check).
+template <int TileN, int TileK, int VecSize>
+constexpr int m64_stages(int epilogue_bytes) {
+  const int stage = 64 * TileK / 2 + TileN * TileK / 2 + 128 * (TileK / VecSize) +
+                    (TileN < 128 ? 128 : TileN) * (TileK / VecSize) + 16;
+  const int reserve = 1024;
+  return (cutlass::arch::sm120_smem_capacity_bytes - epilogue_bytes - reserve) / stage;
+}
 
 }  // namespace detail
 
@@ -130,7 +156,10 @@ struct MmFp4Config {
   static_assert(!(SwapAB && cute::is_same_v<Format, Mxfp8Mxfp4>), "W4A8 has distinct A/B formats: no swap");
   static_assert(cute::is_same_v<ElementD_, cutlass::bfloat16_t> || cute::is_same_v<ElementD_, cutlass::half_t>,
                 "D must be bf16 or fp16");
-  static_assert(TileM % 128 == 0, "TileM must be a multiple of 128 (SF smem layout has a TileM/128 mode)");
+  static constexpr bool kM64 = TileM == 64;
+  static_assert(TileM % 128 == 0 || (kM64 && cute::is_same_v<Schedule, Pingpong> && !SwapAB &&
+                                     !cute::is_same_v<Format, Mxfp8Mxfp4> && TileN % 128 == 0),
+                "TileM is a multiple of 128, or 64 for Pingpong MXFP4/NVFP4 tiles with TileN a multiple of 128");
   static_assert(TileN >= 32 && TileK % 128 == 0, "TileN >= 32, TileK a multiple of 128");
 
   using Fmt = detail::FormatTraits<Format>;
@@ -164,11 +193,14 @@ struct MmFp4Config {
       typename Fmt::ElementA, LayoutA, Fmt::AlignmentA,
       typename Fmt::ElementB, LayoutB, Fmt::AlignmentB,
       ElementAccumulator, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<
-          static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      cute::conditional_t<kM64,
+          cutlass::gemm::collective::StageCount<detail::m64_stages<TileN, TileK, Fmt::kVecSize>(
+              static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage)))>,
+          cutlass::gemm::collective::StageCountAutoCarveout<
+              static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>>,
       typename detail::MainloopScheduleTag<Format, Schedule>::type>::CollectiveOp;
 
-  using CollectiveMainloop = typename detail::MaybeEmulatedMainloop<NativeMainloop, Emulated>::type;
+  using CollectiveMainloop = typename detail::SelectMainloop<NativeMainloop, Emulated, kM64>::type;
 
   using GemmKernel = cutlass::gemm::kernel::GemmUniversal<
       cute::Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,

@@ -24,6 +24,8 @@ SUBSET = [
     ("sm_121a", "mxfp8_mxfp4", torch.bfloat16, Tactic("cooperative", 128, 128, 128)),
     ("sm_120a", "mxfp8_mxfp4", torch.bfloat16, Tactic("pingpong", 128, 128, 128)),
     ("sm_121a", "nvfp4", torch.bfloat16, Tactic("pingpong", 128, 32, 128, swap_ab=True)),
+    ("sm_120a", "mxfp4", torch.bfloat16, Tactic("pingpong", 64, 128, 128)),  # our 64-row mainloop
+    ("sm_121a", "nvfp4", torch.float16, Tactic("pingpong", 64, 128, 128)),
 ]
 IDS = [f"{a}-{f}-{str(o).split('.')[-1]}-{t.name}" for a, f, o, t in SUBSET]
 
