@@ -6,6 +6,7 @@ and writes it as CSV. Exit status 1 if any config fails a requirement (native MM
 smem <= 101,376 B).
 
     python scripts/compile_sweep.py --arch sm_120a,sm_121a --parallel 2 --csv sweep.csv
+    python scripts/compile_sweep.py --op grouped_mm_fp4 --candidates     # the MoE GEMM's menu (MXFP4)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.jit.compile_proof import SM120_SMEM_CAPACITY, compile_proof
+from flashinfer_sm12x.ops import grouped_mm_fp4 as grouped
 from flashinfer_sm12x.ops.mm_fp4 import (
     CANDIDATES,
     EMULATED_FORMATS,
@@ -33,9 +35,12 @@ from flashinfer_sm12x.ops.mm_fp4 import (
 OUT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def prove(fmt: str, tactic, target, out: str) -> dict:
-    spec = mm_fp4_spec(target, fmt, tactic, OUT[out])
-    row = {"config": f"{fmt}/{out}/{tactic.name}", "target": target.name}
+def prove(fmt: str, tactic, target, out: str, op: str = "mm_fp4") -> dict:
+    if op == "grouped_mm_fp4":
+        spec = grouped.grouped_mm_fp4_spec(target, tactic, OUT[out])
+    else:
+        spec = mm_fp4_spec(target, fmt, tactic, OUT[out])
+    row = {"config": f"{op}/{fmt}/{out}/{tactic.name}", "target": target.name}
     try:
         report = compile_proof(spec)
         instruction = required_instruction(fmt, target)
@@ -62,10 +67,15 @@ def main() -> int:
     parser.add_argument("--csv", default="")
     parser.add_argument("--candidates", action="store_true", help="every candidate config, not only the shipped")
     parser.add_argument("--only", default="", help="comma-separated tactic names to restrict the sweep to")
+    parser.add_argument("--op", default="mm_fp4", choices=("mm_fp4", "grouped_mm_fp4"))
     args = parser.parse_args()
     jobs = []
     for arch in args.arch.split(","):
         target = parse_target(arch)
+        if args.op == "grouped_mm_fp4":
+            menu = grouped.CANDIDATES if args.candidates else grouped.shipped(target)
+            jobs += [("mxfp4", t, target, o, args.op) for t in menu for o in args.out_dtypes.split(",")]
+            continue
         formats = [f for f in args.formats.split(",") if not target.emulated or f in EMULATED_FORMATS]
         jobs += [(f, t, target, o) for f in formats for t in (CANDIDATES if args.candidates else shipped(f, target))
                  for o in args.out_dtypes.split(",") if applicable(f, t)]

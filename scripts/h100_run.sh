@@ -53,10 +53,16 @@ if [[ -n $sweep_pid ]]; then
   wait "$sweep_pid"
   tail -45 "$OUT/compile_sweep.log"
 fi
-if [[ $stages == *sanitizer* ]]; then
+if [[ " $stages " == *" sanitizer "* ]]; then
   echo "== [$(elapsed) s] compute-sanitizer memcheck (subset)"
   FLASHINFER_SM12X_EMULATE=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
     python3 scripts/sanitize_mm_fp4.py 2>&1 | tee "$OUT/sanitizer.log" | tail -8
+fi
+
+if [[ $stages == *moe_sanitizer* ]]; then
+  echo "== [$(elapsed) s] compute-sanitizer memcheck (fused MoE)"
+  FLASHINFER_SM12X_EMULATE=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 scripts/sanitize_moe.py 2>&1 | tee "$OUT/sanitizer_moe.log" | tail -10
 fi
 
 if [[ $stages == *bench* ]]; then

@@ -9,7 +9,7 @@
 //     `mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32` on dequantized e2m1 values.
 //  2. The tile scheduler: the default non-grouped SM120 scheduler (PersistentTileSchedulerSm100) uses
 //     CLC instructions that SM90 lacks, so tags below select PersistentTileSchedulerSm90(/StreamK).
-//  3. Host side only: the fp4 A/B TMA descriptors are re-encoded as UINT8 (see Sm90TmaMainloop).
+//  3. Host side only: the fp4 A/B TMA descriptors are re-encoded as UINT8 (see ByteTmaMainloop).
 //
 // Why the bf16 emulation is exact per k-block (fragment facts from mma_traits_sm120.hpp):
 //  lane = 4g + t. The m16n8k64 A fragment holds a0 = A[g][8t..8t+7], a1 = A[g+8][8t..], a2 = A[g][32+8t..],
@@ -46,6 +46,7 @@
 #include "cutlass/gemm/collective/collective_mma_decl.hpp"
 #include "cutlass/gemm/kernel/tile_scheduler.hpp"
 
+#include "flashinfer_sm12x/grouped_mm_fp4.cuh"
 #include "flashinfer_sm12x/packed_fp4_tma.cuh"
 
 namespace flashinfer_sm12x::emulated {
@@ -228,9 +229,10 @@ struct EmulateTiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, ThrLayoutVMNK, Permuta
 // the same way). The byte-typed atom computes its gmem coordinates in bytes, i.e. its type differs, so
 // this wrapper adds byte-typed A/B atoms to Params and provides its own load_init / load (the producer
 // side); the consumer side (mma, with Params sliced to the base) and everything else are inherited.
+// It also serves natively (byte TMA is valid on SM12x) for grouped GEMMs over expert-contiguous rows: with
+// `b_batch_of_m_tile` set, M-tile m multiplies B batch b_batch_of_m_tile[m] (see grouped_mm_fp4.cuh).
 template <class Base>
-struct Sm90TmaMainloop : Base {
-  using typename Base::Arguments;
+struct ByteTmaMainloop : Base {
   using typename Base::TileShape;
   using typename Base::ElementA;
   using typename Base::ElementB;
@@ -256,9 +258,12 @@ struct Sm90TmaMainloop : Base {
   using TMA_B8 = decltype(make_byte_tma<ElementB, StrideB, SmemLayoutB, GmemTiledCopyB>(
       nullptr, cute::repeat_like(StrideB{}, int32_t(0)), StrideB{}, cute::shape<1>(TileShape{})));
 
+  using Arguments = GroupedBArguments<typename Base::Arguments>;
+
   struct Params : Base::Params {
     TMA_A8 tma_load_a8;
     TMA_B8 tma_load_b8;
+    GroupedB grouped_b;
   };
 
   template <class ProblemShape>
@@ -282,8 +287,9 @@ struct Sm90TmaMainloop : Base {
     params.layout_SFB = args.layout_SFB;
     params.tma_load_a8 = make_byte_tma<ElementA, StrideA, SmemLayoutA, GmemTiledCopyA>(
         args.ptr_A, make_shape(M, K, L), args.dA, shape<0>(TileShape{}));
+    params.grouped_b = GroupedB{args.b_batch_of_m_tile, args.b_batch_of_m_tile ? args.num_b_batches : int(L)};
     params.tma_load_b8 = make_byte_tma<ElementB, StrideB, SmemLayoutB, GmemTiledCopyB>(
-        args.ptr_B, make_shape(N, K, L), args.dB, shape<1>(TileShape{}));
+        args.ptr_B, make_shape(N, K, params.grouped_b.batches), args.dB, shape<1>(TileShape{}));
     return params;
   }
 
@@ -302,7 +308,8 @@ struct Sm90TmaMainloop : Base {
     auto [M, N, K, L] = problem_shape_MNKL;
     auto tile = [](auto tensor, auto step) { return local_tile(tensor, TileShape{}, make_coord(_, _, _), step); };
     return make_tuple(tile(params.tma_load_a8.get_tma_tensor(make_shape(M, K, L)), Step<_1, X, _1>{}),   // (BLK_M,BLK_K,m,k,l)
-                      tile(params.tma_load_b8.get_tma_tensor(make_shape(N, K, L)), Step<X, _1, _1>{}),   // (BLK_N,BLK_K,n,k,l)
+                      tile(params.tma_load_b8.get_tma_tensor(make_shape(N, K, params.grouped_b.batches)),
+                           Step<X, _1, _1>{}),                                                         // (BLK_N,BLK_K,n,k,l)
                       tile(params.tma_load_sfa.get_tma_tensor(shape(params.layout_SFA)), Step<_1, X, _1>{}),
                       tile(params.tma_load_sfb.get_tma_tensor(shape(params.layout_SFB)), Step<X, _1, _1>{}));
   }
@@ -332,11 +339,12 @@ struct Sm90TmaMainloop : Base {
       auto tma_sfb = params.tma_load_sfb.get_slice(0);
       Tensor tAgA = tma_a.partition_S(gA_mkl(_, _, m_coord, _, l_coord));
       Tensor tAsA = tma_a.partition_D(sA);
-      Tensor tBgB = tma_b.partition_S(gB_nkl(_, _, n_coord, _, l_coord));
+      const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
+      Tensor tBgB = tma_b.partition_S(gB_nkl(_, _, n_coord, _, l_b));
       Tensor tBsB = tma_b.partition_D(sB);
       Tensor tAgSFA = tma_sfa.partition_S(gSFA_mkl(_, _, m_coord, _, l_coord));
       Tensor tAsSFA = tma_sfa.partition_D(sSFA);
-      Tensor tBgSFB = tma_sfb.partition_S(gSFB_nkl(_, _, n_sfb, _, l_coord));
+      Tensor tBgSFB = tma_sfb.partition_S(gSFB_nkl(_, _, n_sfb, _, l_b));
       Tensor tBsSFB = tma_sfb.partition_D(sSFB);
       CUTLASS_PRAGMA_NO_UNROLL
       for (; k_tile_count > 0; --k_tile_count, ++k_tile_iter, ++smem_pipe_write) {
@@ -364,7 +372,7 @@ struct WithEmulatedAtom<cutlass::gemm::collective::CollectiveMma<DP, TS, EA, SA,
 };
 
 template <class Collective> struct EmulateCollective {
-  using type = Sm90TmaMainloop<typename WithEmulatedAtom<Collective>::type>;
+  using type = ByteTmaMainloop<typename WithEmulatedAtom<Collective>::type>;
 };
 
 // Scheduler tags (GemmUniversal's 4th parameter) that select SM90 schedulers for the SM120 kernel.

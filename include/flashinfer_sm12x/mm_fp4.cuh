@@ -116,19 +116,18 @@ struct SchedulerTag<Schedule, true> {
 // Lazy: only touch the emulation metafunctions when asked for. 128-row tiles: CUTLASS's collective (emulated:
 // with the SM90 atom and byte-typed A/B TMA). 64-row tiles: our mainloop over the collective CUTLASS builds
 // for that tile (emulated: the same mainloop, only the atom differs; it always loads A/B as bytes).
-template <class Collective, bool Emulated, bool M64>
-struct SelectMainloop { using type = Collective; };
+// Grouped GEMMs (grouped_mm_fp4.cuh) need a byte-TMA mainloop: ByteTmaMainloop for 128-row tiles, natively too.
+template <class Collective, bool Emulated>
+struct MaybeEmulatedAtom { using type = Collective; };
 template <class Collective>
-struct SelectMainloop<Collective, true, false> {
-  using type = typename emulated::EmulateCollective<Collective>::type;
-};
-template <class Collective>
-struct SelectMainloop<Collective, false, true> {
-  using type = M64PingpongMainloop<Collective>;
-};
-template <class Collective>
-struct SelectMainloop<Collective, true, true> {
-  using type = M64PingpongMainloop<typename emulated::WithEmulatedAtom<Collective>::type>;
+struct MaybeEmulatedAtom<Collective, true> { using type = typename emulated::WithEmulatedAtom<Collective>::type; };
+
+template <class Collective, bool Emulated, bool M64, bool Grouped>
+struct SelectMainloop {
+  using WithAtom = typename MaybeEmulatedAtom<Collective, Emulated>::type;
+  using type = cute::conditional_t<M64, M64PingpongMainloop<WithAtom>,
+                                   cute::conditional_t<Emulated || Grouped, emulated::ByteTmaMainloop<WithAtom>,
+                                                       Collective>>;
 };
 
 // Stages of a 64-row tile: the builder cannot size them (its SFA layout is empty for 64 rows), so count what
@@ -150,9 +149,12 @@ constexpr int m64_stages(int epilogue_bytes) {
 // ---------------------------------------------------------------------------------------------
 // SwapAB computes D^T = B * A^T: the weights fill the 128-row M tile and the few activation rows of a decode
 // step land in a narrow N tile. D^T in column-major is D in row-major, so the caller's output is unchanged.
+// Grouped: rows are expert-contiguous and B is batched per expert (grouped_mm_fp4.cuh); the MoE GEMMs.
 template <class Format, class ElementD_, int TileM, int TileN, int TileK, class Schedule, bool Emulated,
-          bool SwapAB = false>
+          bool SwapAB = false, bool Grouped = false>
 struct MmFp4Config {
+  static_assert(!(Grouped && (SwapAB || cute::is_same_v<Format, Mxfp8Mxfp4> || cute::is_same_v<Schedule, StreamK>)),
+                "grouped GEMMs: packed e2m1 x e2m1, unswapped, Pingpong or Cooperative");
   static_assert(!(SwapAB && cute::is_same_v<Format, Mxfp8Mxfp4>), "W4A8 has distinct A/B formats: no swap");
   static_assert(cute::is_same_v<ElementD_, cutlass::bfloat16_t> || cute::is_same_v<ElementD_, cutlass::half_t>,
                 "D must be bf16 or fp16");
@@ -200,7 +202,7 @@ struct MmFp4Config {
               static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>>,
       typename detail::MainloopScheduleTag<Format, Schedule>::type>::CollectiveOp;
 
-  using CollectiveMainloop = typename detail::SelectMainloop<NativeMainloop, Emulated, kM64>::type;
+  using CollectiveMainloop = typename detail::SelectMainloop<NativeMainloop, Emulated, kM64, Grouped>::type;
 
   using GemmKernel = cutlass::gemm::kernel::GemmUniversal<
       cute::Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,
@@ -213,6 +215,7 @@ struct MmFp4Config {
   static_assert(kSmemBytes <= cutlass::arch::sm120_smem_capacity_bytes, "SharedStorage exceeds 101376 B");
   static constexpr bool kEmulated = Emulated;
   static constexpr bool kSwapAB = SwapAB;
+  static constexpr bool kGrouped = Grouped;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -226,6 +229,10 @@ struct Problem {
   const void* sfb;    // 128x4 layout
   void* d;            // [m, n] row-major bf16/fp16
   const float* alpha; // device pointer, or nullptr for alpha = 1
+  // Grouped configs only: b is [num_b_batches, n, k] (sfb likewise, one 128x4 block per batch) and M tile i
+  // uses batch b_batch_of_m_tile[i] (device memory, ceil(m / TileM) entries).
+  const int32_t* b_batch_of_m_tile = nullptr;
+  int num_b_batches = 1;
 };
 
 template <class Config>
@@ -268,12 +275,17 @@ typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem) {
   typename Mainloop::Arguments ml{};
   ml.ptr_A = static_cast<decltype(ml.ptr_A)>(p.a);
   ml.dA = cutlass::make_cute_packed_stride(typename Mainloop::StrideA{}, cute::make_shape(p.m, p.k, 1));
+  const int b_batches = Config::kGrouped ? p.num_b_batches : 1;
   ml.ptr_B = static_cast<decltype(ml.ptr_B)>(p.b);
-  ml.dB = cutlass::make_cute_packed_stride(typename Mainloop::StrideB{}, cute::make_shape(p.n, p.k, 1));
+  ml.dB = cutlass::make_cute_packed_stride(typename Mainloop::StrideB{}, cute::make_shape(p.n, p.k, b_batches));
   ml.ptr_SFA = static_cast<decltype(ml.ptr_SFA)>(p.sfa);
   ml.layout_SFA = SfCfg::tile_atom_to_shape_SFA(shape);
   ml.ptr_SFB = static_cast<decltype(ml.ptr_SFB)>(p.sfb);
-  ml.layout_SFB = SfCfg::tile_atom_to_shape_SFB(shape);
+  ml.layout_SFB = SfCfg::tile_atom_to_shape_SFB(cute::make_shape(p.m, p.n, p.k, b_batches));
+  if constexpr (Config::kGrouped) {
+    ml.b_batch_of_m_tile = p.b_batch_of_m_tile;
+    ml.num_b_batches = p.num_b_batches;
+  }
 
   typename Epilogue::Arguments epi{};
   epi.thread.alpha = 1.0f;
@@ -321,6 +333,7 @@ template <class Config>
 cudaError_t run(Problem const& p, void* workspace, cudaStream_t stream, bool enable_pdl = false) {
   if (p.m <= 0 || p.n <= 0 || p.k <= 0 || !p.a || !p.b || !p.sfa || !p.sfb || !p.d)
     return cudaErrorInvalidValue;
+  if (Config::kGrouped && (!p.b_batch_of_m_tile || p.num_b_batches <= 0)) return cudaErrorInvalidValue;
   auto args = detail::make_arguments<Config>(p);
   typename Config::Gemm gemm;
   cutlass::Status s = gemm.can_implement(args);

@@ -33,6 +33,7 @@
 #include "cutlass/arch/barrier.h"
 #include "cutlass/cutlass.h"
 
+#include "flashinfer_sm12x/grouped_mm_fp4.cuh"
 #include "flashinfer_sm12x/packed_fp4_tma.cuh"
 
 namespace flashinfer_sm12x::mm_fp4 {
@@ -41,7 +42,7 @@ template <class Blueprint>
 struct M64PingpongMainloop : Blueprint {
   using Base = Blueprint;
   using typename Base::ArchTag;
-  using typename Base::Arguments;
+  using Arguments = GroupedBArguments<typename Base::Arguments>;
   using typename Base::DispatchPolicy;
   using typename Base::ElementA;
   using typename Base::ElementB;
@@ -147,6 +148,7 @@ struct M64PingpongMainloop : Blueprint {
     decltype(make_sf_tma(nullptr, LayoutSFB{}, SmemStageSFB{}, BoxB{})) tma_load_sfb;
     LayoutSFA layout_SFA;
     LayoutSFB layout_SFB;
+    GroupedB grouped_b;
     uint32_t tma_transaction_bytes = TmaTransactionBytes;
   };
 
@@ -155,10 +157,11 @@ struct M64PingpongMainloop : Blueprint {
     using namespace cute;
     auto [M, N, K, L] = append<4>(problem_shape, 1);
     Params params{};
+    params.grouped_b = GroupedB{args.b_batch_of_m_tile, args.b_batch_of_m_tile ? args.num_b_batches : int(L)};
     params.tma_load_a = make_packed_fp4_tma<ElementA, GmemTiledCopyA>(args.ptr_A, make_shape(M, K, L), args.dA,
                                                                       SmemStageA{}, BoxA{});
-    params.tma_load_b = make_packed_fp4_tma<ElementB, GmemTiledCopyB>(args.ptr_B, make_shape(N, K, L), args.dB,
-                                                                      SmemStageB{}, BoxB{});
+    params.tma_load_b = make_packed_fp4_tma<ElementB, GmemTiledCopyB>(
+        args.ptr_B, make_shape(N, K, params.grouped_b.batches), args.dB, SmemStageB{}, BoxB{});
     params.tma_load_sfa = make_sf_tma(args.ptr_SFA, args.layout_SFA, SfaLoadStage{}, BoxSFA{});
     params.tma_load_sfb = make_sf_tma(args.ptr_SFB, args.layout_SFB, SmemStageSFB{}, BoxB{});
     params.layout_SFA = args.layout_SFA;
@@ -184,8 +187,8 @@ struct M64PingpongMainloop : Blueprint {
     return make_tuple(
         local_tile(params.tma_load_a.get_tma_tensor(make_shape(M, K, L)), TileShape{}, make_coord(_, _, _),
                    Step<_1, X, _1>{}),
-        local_tile(params.tma_load_b.get_tma_tensor(make_shape(N, K, L)), TileShape{}, make_coord(_, _, _),
-                   Step<X, _1, _1>{}),
+        local_tile(params.tma_load_b.get_tma_tensor(make_shape(N, K, params.grouped_b.batches)), TileShape{},
+                   make_coord(_, _, _), Step<X, _1, _1>{}),
         local_tile(params.tma_load_sfa.get_tma_tensor(shape(params.layout_SFA)), SfaTile{}, make_coord(_, _, _),
                    Step<_1, X, _1>{}),
         local_tile(params.tma_load_sfb.get_tma_tensor(shape(params.layout_SFB)), TileShape{}, make_coord(_, _, _),
@@ -202,15 +205,16 @@ struct M64PingpongMainloop : Blueprint {
       auto [gA_mkl, gB_nkl, gSFA_mkl, gSFB_nkl] = load_inputs;
       auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
       const int sfa_block = int(m_coord) / kTilesPerSfaLoad;
+      const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
 
       auto tma_a = params.tma_load_a.get_slice(0);
       auto tma_b = params.tma_load_b.get_slice(0);
       auto tma_sfa = params.tma_load_sfa.get_slice(0);
       auto tma_sfb = params.tma_load_sfb.get_slice(0);
       Tensor src_a = tma_a.partition_S(gA_mkl(_, _, m_coord, _, l_coord));        // (TMA, TMA_M, TMA_K, k)
-      Tensor src_b = tma_b.partition_S(gB_nkl(_, _, n_coord, _, l_coord));
+      Tensor src_b = tma_b.partition_S(gB_nkl(_, _, n_coord, _, l_b));
       Tensor src_sfa = tma_sfa.partition_S(gSFA_mkl(_, _, sfa_block, _, l_coord));
-      Tensor src_sfb = tma_sfb.partition_S(gSFB_nkl(_, _, n_coord, _, l_coord));
+      Tensor src_sfb = tma_sfb.partition_S(gSFB_nkl(_, _, n_coord, _, l_b));
       Tensor dst_a = tma_a.partition_D(make_tensor(make_smem_ptr(smem.smem_A.begin()), SmemLayoutA{}));
       Tensor dst_b = tma_b.partition_D(make_tensor(make_smem_ptr(smem.smem_B.begin()), SmemLayoutB{}));
       Tensor dst_sfa = tma_sfa.partition_D(make_tensor(make_smem_ptr(smem.smem_SFA.begin()), SmemLayoutSFA{}));

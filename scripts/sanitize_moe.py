@@ -1,0 +1,23 @@
+#!/usr/bin/env python3
+"""A small fused-MoE workload for compute-sanitizer (both grouped GEMM tiles, skewed and empty experts)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
+from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
+from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES  # noqa: E402
+from tests.moe.moe_cases import make_inputs, make_weights  # noqa: E402
+
+raw = {k: v.cuda() for k, v in make_weights(8, 320, 200).items()}
+w = prepare_gpt_oss_weights(**raw, pad_to=128)
+for tactic in CANDIDATES:
+    for num_t in (1, 70):
+        hidden, logits = make_inputs(num_t, 320, 8)
+        out = fused_moe(hidden.cuda(), logits.cuda(), w, top_k=4, tactic=tactic)
+        torch.cuda.synchronize()
+        print(f"fused_moe {tactic.name} T={num_t}: finite={bool(out.isfinite().all())}", flush=True)
+print("sanitizer moe workload done")

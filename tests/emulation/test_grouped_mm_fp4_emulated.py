@@ -1,0 +1,75 @@
+"""Rung 3 for the MoE GEMM: grouped_mm_fp4 built for sm_90a with the emulated MMA atom, on an H100, against a
+float64 per-tile reference (each M tile times the weights of the expert expert_of_tile names)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp4_quantize
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.jit.module import build_module
+from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES, grouped_mm_fp4, grouped_mm_fp4_spec
+
+pytestmark = pytest.mark.emulation
+
+
+@pytest.fixture(autouse=True)
+def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prebuilt() -> None:
+    os.environ.setdefault("FLASHINFER_SM12X_EMULATE", "1")
+    specs = [grouped_mm_fp4_spec(parse_target("sm_90a"), t, torch.bfloat16) for t in CANDIDATES]
+    with ThreadPoolExecutor(int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))) as pool:
+        list(pool.map(build_module, specs))
+
+
+def expert_weights(num_e: int, n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """[E, n, k/2] codes and [E, round_up(n,128), round_up(k/32,4)] 128x4 scales, one quantization per expert."""
+    parts = [mxfp4_quantize(torch.randn(n, k, generator=gen).cuda()) for _ in range(num_e)]
+    return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+
+@pytest.mark.parametrize("tactic", CANDIDATES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("num_e", "tiles", "n", "k"), [(4, 5, 200, 128), (3, 3, 264, 2880), (8, 6, 136, 640)],
+                         ids=lambda v: str(v))
+def test_grouped_matches_per_tile_reference(tactic, num_e: int, tiles: int, n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(num_e * 100 + k)
+    m = tiles * tactic.tile_m
+    a, a_sf = mxfp4_quantize((torch.randn(m, k, generator=gen) * 3).cuda())
+    b, b_sf = expert_weights(num_e, n, k, gen)
+    expert_of_tile = torch.randint(0, num_e, (tiles,), generator=gen, dtype=torch.int32)
+    expert_of_tile[0] = num_e - 1  # the last expert's batch offset is exercised every time
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, out=out)
+    torch.cuda.synchronize()
+    x = mxfp4_dequantize(a, a_sf).double()
+    ref = torch.empty(m, n, dtype=torch.float64, device="cuda")
+    for t, e in enumerate(expert_of_tile.tolist()):
+        rows = slice(t * tactic.tile_m, (t + 1) * tactic.tile_m)
+        ref[rows] = x[rows] @ mxfp4_dequantize(b[e], b_sf[e]).double().T
+    err = float((out.double() - ref).abs().max() / ref.abs().max())
+    assert not out.isnan().any() and err < 2**-7, f"max error {err:.2e} of max |ref|"
+
+
+def test_bad_inputs_rejected_before_launch() -> None:
+    tactic = CANDIDATES[0]
+    a, a_sf = mxfp4_quantize(torch.randn(64, 128).cuda())
+    b, b_sf = expert_weights(2, 128, 128, torch.Generator().manual_seed(0))
+    tiles = torch.zeros(1, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="multiple of 64"):
+        grouped_mm_fp4(a[:32], a_sf, b, b_sf, tiles, tactic)
+    with pytest.raises(TypeError, match="int32"):
+        grouped_mm_fp4(a, a_sf, b, b_sf, tiles.long(), tactic)
+    with pytest.raises(ValueError, match="shape"):
+        grouped_mm_fp4(a, a_sf, b, b_sf, torch.zeros(2, dtype=torch.int32, device="cuda"), tactic)
+    with pytest.raises(ValueError, match="elements"):
+        grouped_mm_fp4(a, a_sf, b, b_sf[:1], tiles, tactic)
+    with pytest.raises(ValueError, match="CUDA"):
+        grouped_mm_fp4(a, a_sf, b, b_sf, tiles.cpu(), tactic)
