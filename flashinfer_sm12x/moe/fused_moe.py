@@ -122,7 +122,7 @@ def fused_moe(
     dest = padded_start[sorted_expert] + torch.arange(rows, device=offsets.device) - offsets[sorted_expert]
     expert_of_row = expert_of_tile.long().repeat_interleave(tm)
 
-    hp, ip = weights.hidden_size_padded, weights.intermediate_size_padded
+    hp = weights.hidden_size_padded
     x = torch.zeros(bound, hp, dtype=torch.float32, device=hidden.device)
     x[dest, : weights.hidden_size] = hidden.index_select(0, token_of_row.long()).float()
     xq, xsf = mxfp4_quantize(x)

@@ -56,7 +56,7 @@ def test_fused_moe_glue_matches_reference(model_gemm: None, tactic, num_t: int, 
     ref = gpt_oss_moe_reference(hidden, logits, **raw, top_k=4, act_quant="mxfp4")
     assert got.shape == (num_t, H) and got.dtype == torch.float32
     # fp32 glue vs the fp64 reference: equal up to fp32 rounding (a re-quantization tie could still flip).
-    assert float(((got.double() - ref).abs().max() / ref.abs().max())) < 1e-4
+    assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
 def test_fused_moe_halves_layout_and_precomputed_routing(model_gemm: None) -> None:
@@ -66,7 +66,7 @@ def test_fused_moe_halves_layout_and_precomputed_routing(model_gemm: None) -> No
     weights = torch.full((6, 4), 0.25)
     got = fm.fused_moe(hidden, (ids, weights), w, tactic=CANDIDATES[0], validate_ids=False, out_dtype=torch.float32)
     ref = gpt_oss_moe_reference(hidden, (ids, weights), **raw, act_quant="mxfp4")
-    assert float(((got.double() - ref).abs().max() / ref.abs().max())) < 1e-4
+    assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-4
 
 
 def test_tile_layout_bound_holds_for_skewed_counts() -> None:
