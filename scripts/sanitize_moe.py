@@ -12,7 +12,7 @@ from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
 from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES  # noqa: E402
 from tests.moe.moe_cases import make_inputs, make_weights  # noqa: E402
 
-raw = {k: v.cuda() for k, v in make_weights(8, 320, 200).items()}
+raw = {k: v.cuda() for k, v in make_weights(8, 320, 192).items()}
 w = prepare_gpt_oss_weights(**raw, pad_to=128)
 for tactic in CANDIDATES:
     for num_t in (1, 70):
