@@ -11,10 +11,15 @@ from .formats import (  # noqa: E402  (FlashInfer-compatible quantizers at the t
     mxfp8_quantize,
     nvfp4_quantize,
 )
+from .moe.fused_moe import fused_moe  # noqa: E402
+from .moe.weights import prepare_gpt_oss_weights  # noqa: E402
+from .ops.grouped_mm_fp4 import grouped_mm_fp4  # noqa: E402
 from .ops.mm_fp4 import mm_fp4, mm_mxfp8_mxfp4  # noqa: E402
 
 __all__ = [
     "__version__",
+    "fused_moe",
+    "grouped_mm_fp4",
     "mm_fp4",
     "mm_mxfp8_mxfp4",
     "mxfp4_dequantize",
@@ -22,4 +27,5 @@ __all__ = [
     "mxfp8_dequantize",
     "mxfp8_quantize",
     "nvfp4_quantize",
+    "prepare_gpt_oss_weights",
 ]
