@@ -11,6 +11,7 @@ from .formats import (  # noqa: E402  (FlashInfer-compatible quantizers at the t
     mxfp8_quantize,
     nvfp4_quantize,
 )
+from .integrations.flashinfer_cutlass_fused_moe import cutlass_fused_moe  # noqa: E402
 from .moe.fused_moe import fused_moe  # noqa: E402
 from .moe.weights import prepare_gpt_oss_weights  # noqa: E402
 from .ops.grouped_mm_fp4 import grouped_mm_fp4  # noqa: E402
@@ -18,6 +19,7 @@ from .ops.mm_fp4 import mm_fp4, mm_mxfp8_mxfp4  # noqa: E402
 
 __all__ = [
     "__version__",
+    "cutlass_fused_moe",
     "fused_moe",
     "grouped_mm_fp4",
     "mm_fp4",

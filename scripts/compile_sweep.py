@@ -6,7 +6,7 @@ and writes it as CSV. Exit status 1 if any config fails a requirement (native MM
 smem <= 101,376 B).
 
     python scripts/compile_sweep.py --arch sm_120a,sm_121a --parallel 2 --csv sweep.csv
-    python scripts/compile_sweep.py --op grouped_mm_fp4 --candidates     # the MoE GEMM's menu (MXFP4)
+    python scripts/compile_sweep.py --op grouped_mm_fp4 --candidates     # the MoE GEMM's menus (W4A4, W4A8)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ OUT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def prove(fmt: str, tactic, target, out: str, op: str = "mm_fp4") -> dict:
     if op == "grouped_mm_fp4":
-        spec = grouped.grouped_mm_fp4_spec(target, tactic, OUT[out])
+        spec = grouped.grouped_mm_fp4_spec(target, tactic, OUT[out], fmt)
     else:
         spec = mm_fp4_spec(target, fmt, tactic, OUT[out])
     row = {"config": f"{op}/{fmt}/{out}/{tactic.name}", "target": target.name}
@@ -73,8 +73,11 @@ def main() -> int:
     for arch in args.arch.split(","):
         target = parse_target(arch)
         if args.op == "grouped_mm_fp4":
-            menu = grouped.CANDIDATES if args.candidates else grouped.shipped(target)
-            jobs += [("mxfp4", t, target, o, args.op) for t in menu for o in args.out_dtypes.split(",")]
+            for fmt in (f for f in args.formats.split(",") if f in grouped.FORMATS):
+                if target.emulated and fmt not in EMULATED_FORMATS:
+                    continue
+                menu = grouped.candidates(fmt) if args.candidates else grouped.shipped(target, fmt)
+                jobs += [(fmt, t, target, o, args.op) for t in menu for o in args.out_dtypes.split(",")]
             continue
         formats = [f for f in args.formats.split(",") if not target.emulated or f in EMULATED_FORMATS]
         jobs += [(f, t, target, o) for f in formats for t in (CANDIDATES if args.candidates else shipped(f, target))

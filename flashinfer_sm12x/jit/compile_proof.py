@@ -47,9 +47,14 @@ class KernelReport:
         """STL/LDL instructions inside the innermost loops that issue `mma_prefix` (the mainloops).
 
         A loop is a backward branch; the innermost ones holding MMAs are those containing no smaller such
-        loop. Spill bytes elsewhere (prologue, epilogue, scheduler) do not slow the mainloop."""
+        loop. Spill bytes elsewhere (prologue, epilogue, scheduler) do not slow the mainloop. Branches after
+        the kernel's last EXIT are ptxas's out-of-line stubs (barrier try-wait retries, divergent-branch
+        fallbacks): their jump back into the body is a return, not a loop, so they are not counted as loops."""
+        body_end = max((a for a, op, _ in self.code if op.startswith("EXIT")), default=None)
         loops = []
         for addr, op, text in self.code:
+            if body_end is not None and addr > body_end:
+                continue
             if op.startswith("BRA") and (m := _BRANCH_TARGET.search(text)):
                 target = int(m.group(1), 16)
                 if target < addr and any(target <= a <= addr and o.startswith(mma_prefix) for a, o, _ in self.code):

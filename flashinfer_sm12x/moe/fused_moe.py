@@ -1,5 +1,11 @@
-"""GPT-OSS MoE forward on SM12x: routing -> permute into expert-contiguous, tile-padded rows -> MXFP4 grouped GEMM1
--> fc1 bias + activation -> MXFP4 re-quantization -> grouped GEMM2 -> fc2 bias -> weighted finalize.
+"""GPT-OSS MoE forward on SM12x: routing -> permute into expert-contiguous, tile-padded rows -> grouped GEMM1
+-> fc1 bias + activation -> re-quantization -> grouped GEMM2 -> fc2 bias -> weighted finalize.
+
+Activation modes: W4A4 (activations quantized to MXFP4, the e2m1 x e2m1 kernel) and W4A8 (MXFP8 activations,
+the e4m3 x e2m1 kernel, native SM12x only), chosen by the weights' `act`. W4A16 (bf16 activations) is not
+offered: SM12x has no bf16 x e2m1 MMA, so it would mean a mixed-input mainloop that widens every weight to bf16
+in registers and runs at the bf16 MMA rate; W4A8 keeps MXFP8's accuracy (8-bit elements, a scale per 32) at
+the FP8 rate.
 
 The two GEMMs (all of the FLOPs) are the grouped block-scaled kernel (ops/grouped_mm_fp4.py). The glue between
 them (gather, quantize, bias, activation, finalize) is device-side torch: sync-free and CUDA-graph capturable,
@@ -14,21 +20,26 @@ its weights are the ones most recently in L2). At decode (T*k rows, a handful of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from ..formats.quantize import mxfp4_quantize
-from ..ops.grouped_mm_fp4 import Tactic, grouped_mm_fp4, heuristic
+from ..formats.quantize import mxfp4_quantize, mxfp8_quantize
+from ..jit.arch import target_for_device
+from ..ops.grouped_mm_fp4 import Tactic, candidates, grouped_mm_fp4, heuristic
 from .routing import clamp_expert_ids, finalize, permute, route
 from .weights import PreparedMoEWeights
 
 Activation = Literal["swiglu_oai", "swiglu"]
+_GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # weights.act -> grouped GEMM format
+Scalar = float | torch.Tensor  # a float, or a per-expert tensor [E]
 
 
-def _swiglu(h: torch.Tensor, w: PreparedMoEWeights, activation: Activation, alpha: float, beta: float,
-            limit: float | None) -> torch.Tensor:
-    """h [rows, 2*Ip] float32 -> [rows, Ip]: gate/up as the prepared weights order them."""
+def _swiglu(h: torch.Tensor, w: PreparedMoEWeights, activation: Activation, alpha: Scalar, beta: Scalar,
+            limit: Scalar | None) -> torch.Tensor:
+    """h [rows, 2*Ip] float32 -> [rows, Ip]: gate/up as the prepared weights order them. alpha/beta/limit are
+    floats or per-row tensors [rows, 1]."""
     ip = w.intermediate_size_padded
     if w.interleaved:
         gate, up = h[:, 0::2], h[:, 1::2]
@@ -56,6 +67,67 @@ def _tile_layout(offsets: torch.Tensor, num_rows_bound: int, tile_m: int) -> tup
     return padded_end - padded, expert_of_tile.clamp(max=counts.numel() - 1).to(torch.int32)
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Where the T*k (token, expert) pairs live in the padded, expert-contiguous GEMM rows."""
+
+    tactic: Tactic
+    bound: int                    # padded row count the buffers are sized by
+    dest: torch.Tensor            # [T*k] padded row of permuted pair i
+    token_of_row: torch.Tensor    # [T*k] source token of permuted pair i
+    inverse: torch.Tensor         # [T*k] permuted position of expanded row t*k + slot
+    expert_of_tile: torch.Tensor  # int32 [bound / TM]
+    expert_of_row: torch.Tensor   # int64 [bound]
+
+
+def _plan_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | None, device: torch.device,
+               validate_ids: bool) -> _Rows:
+    offsets, token_of_row, inverse = permute(ids, num_e, validate_ids=validate_ids)
+    rows = ids.numel()
+    if tactic is None:
+        target = target_for_device(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
+        tactic = heuristic(rows, num_e, target, fmt)
+    elif tactic not in candidates(fmt):
+        raise ValueError(f"fused_moe: tactic for {fmt} must be one of {[t.name for t in candidates(fmt)]}, "
+                         f"got {tactic!r}")
+    tm = tactic.tile_m
+    bound = -(-(rows + min(num_e, rows) * (tm - 1)) // tm) * tm
+    padded_start, expert_of_tile = _tile_layout(offsets, bound, tm)
+    pair = torch.arange(rows, device=offsets.device)
+    sorted_expert = torch.searchsorted(offsets[1:], pair, right=True)
+    dest = padded_start[sorted_expert] + pair - offsets[sorted_expert]
+    expert_of_row = expert_of_tile.long().repeat_interleave(tm)
+    return _Rows(tactic, bound, dest, token_of_row, inverse, expert_of_tile, expert_of_row)
+
+
+def _quantize(x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return mxfp4_quantize(x) if act == "mxfp4" else mxfp8_quantize(x, True, 32)
+
+
+def _per_row(v: Scalar | None, r: _Rows) -> Scalar | None:
+    return v.float().index_select(0, r.expert_of_row).unsqueeze(1) if isinstance(v, torch.Tensor) else v
+
+
+def _experts(aq: torch.Tensor, asf: torch.Tensor, r: _Rows, w: PreparedMoEWeights, activation: Activation,
+             alpha: Scalar, beta: Scalar, limit: Scalar | None, fc1_scale: torch.Tensor | None = None,
+             fc2_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """GEMM1 input (quantized padded rows) -> GEMM2 output + fc2 bias, float32 [bound, Hp].
+    fc*_scale: optional per-expert output scales [E] applied to each GEMM's product before its bias."""
+    h = grouped_mm_fp4(aq, asf, w.w13, w.w13_sf, r.expert_of_tile, r.tactic).float()
+    if fc1_scale is not None:
+        h *= _per_row(fc1_scale, r)
+    if w.w13_bias is not None:
+        h += w.w13_bias.float().index_select(0, r.expert_of_row)
+    a = _swiglu(h, w, activation, _per_row(alpha, r), _per_row(beta, r), _per_row(limit, r))
+    aq2, asf2 = _quantize(a.contiguous(), w.act)
+    y = grouped_mm_fp4(aq2, asf2, w.w2, w.w2_sf, r.expert_of_tile, r.tactic).float()
+    if fc2_scale is not None:
+        y *= _per_row(fc2_scale, r)
+    if w.w2_bias is not None:
+        y += w.w2_bias.float().index_select(0, r.expert_of_row)
+    return y
+
+
 def fused_moe(
     hidden: torch.Tensor,
     routing: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
@@ -71,17 +143,16 @@ def fused_moe(
     out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
     """hidden [T, H] bf16/fp16/fp32 on CUDA; routing = router logits [T, E] (softmax top-k, renormalised, as
-    GPT-OSS) or (topk_ids [T, k] int, topk_weights [T, k] float); weights from prepare_gpt_oss_weights with
-    act="mxfp4" (W4A4: activations are quantized to MXFP4 before each GEMM). Returns [T, H] out_dtype.
+    GPT-OSS) or (topk_ids [T, k] int, topk_weights [T, k] float); weights from prepare_gpt_oss_weights: act="mxfp4"
+    runs W4A4, act="mxfp8" W4A8 (activations are quantized to that format before each GEMM). Returns [T, H].
 
     validate_ids=True checks precomputed ids on the host (one sync; ValueError on an id outside [0, E)).
     validate_ids=False is for CUDA-graph capture: ids are clamped on the device, nothing syncs."""
     fn = "fused_moe"
     if not isinstance(weights, PreparedMoEWeights):
         raise TypeError(f"{fn}: weights must come from prepare_gpt_oss_weights, got {type(weights).__name__}")
-    if weights.act != "mxfp4":
-        raise ValueError(f"{fn}: weights were prepared for act={weights.act!r}; this path runs W4A4 (act='mxfp4'). "
-                         "W4A8 needs the MXFP8 x MXFP4 grouped kernel, which is not built yet")
+    if weights.act not in _GEMM_FORMAT:
+        raise ValueError(f"{fn}: weights were prepared for act={weights.act!r}; expected 'mxfp4' or 'mxfp8'")
     if not isinstance(hidden, torch.Tensor) or hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"{fn}: hidden must be a bf16/fp16/fp32 tensor")
     if hidden.ndim != 2 or hidden.shape[1] != weights.hidden_size:
@@ -110,29 +181,11 @@ def fused_moe(
     devices = {t.device for t in (hidden, ids, topk_weights, weights.w13)}
     if len(devices) != 1:  # (grouped_mm_fp4 checks for CUDA before its first launch)
         raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got {sorted(map(str, devices))}")
-    k = ids.shape[1]
-    offsets, token_of_row, inverse = permute(ids, num_e, validate_ids=validate_ids)
+    r = _plan_rows(ids, num_e, _GEMM_FORMAT[weights.act], tactic, hidden.device, validate_ids)
 
-    rows = num_t * k
-    tactic = tactic or heuristic(rows, num_e)
-    tm = tactic.tile_m
-    bound = -(-(rows + min(num_e, rows) * (tm - 1)) // tm) * tm
-    padded_start, expert_of_tile = _tile_layout(offsets, bound, tm)
-    sorted_expert = torch.searchsorted(offsets[1:], torch.arange(rows, device=offsets.device), right=True)
-    dest = padded_start[sorted_expert] + torch.arange(rows, device=offsets.device) - offsets[sorted_expert]
-    expert_of_row = expert_of_tile.long().repeat_interleave(tm)
-
-    hp = weights.hidden_size_padded
-    x = torch.zeros(bound, hp, dtype=torch.float32, device=hidden.device)
-    x[dest, : weights.hidden_size] = hidden.index_select(0, token_of_row.long()).float()
-    xq, xsf = mxfp4_quantize(x)
-    h = grouped_mm_fp4(xq, xsf, weights.w13, weights.w13_sf, expert_of_tile, tactic).float()
-    if weights.w13_bias is not None:
-        h += weights.w13_bias.float().index_select(0, expert_of_row)
-    a = _swiglu(h, weights, activation, alpha, beta, limit)
-    aq, asf = mxfp4_quantize(a.contiguous())
-    y = grouped_mm_fp4(aq, asf, weights.w2, weights.w2_sf, expert_of_tile, tactic).float()
-    if weights.w2_bias is not None:
-        y += weights.w2_bias.float().index_select(0, expert_of_row)
-    y_permuted = y.index_select(0, dest)[:, : weights.hidden_size].contiguous()
-    return finalize(y_permuted, inverse, topk_weights, out_dtype=out_dtype)
+    x = torch.zeros(r.bound, weights.hidden_size_padded, dtype=torch.float32, device=hidden.device)
+    x[r.dest, : weights.hidden_size] = hidden.index_select(0, r.token_of_row.long()).float()
+    aq, asf = _quantize(x, weights.act)
+    y = _experts(aq, asf, r, weights, activation, alpha, beta, limit)
+    y_permuted = y.index_select(0, r.dest)[:, : weights.hidden_size].contiguous()
+    return finalize(y_permuted, r.inverse, topk_weights, out_dtype=out_dtype)

@@ -43,6 +43,7 @@
 #include "cutlass/util/packed_stride.hpp"  // tools/util/include
 
 #include "flashinfer_sm12x/emulated_blockscaled_mma.cuh"
+#include "flashinfer_sm12x/grouped_mm_fp4.cuh"
 #include "flashinfer_sm12x/mm_fp4_m64_mainloop.cuh"
 
 namespace flashinfer_sm12x::mm_fp4 {
@@ -116,18 +117,20 @@ struct SchedulerTag<Schedule, true> {
 // Lazy: only touch the emulation metafunctions when asked for. 128-row tiles: CUTLASS's collective (emulated:
 // with the SM90 atom and byte-typed A/B TMA). 64-row tiles: our mainloop over the collective CUTLASS builds
 // for that tile (emulated: the same mainloop, only the atom differs; it always loads A/B as bytes).
-// Grouped GEMMs (grouped_mm_fp4.cuh) need a byte-TMA mainloop: ByteTmaMainloop for 128-row tiles, natively too.
+// Grouped GEMMs (grouped_mm_fp4.cuh): packed e2m1 x e2m1 through a byte-TMA mainloop (ByteTmaMainloop for 128-row
+// tiles, natively too); W4A8 (unpacked e2m1 in smem, native only) through GroupedCollectiveMainloop.
 template <class Collective, bool Emulated>
 struct MaybeEmulatedAtom { using type = Collective; };
 template <class Collective>
 struct MaybeEmulatedAtom<Collective, true> { using type = typename emulated::WithEmulatedAtom<Collective>::type; };
 
-template <class Collective, bool Emulated, bool M64, bool Grouped>
+template <class Collective, bool Emulated, bool M64, bool Grouped, bool PackedFp4>
 struct SelectMainloop {
   using WithAtom = typename MaybeEmulatedAtom<Collective, Emulated>::type;
-  using type = cute::conditional_t<M64, M64PingpongMainloop<WithAtom>,
-                                   cute::conditional_t<Emulated || Grouped, emulated::ByteTmaMainloop<WithAtom>,
-                                                       Collective>>;
+  using type = cute::conditional_t<
+      M64, M64PingpongMainloop<WithAtom>,
+      cute::conditional_t<Grouped && !PackedFp4, GroupedCollectiveMainloop<Collective>,
+                          cute::conditional_t<Emulated || Grouped, emulated::ByteTmaMainloop<WithAtom>, Collective>>>;
 };
 
 // Stages of a 64-row tile: the builder cannot size them (its SFA layout is empty for 64 rows), so count what
@@ -153,8 +156,10 @@ constexpr int m64_stages(int epilogue_bytes) {
 template <class Format, class ElementD_, int TileM, int TileN, int TileK, class Schedule, bool Emulated,
           bool SwapAB = false, bool Grouped = false>
 struct MmFp4Config {
-  static_assert(!(Grouped && (SwapAB || cute::is_same_v<Format, Mxfp8Mxfp4> || cute::is_same_v<Schedule, StreamK>)),
-                "grouped GEMMs: packed e2m1 x e2m1, unswapped, Pingpong or Cooperative");
+  static_assert(!(Grouped && (SwapAB || cute::is_same_v<Schedule, StreamK>)),
+                "grouped GEMMs: unswapped, Pingpong or Cooperative");
+  static_assert(!(Emulated && cute::is_same_v<Format, Mxfp8Mxfp4>),
+                "W4A8 is native only: SM90 lacks its unpacking TMA type and ldmatrix (see emulated_blockscaled_mma.cuh)");
   static_assert(!(SwapAB && cute::is_same_v<Format, Mxfp8Mxfp4>), "W4A8 has distinct A/B formats: no swap");
   static_assert(cute::is_same_v<ElementD_, cutlass::bfloat16_t> || cute::is_same_v<ElementD_, cutlass::half_t>,
                 "D must be bf16 or fp16");
@@ -202,7 +207,8 @@ struct MmFp4Config {
               static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>>,
       typename detail::MainloopScheduleTag<Format, Schedule>::type>::CollectiveOp;
 
-  using CollectiveMainloop = typename detail::SelectMainloop<NativeMainloop, Emulated, kM64, Grouped>::type;
+  using CollectiveMainloop = typename detail::SelectMainloop<NativeMainloop, Emulated, kM64, Grouped,
+                                                             !cute::is_same_v<Format, Mxfp8Mxfp4>>::type;
 
   using GemmKernel = cutlass::gemm::kernel::GemmUniversal<
       cute::Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,

@@ -90,3 +90,28 @@ def test_mainloop_spills_counts_only_the_innermost_mma_loop() -> None:
     kernel = _kernel_from(sass)
     assert kernel.mainloop_spills("OMMA.SF") == 1
     assert kernel.mainloop_spills("QMMA.SF") == 0  # no such loop
+
+
+def test_out_of_line_stub_returns_are_not_loops() -> None:
+    # ptxas places barrier try-wait retries after the last EXIT; their jump back into the body (here to the
+    # peeled last MMA, over an epilogue LDL) is a return, not a loop. Only the real k loop (0x10..0x30) counts.
+    sass = "\n".join([
+        "\t\tFunction : _Z1kv",
+        "        /*0000*/                   NOP ;",
+        "        /*0010*/                   OMMA.SF.16864.F32.E2M1.E2M1.E8 R4, R8, R12, R4, R2, R3, URZ ;",
+        "        /*0020*/                   IADD3 R3, PT, PT, R3, 0x1, RZ ;",
+        "        /*0030*/               @P0 BRA 0x10 ;",  # the k loop
+        "        /*0040*/                   OMMA.SF.16864.F32.E2M1.E2M1.E8 R4, R8, R12, R4, R2, R3, URZ ;",
+        "        /*0050*/              @!P1 BRA 0x90 ;",  # to the try-wait stub
+        "        /*0060*/                   LDL R3, [R1] ;",  # epilogue spill: not in the mainloop
+        "        /*0070*/               @P2 BRA 0x0 ;",  # the tile loop
+        "        /*0080*/                   EXIT ;",
+        "        /*0090*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P1, [R2], R3 ;",
+        "        /*00a0*/              @!P1 BRA 0x90 ;",
+        "        /*00b0*/                   BRA 0x40 ;",  # the stub's return: not a loop
+    ])
+    kernel = _kernel_from(sass)
+    assert kernel.mainloop_spills("OMMA.SF") == 0
+    # The same code without the EXIT (no stub boundary known): the return jump is taken for a loop.
+    kernel = _kernel_from(sass.replace("EXIT", "NOP"))
+    assert kernel.mainloop_spills("OMMA.SF") == 1

@@ -10,10 +10,10 @@ import importlib
 import pytest
 import torch
 
-from flashinfer_sm12x.formats import mxfp4_dequantize
+from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp8_dequantize
 from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES
+from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES, W4A8_CANDIDATES
 from tests.moe.moe_cases import make_inputs, make_weights
 
 fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")  # the module (the package exports the function)
@@ -21,7 +21,7 @@ H, INTER = 64, 96
 
 
 def grouped_gemm_model(a, a_sf, b, b_sf, expert_of_tile, tactic, out=None, out_dtype=torch.bfloat16, **_):
-    x = mxfp4_dequantize(a, a_sf)
+    x = mxfp8_dequantize(a, a_sf) if a.dtype == torch.float8_e4m3fn else mxfp4_dequantize(a, a_sf)
     tm = tactic.tile_m
     assert x.shape[0] % tm == 0 and expert_of_tile.numel() == x.shape[0] // tm
     assert int(expert_of_tile.min()) >= 0 and int(expert_of_tile.max()) < b.shape[0]
@@ -59,6 +59,23 @@ def test_fused_moe_glue_matches_reference(model_gemm: None, tactic, num_t: int, 
     assert got.shape == (num_t, H) and got.dtype == torch.float32
     # fp32 glue vs the fp64 reference: equal up to fp32 rounding (a re-quantization tie could still flip).
     assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("tactic", W4A8_CANDIDATES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("num_t", "num_e", "skew"), [(1, 8, False), (20, 8, False), (20, 8, True)])
+def test_fused_moe_w4a8_glue_matches_reference(model_gemm: None, tactic, num_t: int, num_e: int, skew: bool) -> None:
+    raw = make_weights(num_e, H, INTER)
+    w = prepare_gpt_oss_weights(**raw, pad_to=128, act="mxfp8")
+    hidden, logits = make_inputs(num_t, H, num_e)
+    if skew:
+        logits = torch.zeros_like(logits)
+        logits[:, :4] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    got = fm.fused_moe(hidden, logits, w, top_k=4, tactic=tactic, out_dtype=torch.float32)
+    ref = gpt_oss_moe_reference(hidden, logits, **raw, top_k=4, act_quant="mxfp8")
+    assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-4
+    # ...and it is not the W4A4 result (the activations really went through MXFP8).
+    ref4 = gpt_oss_moe_reference(hidden, logits, **raw, top_k=4, act_quant="mxfp4")
+    assert float((got.double() - ref4).abs().max() / ref4.abs().max()) > 1e-3
 
 
 def test_fused_moe_halves_layout_and_precomputed_routing(model_gemm: None) -> None:
@@ -99,5 +116,5 @@ def test_bad_input_is_rejected_before_any_gemm(model_gemm: None) -> None:
     with pytest.raises(TypeError, match="prepare_gpt_oss_weights"):
         fm.fused_moe(hidden, logits, raw, top_k=4)
     w8 = prepare_gpt_oss_weights(**raw, pad_to=128, act="mxfp8")
-    with pytest.raises(ValueError, match="W4A4"):
-        fm.fused_moe(hidden, logits, w8, top_k=4)
+    with pytest.raises(ValueError, match="tactic for mxfp8_mxfp4"):  # a W4A4 tile for W4A8 weights
+        fm.fused_moe(hidden, logits, w8, top_k=4, tactic=CANDIDATES[0])

@@ -1,0 +1,212 @@
+"""`cutlass_fused_moe` with FlashInfer's signature, for its MXFP4 W4A8 convention: callers switch by import.
+
+    from flashinfer.fused_moe import cutlass_fused_moe      # before
+    from flashinfer_sm12x import cutlass_fused_moe          # after (SM120/SM121)
+
+The convention (flashinfer/fused_moe/core.py and its binding's isWMxfp4AMxfp8Quant branch, as vLLM's
+SM100 MXFP4 x MXFP8 CUTLASS path calls it):
+- input float8_e4m3fn [T, Hp] with input_sf (E8M0, 128x4-swizzled over T rows, or linear with
+  swizzled_input_sf=False) and use_mxfp8_act_scaling=True;
+- fc1_expert_weights uint8 [E, 2*Ip, Hp/2] packed e2m1, rows as halves [up; gate] (FlashInfer's gated
+  activation reads the first half as the linear part); fc2_expert_weights uint8 [E, Hp, Ip/2];
+- quant_scales = [fc1 block scales int32 [E, 2*Ip, Hp/128] (E8M0 bytes, 128x4-swizzled per expert, 4 per int32),
+  fc1 global float32 [E], fc2 block scales int32 [E, Hp, Ip/128], fc2 global float32 [E]];
+  PreparedMoEWeights.flashinfer_quant_scales() builds them. Each global scale multiplies its GEMM's product
+  before the bias (FlashInfer's per-expert GEMM alpha; vLLM passes ones);
+- fc1/fc2 biases [E, 2*Ip] / [E, Hp]; swiglu_alpha / swiglu_beta / swiglu_limit float32 [E] select the
+  biased, clamped SwiGLU (GPT-OSS: 1.702, 1.0, 7.0); unset ones mean alpha 1, beta 0, no clamp;
+- token_selected_experts int32 [T, k] (global ids when ep_size > 1: this rank owns experts
+  [ep_rank * E, (ep_rank + 1) * E)), token_final_scales float32 [T, k];
+- returns `output` [T, Hp] in output_dtype (allocated when not given).
+
+Everything else FlashInfer offers (FP8/NVFP4/BF16/W4A16 MoE, all-to-all, min-latency mode, other activations)
+raises NotImplementedError naming the option; options that only tune FlashInfer's own kernels (tactics,
+workspace, PDL, fused finalize) are accepted and have no effect here. With tp_size > 1 the weights are this
+rank's shard, as in FlashInfer; the caller reduces across ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..formats import SfLayout, swizzle_sf, unswizzle_sf
+from ..moe.fused_moe import _experts, _plan_rows
+from ..moe.routing import finalize
+from ..moe.weights import PreparedMoEWeights
+
+_SWIGLU, _SWIGLU_BIAS = 3, 5  # flashinfer.tllm_enums.ActivationType values (IntEnum; compared by value)
+_FN = "cutlass_fused_moe"
+
+
+def _need(cond: bool, msg: str, exc: type[Exception] = ValueError) -> None:
+    if not cond:
+        raise exc(f"{_FN}: {msg}")
+
+
+def _tensor(t: Any, name: str, dtypes: tuple[torch.dtype, ...], ndim: int) -> torch.Tensor:
+    _need(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    _need(t.dtype in dtypes, f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}", TypeError)
+    _need(t.ndim == ndim, f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    _need(t.is_contiguous(), f"{name} must be contiguous")
+    return t
+
+
+def _per_expert(t: Any, name: str, num_e: int) -> torch.Tensor | None:
+    if t is None:
+        return None
+    t = _tensor(t, name, (torch.float32,), 1)
+    _need(t.numel() == num_e, f"{name} must have one value per local expert ({num_e}), got {t.numel()}")
+    return t
+
+
+def _unsupported(**flags: Any) -> None:
+    for name, value in flags.items():
+        if value:
+            raise NotImplementedError(f"{_FN}: {name} is not supported by the SM12x MXFP4 W4A8 MoE")
+
+
+def cutlass_fused_moe(
+    input: torch.Tensor,
+    token_selected_experts: torch.Tensor,
+    token_final_scales: torch.Tensor,
+    fc1_expert_weights: torch.Tensor,
+    fc2_expert_weights: torch.Tensor,
+    output_dtype: torch.dtype,
+    quant_scales: list[torch.Tensor],
+    fc1_expert_biases: torch.Tensor | None = None,
+    fc2_expert_biases: torch.Tensor | None = None,
+    input_sf: torch.Tensor | None = None,
+    swiglu_alpha: torch.Tensor | None = None,
+    swiglu_beta: torch.Tensor | None = None,
+    swiglu_limit: torch.Tensor | None = None,
+    tp_size: int = 1,
+    tp_rank: int = 0,
+    ep_size: int = 1,
+    ep_rank: int = 0,
+    cluster_size: int = 1,
+    cluster_rank: int = 0,
+    output: torch.Tensor | None = None,
+    enable_alltoall: bool = False,
+    use_deepseek_fp8_block_scale: bool = False,
+    use_w4_group_scaling: bool = False,
+    use_mxfp8_act_scaling: bool = False,
+    min_latency_mode: bool = False,
+    use_packed_weights: bool = False,
+    use_wfp4afp8_humming: bool = False,
+    tune_max_num_tokens: int = 8192,
+    enable_pdl: bool | None = None,
+    activation_type: int = _SWIGLU,
+    swizzled_input_sf: bool = True,
+    use_fused_finalize: bool = True,
+    profile_ids: list[int] | None = None,
+    workspace_buffer: torch.Tensor | None = None,
+    *,
+    clamped_relu2_limit: torch.Tensor | None = None,
+    situ_beta: torch.Tensor | None = None,
+    situ_linear_beta: torch.Tensor | None = None,
+    backend: str = "cutlass",
+) -> torch.Tensor:
+    """FlashInfer's `cutlass_fused_moe` for MXFP4 weights x MXFP8 activations on SM120/SM121 (see the module
+    docstring for the convention). Bad input raises before any kernel launch."""
+    del tune_max_num_tokens, enable_pdl, use_fused_finalize, profile_ids, workspace_buffer, tp_rank  # no effect
+    _unsupported(enable_alltoall=enable_alltoall, use_deepseek_fp8_block_scale=use_deepseek_fp8_block_scale,
+                 use_w4_group_scaling=use_w4_group_scaling, min_latency_mode=min_latency_mode,
+                 use_packed_weights=use_packed_weights, use_wfp4afp8_humming=use_wfp4afp8_humming,
+                 clamped_relu2_limit=clamped_relu2_limit is not None, situ_beta=situ_beta is not None,
+                 situ_linear_beta=situ_linear_beta is not None, cluster_size=cluster_size != 1 or cluster_rank != 0)
+    if backend not in ("cutlass", "sm12x"):
+        raise ValueError(f"{_FN}: backend must be 'cutlass' (FlashInfer's name) or 'sm12x', got {backend!r}")
+    if int(activation_type) not in (_SWIGLU, _SWIGLU_BIAS):
+        raise NotImplementedError(f"{_FN}: activation_type {activation_type!r}: only Swiglu / SwigluBias")
+    if not use_mxfp8_act_scaling or input.dtype != torch.float8_e4m3fn:
+        raise NotImplementedError(
+            f"{_FN}: the SM12x path is FlashInfer's MXFP4 W4A8 convention (float8_e4m3fn input with input_sf, "
+            f"use_mxfp8_act_scaling=True); got input {input.dtype}, use_mxfp8_act_scaling={use_mxfp8_act_scaling}. "
+            "For bf16 activations call flashinfer_sm12x.fused_moe, which quantizes them itself")
+    _need(output_dtype in (torch.bfloat16, torch.float16), f"output_dtype must be bf16 or fp16, got {output_dtype}")
+    x = _tensor(input, "input", (torch.float8_e4m3fn,), 2)
+    fc1 = _tensor(fc1_expert_weights, "fc1_expert_weights", (torch.uint8,), 3)
+    fc2 = _tensor(fc2_expert_weights, "fc2_expert_weights", (torch.uint8,), 3)
+    ids = _tensor(token_selected_experts, "token_selected_experts", (torch.int32, torch.int64), 2)
+    num_e, hp, ip = fc2.shape[0], fc2.shape[1], fc2.shape[2] * 2
+    num_t, k = ids.shape
+    _need(tuple(fc1.shape) == (num_e, 2 * ip, hp // 2),
+          f"fc1_expert_weights must be [E, 2*I, H/2] = {(num_e, 2 * ip, hp // 2)} (from fc2 {tuple(fc2.shape)}), "
+          f"got {tuple(fc1.shape)}")
+    _need(hp % 128 == 0 and ip % 128 == 0, f"hidden {hp} and intermediate {ip} must be padded to multiples of 128")
+    _need(x.shape[1] == hp, f"input must be [T, {hp}] (the padded hidden size), got {tuple(x.shape)}")
+    scales = _tensor(token_final_scales, "token_final_scales", (torch.float32, torch.bfloat16, torch.float16), 2)
+    _need(ids.shape[0] == x.shape[0] and scales.shape == ids.shape,
+          f"token_selected_experts and token_final_scales must be [T, k] with T = {x.shape[0]}")
+    _need(isinstance(ep_size, int) and ep_size >= 1 and 0 <= ep_rank < ep_size,
+          f"ep_rank must be in [0, ep_size), got {ep_rank} / {ep_size}")
+    _need(isinstance(tp_size, int) and tp_size >= 1, f"tp_size must be a positive int, got {tp_size}")
+    _need(k <= num_e * ep_size, f"top_k = {k} exceeds the {num_e * ep_size} experts")
+    _need(isinstance(quant_scales, (list, tuple)) and len(quant_scales) == 4,
+          "quant_scales must be [fc1 block scales, fc1 global, fc2 block scales, fc2 global] for MXFP4 W4A8")
+    sf1 = _tensor(quant_scales[0], "quant_scales[0] (fc1 block scales)", (torch.int32,), 3)
+    sf2 = _tensor(quant_scales[2], "quant_scales[2] (fc2 block scales)", (torch.int32,), 3)
+    _need(tuple(sf1.shape) == (num_e, 2 * ip, hp // 128), f"quant_scales[0] must be {(num_e, 2 * ip, hp // 128)}, "
+          f"got {tuple(sf1.shape)}")
+    _need(tuple(sf2.shape) == (num_e, hp, ip // 128), f"quant_scales[2] must be {(num_e, hp, ip // 128)}, "
+          f"got {tuple(sf2.shape)}")
+    g1 = _per_expert(quant_scales[1], "quant_scales[1] (fc1 global)", num_e)
+    g2 = _per_expert(quant_scales[3], "quant_scales[3] (fc2 global)", num_e)
+    alpha = _per_expert(swiglu_alpha, "swiglu_alpha", num_e)
+    beta = _per_expert(swiglu_beta, "swiglu_beta", num_e)
+    limit = _per_expert(swiglu_limit, "swiglu_limit", num_e)
+    b1 = b2 = None
+    if fc1_expert_biases is not None:
+        b1 = _tensor(fc1_expert_biases, "fc1_expert_biases", (torch.bfloat16, torch.float16, torch.float32), 2)
+        _need(tuple(b1.shape) == (num_e, 2 * ip), f"fc1_expert_biases must be {(num_e, 2 * ip)}")
+    if fc2_expert_biases is not None:
+        b2 = _tensor(fc2_expert_biases, "fc2_expert_biases", (torch.bfloat16, torch.float16, torch.float32), 2)
+        _need(tuple(b2.shape) == (num_e, hp), f"fc2_expert_biases must be {(num_e, hp)}")
+    _need(isinstance(input_sf, torch.Tensor), "input_sf must be provided when use_mxfp8_act_scaling=True")
+    rows_sf = -(-num_t // 128) * 128 if swizzled_input_sf else num_t
+    in_sf = input_sf.view(torch.uint8) if input_sf.dtype != torch.uint8 and input_sf.element_size() == 1 else input_sf
+    _need(in_sf.dtype == torch.uint8 and in_sf.numel() == rows_sf * (hp // 32),
+          f"input_sf must hold {rows_sf * (hp // 32)} E8M0 bytes ({'swizzled' if swizzled_input_sf else 'linear'} "
+          f"over {num_t} rows x {hp // 32} blocks), got {in_sf.numel()} of {in_sf.dtype}")
+    if output is not None:
+        _need(isinstance(output, torch.Tensor) and output.dtype == output_dtype and tuple(output.shape) == (num_t, hp)
+              and output.is_contiguous(), f"output must be a contiguous {output_dtype} tensor of shape {(num_t, hp)}")
+    tensors = [t for t in (x, ids, scales, fc1, fc2, sf1, sf2, g1, g2, b1, b2, alpha, beta, limit, in_sf, output)
+               if t is not None]
+    devices = {t.device for t in tensors}
+    _need(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
+
+    # Global expert ids -> this rank's; other ranks' experts get weight 0 (computed against a local expert,
+    # never read back with a nonzero weight). Ids are checked on the host unless a CUDA graph is being captured
+    # (a check needs a sync); then out-of-range ids are clamped on the device.
+    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not capturing and ids.numel() and bool(((ids < 0) | (ids >= num_e * ep_size)).any()):
+        raise ValueError(f"{_FN}: token_selected_experts holds ids outside [0, {num_e * ep_size})")
+    local = ids.long() - ep_rank * num_e
+    mine = (local >= 0) & (local < num_e)
+    local_ids = local.clamp(0, num_e - 1).to(torch.int32)
+    weights = torch.where(mine, scales.float(), torch.zeros((), device=scales.device)) if ep_size > 1 else scales
+
+    w = PreparedMoEWeights(
+        w13=fc1, w13_sf=sf1.view(torch.uint8), w13_bias=b1, w2=fc2, w2_sf=sf2.view(torch.uint8), w2_bias=b2,
+        w13_sf_offsets=torch.empty(0), w2_sf_offsets=torch.empty(0), num_experts=num_e, hidden_size=hp,
+        intermediate_size=ip, hidden_size_padded=hp, intermediate_size_padded=ip, interleaved=False, up_first=True,
+        act="mxfp8", pad_to=128)
+    r = _plan_rows(local_ids.contiguous(), num_e, "mxfp8_mxfp4", None, x.device, validate_ids=False)
+    # Gather the quantized rows (bytes) and their scale rows into the padded expert-contiguous layout.
+    sf_rows = unswizzle_sf(in_sf, num_t, hp // 32, SfLayout.layout_128x4) if swizzled_input_sf else in_sf
+    sf_rows = sf_rows.reshape(num_t, hp // 32)
+    tok = r.token_of_row.long()
+    xq = torch.zeros(r.bound, hp, dtype=torch.uint8, device=x.device)
+    xq[r.dest] = x.view(torch.uint8).index_select(0, tok)
+    xsf = torch.zeros(r.bound, hp // 32, dtype=torch.uint8, device=x.device)
+    xsf[r.dest] = sf_rows.index_select(0, tok)
+    y = _experts(xq.view(torch.float8_e4m3fn), swizzle_sf(xsf, SfLayout.layout_128x4), r, w, "swiglu_oai",
+                 alpha if alpha is not None else 1.0, beta if beta is not None else 0.0, limit, g1, g2)
+    result = finalize(y.index_select(0, r.dest), r.inverse, weights.float())
+    if output is None:
+        return result.to(output_dtype)
+    output.copy_(result)
+    return output
