@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._timing import time_ms  # noqa: E402
 from flashinfer_sm12x.formats import mxfp4_quantize, nvfp4_quantize  # noqa: E402
 from flashinfer_sm12x.formats.reference import mm_fp4_reference  # noqa: E402
 from flashinfer_sm12x.ops.mm_fp4 import heuristic, mm_fp4, run_tactic, validate  # noqa: E402
@@ -70,23 +71,6 @@ def peak_for(name: str) -> tuple[str, float] | None:
         if key in name:
             return "BF16", peak
     return None
-
-
-def time_ms(fn: Callable[[], object], iters: int) -> float:
-    for _ in range(3):
-        fn()
-    graph = torch.cuda.CUDAGraph()  # graph replay: launch gaps out of the number
-    with torch.cuda.graph(graph):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iters):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def bench_shape(layer: str, m: int, n: int, k: int, native: bool, emulated: bool, iters: int) -> list[Row]:

@@ -6,6 +6,7 @@
 #   3. compute-sanitizer memcheck on a subset
 #   4. the compile sweep of the native menu for sm_120a/sm_121a (16 cores there), as the compile table
 #   5. the benchmark in its reduced mode (correctness of the emulated path, bf16 baseline timing)
+#   6. moe_sanitizer: memcheck of the fused MoE; bench_moe: the MoE benchmark in its reduced mode
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0
 # include/ and tools/util/include). Logs go to $OUT. Usage: bash scripts/h100_run.sh [stage ...]
 # All stages took 585 s in one 10-minute device call for 42 sweep configs; with more candidates, split it:
@@ -65,10 +66,16 @@ if [[ $stages == *moe_sanitizer* ]]; then
     python3 scripts/sanitize_moe.py 2>&1 | tee "$OUT/sanitizer_moe.log" | tail -10
 fi
 
-if [[ $stages == *bench* ]]; then
+if [[ " $stages " == *" bench "* ]]; then
   echo "== [$(elapsed) s] benchmark (reduced)"
   FLASHINFER_SM12X_EMULATE=1 python3 benchmarks/bench_mm_fp4.py --quick --iters 20 \
     --csv "$OUT/bench_mm_fp4.csv" --png "$OUT/bench_mm_fp4.png" 2>&1 | tee "$OUT/bench.log" | tail -30
+fi
+
+if [[ $stages == *bench_moe* ]]; then
+  echo "== [$(elapsed) s] MoE benchmark (reduced: emulated W4A4 correctness, torch bf16 baseline timing)"
+  FLASHINFER_SM12X_EMULATE=1 python3 benchmarks/bench_moe.py --quick --iters 20 \
+    --csv "$OUT/bench_moe.csv" --png "$OUT/bench_moe.png" 2>&1 | tee "$OUT/bench_moe.log" | tail -45
 fi
 
 echo "== done in $(elapsed) s"

@@ -1,6 +1,7 @@
 """Rung 3 for the fused MoE: the whole op (routing, padding, both grouped MXFP4 GEMMs through the emulated MMA
 atom, bias, swiglu_oai, re-quantization, finalize) on an H100 against the float64 GPT-OSS reference, at GPT-OSS
-sizes (hidden = intermediate = 2880, padded to 3072 inside), E in {32, 128}, top-4; skewed routing; CUDA graphs."""
+sizes (hidden = intermediate = 2880, padded to 2944 inside), E in {32, 128}, top-4, T in {1, 3, 64, 1000, 8192};
+skewed routing; CUDA graphs."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
 
 
-def weights(num_e: int) -> tuple[dict, object]:
-    if num_e not in _WEIGHTS:
+def weights(num_e: int, act: str = "mxfp4", **layout: bool) -> tuple[dict, object]:
+    key = (num_e, act, tuple(sorted(layout.items())))
+    if key not in _WEIGHTS:
         _WEIGHTS.clear()  # one expert set on the GPU at a time
         raw = {k: v.cuda() for k, v in make_weights(num_e, H, INTER).items()}
-        _WEIGHTS[num_e] = (raw, prepare_gpt_oss_weights(**raw, pad_to=128))
-    return _WEIGHTS[num_e]
+        _WEIGHTS[key] = (raw, prepare_gpt_oss_weights(**raw, pad_to=128, act=act, **layout))
+    return _WEIGHTS[key]
 
 
 def rel_l2(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -39,13 +41,18 @@ def rel_l2(got: torch.Tensor, ref: torch.Tensor) -> float:
 TOL = 0.02
 
 
-@pytest.mark.parametrize(("num_e", "num_t"), [(32, 1), (32, 3), (32, 64), (32, 1000), (128, 1), (128, 3), (128, 64)])
-def test_fused_moe_matches_reference(num_e: int, num_t: int) -> None:
-    raw, w = weights(num_e)
+def run_fused_case(num_e: int, num_t: int, act: str = "mxfp4") -> None:
+    raw, w = weights(num_e, act)
     hidden, logits = make_inputs(num_t, H, num_e)
     got = fused_moe(hidden.cuda(), logits.cuda(), w, top_k=4)
-    ref = gpt_oss_moe_reference(hidden.cuda(), logits.cuda(), **raw, top_k=4, act_quant="mxfp4")
+    ref = gpt_oss_moe_reference(hidden.cuda(), logits.cuda(), **raw, top_k=4, act_quant=act)
     assert got.isfinite().all() and rel_l2(got, ref) < TOL
+
+
+@pytest.mark.parametrize(("num_e", "num_t"), [(32, 1), (32, 3), (32, 64), (32, 1000), (32, 8192), (128, 1), (128, 3),
+                                              (128, 64), (128, 1000), (128, 8192)])
+def test_fused_moe_matches_reference(num_e: int, num_t: int) -> None:
+    run_fused_case(num_e, num_t)
 
 
 def test_skewed_routing_one_expert_gets_every_token() -> None:

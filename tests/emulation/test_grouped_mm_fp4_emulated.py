@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp4_quantize
+from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp4_quantize, mxfp8_dequantize, mxfp8_quantize
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.jit.module import build_module
 from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES, grouped_mm_fp4, grouped_mm_fp4_spec
@@ -36,26 +36,32 @@ def expert_weights(num_e: int, n: int, k: int, gen: torch.Generator) -> tuple[to
     return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
 
 
-@pytest.mark.parametrize("tactic", CANDIDATES, ids=lambda t: t.name)
-@pytest.mark.parametrize(("num_e", "tiles", "n", "k"), [(4, 5, 200, 128), (3, 3, 264, 2880), (8, 6, 136, 640)],
-                         ids=lambda v: str(v))
-def test_grouped_matches_per_tile_reference(tactic, num_e: int, tiles: int, n: int, k: int) -> None:
+def run_grouped_case(tactic, num_e: int, tiles: int, n: int, k: int, act: str = "mxfp4") -> None:
+    """One grouped GEMM against the per-tile float64 reference; act "mxfp8" is W4A8 (native SM12x only)."""
     gen = torch.Generator().manual_seed(num_e * 100 + k)
     m = tiles * tactic.tile_m
-    a, a_sf = mxfp4_quantize((torch.randn(m, k, generator=gen) * 3).cuda())
+    x_in = (torch.randn(m, k, generator=gen) * 3).cuda()
+    a, a_sf = mxfp4_quantize(x_in) if act == "mxfp4" else mxfp8_quantize(x_in, True, 32)
     b, b_sf = expert_weights(num_e, n, k, gen)
     expert_of_tile = torch.randint(0, num_e, (tiles,), generator=gen, dtype=torch.int32)
     expert_of_tile[0] = num_e - 1  # the last expert's batch offset is exercised every time
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, out=out)
     torch.cuda.synchronize()
-    x = mxfp4_dequantize(a, a_sf).double()
+    x = (mxfp4_dequantize(a, a_sf) if act == "mxfp4" else mxfp8_dequantize(a, a_sf)).double()
     ref = torch.empty(m, n, dtype=torch.float64, device="cuda")
     for t, e in enumerate(expert_of_tile.tolist()):
         rows = slice(t * tactic.tile_m, (t + 1) * tactic.tile_m)
         ref[rows] = x[rows] @ mxfp4_dequantize(b[e], b_sf[e]).double().T
     err = float((out.double() - ref).abs().max() / ref.abs().max())
     assert not out.isnan().any() and err < 2**-7, f"max error {err:.2e} of max |ref|"
+
+
+@pytest.mark.parametrize("tactic", CANDIDATES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("num_e", "tiles", "n", "k"), [(4, 5, 200, 128), (3, 3, 264, 2880), (8, 6, 136, 640)],
+                         ids=lambda v: str(v))
+def test_grouped_matches_per_tile_reference(tactic, num_e: int, tiles: int, n: int, k: int) -> None:
+    run_grouped_case(tactic, num_e, tiles, n, k)
 
 
 def test_bad_inputs_rejected_before_launch() -> None:
