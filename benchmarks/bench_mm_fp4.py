@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._timing import time_ms  # noqa: E402
+from benchmarks._common import our_kernels_mode, plot_panels, time_ms  # noqa: E402
 from flashinfer_sm12x.formats import mxfp4_quantize, nvfp4_quantize  # noqa: E402
 from flashinfer_sm12x.formats.reference import mm_fp4_reference  # noqa: E402
 from flashinfer_sm12x.ops.mm_fp4 import heuristic, mm_fp4, run_tactic, validate  # noqa: E402
@@ -161,29 +161,11 @@ def print_table(rows: list[Row], peak: tuple[str, float] | None) -> None:
 
 
 def plot(rows: list[Row], path: Path, device: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG")
-        return
-    layers = sorted({r.layer for r in rows})
-    fig, axes = plt.subplots(1, len(layers), figsize=(6 * len(layers), 4.5), squeeze=False)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        for backend in sorted({r.backend for r in rows if r.layer == layer and r.tflops}):
-            pts = sorted((r.m, r.tflops) for r in rows if r.layer == layer and r.backend == backend and r.tflops)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("M (tokens)")
-        ax.set_ylabel("TFLOPS")
-        ax.set_title(layer)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"mm_fp4 on {device}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in rows:
+        if r.tflops:
+            panels.setdefault(r.layer, {}).setdefault(r.backend, []).append((r.m, r.tflops))
+    plot_panels(dict(sorted(panels.items())), path, f"mm_fp4 on {device}", "M (tokens)", "TFLOPS")
 
 
 def main() -> int:
@@ -196,10 +178,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to benchmark")
         return 1
-    device = torch.cuda.get_device_name()
-    cc = torch.cuda.get_device_capability()
-    native = cc[0] == 12
-    emulated = cc == (9, 0) and __import__("os").environ.get("FLASHINFER_SM12X_EMULATE", "") == "1"
+    device, cc, mode = our_kernels_mode()
+    native, emulated = mode == "native", mode == "emulated"
     peak = peak_for(device)
     print(f"device: {device} (compute capability {cc[0]}.{cc[1]}); torch {torch.__version__}")
     print("our kernels: " + ("native" if native else "emulated MMA, correctness only" if emulated else

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._timing import time_ms  # noqa: E402
+from benchmarks._common import our_kernels_mode, plot_panels, time_ms  # noqa: E402
 from flashinfer_sm12x import cutlass_fused_moe, fused_moe  # noqa: E402
 from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp8_quantize  # noqa: E402
 from flashinfer_sm12x.formats.scale_layout import SfLayout  # noqa: E402
@@ -193,30 +192,12 @@ def print_table(rows: list[Row]) -> None:
 
 
 def plot(rows: list[Row], path: Path, device: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG")
-        return
-    models = sorted({r.model for r in rows})
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        for backend in sorted({r.backend for r in rows if r.model == model and r.ms}):
-            pts = sorted((r.tokens, r.ms) for r in rows if r.model == model and r.backend == backend and r.ms)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens")
-        ax.set_ylabel("ms per MoE layer")
-        ax.set_title(f"{model} (E={MODELS[model]}, top-{TOP_K}, H=I={H})")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"GPT-OSS MoE layer on {device}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in rows:
+        if r.ms:
+            title = f"{r.model} (E={MODELS[r.model]}, top-{TOP_K}, H=I={H})"
+            panels.setdefault(title, {}).setdefault(r.backend, []).append((r.tokens, r.ms))
+    plot_panels(panels, path, f"GPT-OSS MoE layer on {device}", "tokens", "ms per MoE layer", log_y=True)
 
 
 def main() -> int:
@@ -231,10 +212,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to benchmark")
         return 1
-    device = torch.cuda.get_device_name()
-    cc = torch.cuda.get_device_capability()
-    ours = ("native" if cc[0] == 12 else
-            "emulated" if cc == (9, 0) and os.environ.get("FLASHINFER_SM12X_EMULATE") == "1" else "no")
+    device, cc, ours = our_kernels_mode()
     tokens = QUICK_TOKENS if args.quick else TOKENS
     print(f"device: {device} (compute capability {cc[0]}.{cc[1]}); torch {torch.__version__}")
     print(f"our kernels: {ours}; shapes: " + ", ".join(f"{m} E={MODELS[m]}" for m in args.models.split(","))

@@ -1,0 +1,70 @@
+"""Shared by the benchmarks: timing (CUDA-graph replay, launch gaps out of the number; median of `iters`) and
+the PNG plot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def time_ms(fn: Callable[[], object], iters: int, graph: bool = True) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    run = fn
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        run = g.replay
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def plot_panels(panels: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str, xlabel: str,
+                ylabel: str, log_y: bool = False) -> None:
+    """One subplot per panel, one line per series ({panel: {series: [(x, y), ...]}}), log2 x axis; a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG")
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=True):
+        for name, pts in sorted(series.items()):
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def our_kernels_mode() -> tuple[str, tuple[int, int], str]:
+    """(device name, compute capability, how our kernels run here): "native" on SM12x, "emulated" on an H100
+    with FLASHINFER_SM12X_EMULATE=1 (correctness only, never timed), else "no"."""
+    import os
+
+    cc = torch.cuda.get_device_capability()
+    mode = ("native" if cc[0] == 12 else
+            "emulated" if cc == (9, 0) and os.environ.get("FLASHINFER_SM12X_EMULATE") == "1" else "no")
+    return torch.cuda.get_device_name(), cc, mode
