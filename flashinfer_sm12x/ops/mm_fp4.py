@@ -79,15 +79,17 @@ CANDIDATES: tuple[Tactic, ...] = (
 # in SASS, no spill instructions in the mainloop, smem <= 101,376 B). Filled from scripts/compile_sweep.py's
 # table (in the issue notes); re-run the sweep when a template or this menu changes.
 _PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128, _SW32, _SW64, _M64 = CANDIDATES
+# Cooperative 256x128 joined after the proof's mainloop rule stopped counting ptxas's out-of-line wait stubs as
+# loops (its spills are in the prologue/epilogue only); the other failures are real mainloop spills.
 PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {  # sweep of 2026-11-22, nvcc 13.0, CUTLASS 4.5.0
     "sm_120a": {
-        "mxfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SW32, _SW64, _M64),
-        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _SW32, _SW64, _M64),
+        "mxfp4": (_PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SW32, _SW64, _M64),
+        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _CO256, _SW32, _SW64, _M64),
         "mxfp8_mxfp4": (_PP128, _CO128, _PP64, _PP32),
     },
-    "sm_121a": {  # ptxas puts a 4-byte spill into Pingpong 128x128's mainloop for sm_121a (not for sm_120a)
-        "mxfp4": (_CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64, _M64),
-        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _PP128K256, _SK128, _SW32, _SW64, _M64),
+    "sm_121a": {  # ptxas puts spill instructions into Pingpong 128x128's mainloop for sm_121a (not for sm_120a)
+        "mxfp4": (_CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128, _SW32, _SW64, _M64),
+        "nvfp4": (_PP128, _CO128, _PP64, _PP32, _CO256, _PP128K256, _SK128, _SW32, _SW64, _M64),
         "mxfp8_mxfp4": (_CO128, _PP64, _PP32, _SK128),
     },
 }
