@@ -178,6 +178,8 @@ def cutlass_fused_moe(
     devices = {t.device for t in tensors}
     _need(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
 
+    if num_t == 0:
+        return output if output is not None else x.new_zeros((0, hp), dtype=output_dtype)
     # Global expert ids -> this rank's; other ranks' experts get weight 0 (computed against a local expert,
     # never read back with a nonzero weight). Ids are checked on the host unless a CUDA graph is being captured
     # (a check needs a sync); then out-of-range ids are clamped on the device.

@@ -181,6 +181,8 @@ def fused_moe(
     devices = {t.device for t in (hidden, ids, topk_weights, weights.w13)}
     if len(devices) != 1:  # (grouped_mm_fp4 checks for CUDA before its first launch)
         raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got {sorted(map(str, devices))}")
+    if num_t == 0:  # e.g. an idle data-parallel rank: nothing to launch
+        return hidden.new_zeros((0, weights.hidden_size), dtype=out_dtype)
     r = _plan_rows(ids, num_e, _GEMM_FORMAT[weights.act], tactic, hidden.device, validate_ids)
 
     x = torch.zeros(r.bound, weights.hidden_size_padded, dtype=torch.float32, device=hidden.device)

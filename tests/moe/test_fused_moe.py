@@ -118,3 +118,13 @@ def test_bad_input_is_rejected_before_any_gemm(model_gemm: None) -> None:
     w8 = prepare_gpt_oss_weights(**raw, pad_to=128, act="mxfp8")
     with pytest.raises(ValueError, match="tactic for mxfp8_mxfp4"):  # a W4A4 tile for W4A8 weights
         fm.fused_moe(hidden, logits, w8, top_k=4, tactic=CANDIDATES[0])
+
+
+def test_zero_tokens_launch_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_gemm(*a, **k):
+        raise AssertionError("a GEMM ran for zero tokens")
+
+    monkeypatch.setattr(fm, "grouped_mm_fp4", no_gemm)
+    _, w = _prepared(8)
+    out = fm.fused_moe(torch.zeros(0, H), (torch.zeros(0, 4, dtype=torch.int32), torch.zeros(0, 4)), w)
+    assert out.shape == (0, H) and out.dtype == torch.bfloat16
