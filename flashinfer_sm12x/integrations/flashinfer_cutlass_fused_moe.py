@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..formats import SfLayout, swizzle_sf, unswizzle_sf
-from ..moe.fused_moe import _experts, _plan_rows
+from ..moe.fused_moe import plan_expert_rows, run_experts
 from ..moe.routing import finalize
 from ..moe.weights import PreparedMoEWeights
 
@@ -196,7 +196,7 @@ def cutlass_fused_moe(
         w13_sf_offsets=torch.empty(0), w2_sf_offsets=torch.empty(0), num_experts=num_e, hidden_size=hp,
         intermediate_size=ip, hidden_size_padded=hp, intermediate_size_padded=ip, interleaved=False, up_first=True,
         act="mxfp8", pad_to=128)
-    r = _plan_rows(local_ids.contiguous(), num_e, "mxfp8_mxfp4", None, x.device, validate_ids=False)
+    r = plan_expert_rows(local_ids.contiguous(), num_e, "mxfp8_mxfp4", None, x.device, validate_ids=False)
     # Gather the quantized rows (bytes) and their scale rows into the padded expert-contiguous layout.
     sf_rows = unswizzle_sf(in_sf, num_t, hp // 32, SfLayout.layout_128x4) if swizzled_input_sf else in_sf
     sf_rows = sf_rows.reshape(num_t, hp // 32)
@@ -205,7 +205,7 @@ def cutlass_fused_moe(
     xq[r.dest] = x.view(torch.uint8).index_select(0, tok)
     xsf = torch.zeros(r.bound, hp // 32, dtype=torch.uint8, device=x.device)
     xsf[r.dest] = sf_rows.index_select(0, tok)
-    y = _experts(xq.view(torch.float8_e4m3fn), swizzle_sf(xsf, SfLayout.layout_128x4), r, w, "swiglu_oai",
+    y = run_experts(xq.view(torch.float8_e4m3fn), swizzle_sf(xsf, SfLayout.layout_128x4), r, w, "swiglu_oai",
                  alpha if alpha is not None else 1.0, beta if beta is not None else 0.0, limit, g1, g2)
     result = finalize(y.index_select(0, r.dest), r.inverse, weights.float())
     if output is None:

@@ -68,7 +68,7 @@ def _tile_layout(offsets: torch.Tensor, num_rows_bound: int, tile_m: int) -> tup
 
 
 @dataclass(frozen=True)
-class _Rows:
+class ExpertRows:
     """Where the T*k (token, expert) pairs live in the padded, expert-contiguous GEMM rows."""
 
     tactic: Tactic
@@ -80,8 +80,8 @@ class _Rows:
     expert_of_row: torch.Tensor   # int64 [bound]
 
 
-def _plan_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | None, device: torch.device,
-               validate_ids: bool) -> _Rows:
+def plan_expert_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | None, device: torch.device,
+                     validate_ids: bool) -> ExpertRows:
     offsets, token_of_row, inverse = permute(ids, num_e, validate_ids=validate_ids)
     rows = ids.numel()
     if tactic is None:
@@ -97,18 +97,18 @@ def _plan_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | None, d
     sorted_expert = torch.searchsorted(offsets[1:], pair, right=True)
     dest = padded_start[sorted_expert] + pair - offsets[sorted_expert]
     expert_of_row = expert_of_tile.long().repeat_interleave(tm)
-    return _Rows(tactic, bound, dest, token_of_row, inverse, expert_of_tile, expert_of_row)
+    return ExpertRows(tactic, bound, dest, token_of_row, inverse, expert_of_tile, expert_of_row)
 
 
 def _quantize(x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
     return mxfp4_quantize(x) if act == "mxfp4" else mxfp8_quantize(x, True, 32)
 
 
-def _per_row(v: Scalar | None, r: _Rows) -> Scalar | None:
+def _per_row(v: Scalar | None, r: ExpertRows) -> Scalar | None:
     return v.float().index_select(0, r.expert_of_row).unsqueeze(1) if isinstance(v, torch.Tensor) else v
 
 
-def _experts(aq: torch.Tensor, asf: torch.Tensor, r: _Rows, w: PreparedMoEWeights, activation: Activation,
+def run_experts(aq: torch.Tensor, asf: torch.Tensor, r: ExpertRows, w: PreparedMoEWeights, activation: Activation,
              alpha: Scalar, beta: Scalar, limit: Scalar | None, fc1_scale: torch.Tensor | None = None,
              fc2_scale: torch.Tensor | None = None) -> torch.Tensor:
     """GEMM1 input (quantized padded rows) -> GEMM2 output + fc2 bias, float32 [bound, Hp].
@@ -183,11 +183,11 @@ def fused_moe(
         raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got {sorted(map(str, devices))}")
     if num_t == 0:  # e.g. an idle data-parallel rank: nothing to launch
         return hidden.new_zeros((0, weights.hidden_size), dtype=out_dtype)
-    r = _plan_rows(ids, num_e, _GEMM_FORMAT[weights.act], tactic, hidden.device, validate_ids)
+    r = plan_expert_rows(ids, num_e, _GEMM_FORMAT[weights.act], tactic, hidden.device, validate_ids)
 
     x = torch.zeros(r.bound, weights.hidden_size_padded, dtype=torch.float32, device=hidden.device)
     x[r.dest, : weights.hidden_size] = hidden.index_select(0, r.token_of_row.long()).float()
     aq, asf = _quantize(x, weights.act)
-    y = _experts(aq, asf, r, weights, activation, alpha, beta, limit)
+    y = run_experts(aq, asf, r, weights, activation, alpha, beta, limit)
     y_permuted = y.index_select(0, r.dest)[:, : weights.hidden_size].contiguous()
     return finalize(y_permuted, r.inverse, topk_weights, out_dtype=out_dtype)
