@@ -1,21 +1,20 @@
-"""flashinfer_sm12x: MXFP4 GEMM, grouped GEMM and fused MoE for SM120/SM121, as a FlashInfer extension."""
+# SPDX-License-Identifier: Apache-2.0
+"""flashinfer_sm12x: MXFP4 GEMM, grouped GEMM and fused MoE for SM120/SM121, as a FlashInfer extension.
+
+The names below mirror FlashInfer's where FlashInfer has them (`mm_fp4`, the quantizers, `cutlass_fused_moe`).
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .formats import (  # noqa: E402  (FlashInfer-compatible quantizers at the top level, as flashinfer has them)
-    mxfp4_dequantize,
-    mxfp4_quantize,
-    mxfp8_dequantize,
-    mxfp8_quantize,
-    nvfp4_quantize,
-)
-from .integrations.flashinfer_cutlass_fused_moe import cutlass_fused_moe  # noqa: E402
-from .moe.fused_moe import fused_moe  # noqa: E402
-from .moe.weights import prepare_gpt_oss_weights  # noqa: E402
-from .ops.grouped_mm_fp4 import grouped_mm_fp4  # noqa: E402
-from .ops.mm_fp4 import mm_fp4, mm_mxfp8_mxfp4  # noqa: E402
+from ._version import __version__
+from .formats import mxfp4_dequantize, mxfp8_dequantize
+from .formats.quantize import mxfp4_quantize, mxfp8_quantize, nvfp4_quantize
+from .integrations.flashinfer_cutlass_fused_moe import cutlass_fused_moe
+from .integrations.flashinfer_mm_fp4 import mm_fp4
+from .moe.fused_moe import fused_moe
+from .moe.weights import prepare_gpt_oss_weights
+from .ops.grouped_mm_fp4 import grouped_mm_fp4
+from .ops.mm_fp4 import mm_mxfp8_mxfp4
 
 __all__ = [
     "__version__",

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`flashinfer-sm12x doctor`: what this machine can build and run, and one line per known problem with its fix."""
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ import platform
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, env
+from . import env
+from ._version import __version__
 from .errors import Sm12xError
 from .jit import arch, cache, toolchain
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where the package's non-Python parts live (repository layout: jit/, include/, csrc/)."""
 
 from __future__ import annotations

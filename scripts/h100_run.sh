@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # One device call on an H100 (SM90): the rungs that need a GPU but no SM12x chip.
 #   1. the emulated block-scaled MMA atom alone against its host reference (tests/cpp/emulated_atom_test.cu)
 #   2. every shipped mm_fp4 tactic built for sm_90a with the emulated atom, run against the float64 reference
@@ -45,7 +46,7 @@ fi
 if [[ $stages == *emulation* ]]; then
   echo "== [$(elapsed) s] emulation tests (their fixture builds the sm_90a modules, 8 at a time)"
   # EMULATION_K: a pytest -k expression to run part of the cases (e.g. one new tactic) within a call's budget.
-  FLASHINFER_SM12X_PREBUILD_PARALLEL=8 FLASHINFER_SM12X_QUIET=1 FLASHINFER_SM12X_EMULATE=1 python3 -m pytest -q -ra -p no:cacheprovider tests/emulation tests/formats \
+  FLASHINFER_SM12X_PREBUILD_PARALLEL=8 FLASHINFER_SM12X_QUIET=1 FLASHINFER_SM12X_EMULATE=1 python3 -m pytest -q -ra -p no:cacheprovider tests \
     -m "emulation or cuda" ${EMULATION_K:+-k "$EMULATION_K"} 2>&1 | tee "$OUT/emulation.log" | tail -25
 fi
 

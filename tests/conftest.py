@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared fixtures. GPU tests are marked (cuda / sm12x / emulation) and skip cleanly without the hardware."""
 
 from __future__ import annotations

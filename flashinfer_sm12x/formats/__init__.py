@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Block-scaled number formats (E2M1, E8M0, E4M3), scale-factor layouts and reference quantizers.
 
 Pure torch: every function runs on CPU and CUDA tensors and needs no compiled code. The quantizers

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reference MXFP4 / MXFP8 / NVFP4 quantizers in plain torch (CPU or CUDA tensors).
 
 Argument names, order and defaults copy FlashInfer 0.7.2.post1's functions of the same name; what we

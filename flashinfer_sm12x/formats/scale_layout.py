@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Scale-factor layouts shared with CUTLASS and FlashInfer.
 
 For row m, scale column kb and batch b of an [B, M, KB] scale tensor:

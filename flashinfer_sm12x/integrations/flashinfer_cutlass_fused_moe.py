@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`cutlass_fused_moe` with FlashInfer's signature, for its MXFP4 W4A8 convention: callers switch by import.
 
     from flashinfer.fused_moe import cutlass_fused_moe      # before
@@ -36,6 +37,20 @@ from ..moe.fused_moe import plan_expert_rows, run_experts
 from ..moe.routing import finalize
 from ..moe.weights import PreparedMoEWeights
 
+
+class _Unset:
+    """The default of `nvfp4_4over6` (FlashInfer 0.7.4 reads its environment variables when the option is unset)."""
+
+    def __repr__(self) -> str:
+        return "<nvfp4_4over6 unset>"
+
+
+NVFP4_4OVER6_UNSET = _Unset()
+# Keyword-only parameters of newer tested FlashInfer releases than the oldest (0.7.2.post1): accepted always, so a
+# caller written for either release works (0.7.4 added nvfp4_4over6).
+NEWER_KEYWORDS = ("nvfp4_4over6",)
+# Defaults that differ between tested releases (0.7.2.post1, 0.7.4); these options have no effect here.
+RELEASE_DEFAULTS = {"use_fused_finalize": (True, None)}
 _SWIGLU, _SWIGLU_BIAS = 3, 5  # flashinfer.tllm_enums.ActivationType values (IntEnum; compared by value)
 _FN = "cutlass_fused_moe"
 
@@ -99,7 +114,7 @@ def cutlass_fused_moe(
     enable_pdl: bool | None = None,
     activation_type: int = _SWIGLU,
     swizzled_input_sf: bool = True,
-    use_fused_finalize: bool = True,
+    use_fused_finalize: bool | None = None,
     profile_ids: list[int] | None = None,
     workspace_buffer: torch.Tensor | None = None,
     *,
@@ -107,6 +122,7 @@ def cutlass_fused_moe(
     situ_beta: torch.Tensor | None = None,
     situ_linear_beta: torch.Tensor | None = None,
     backend: str = "cutlass",
+    nvfp4_4over6: Any = NVFP4_4OVER6_UNSET,
 ) -> torch.Tensor:
     """FlashInfer's `cutlass_fused_moe` for MXFP4 weights x MXFP8 activations on SM120/SM121 (see the module
     docstring for the convention). Bad input raises before any kernel launch."""
@@ -116,6 +132,9 @@ def cutlass_fused_moe(
                  use_packed_weights=use_packed_weights, use_wfp4afp8_humming=use_wfp4afp8_humming,
                  clamped_relu2_limit=clamped_relu2_limit is not None, situ_beta=situ_beta is not None,
                  situ_linear_beta=situ_linear_beta is not None, cluster_size=cluster_size != 1 or cluster_rank != 0)
+    if nvfp4_4over6 is not NVFP4_4OVER6_UNSET and nvfp4_4over6 is not None:
+        raise NotImplementedError(f"{_FN}: nvfp4_4over6={nvfp4_4over6!r}: the 4over6 recipes are NVFP4 "
+                                  "quantization options; the SM12x path is MXFP4 W4A8 (leave it unset or None)")
     if backend not in ("cutlass", "sm12x"):
         raise ValueError(f"{_FN}: backend must be 'cutlass' (FlashInfer's name) or 'sm12x', got {backend!r}")
     if int(activation_type) not in (_SWIGLU, _SWIGLU_BIAS):

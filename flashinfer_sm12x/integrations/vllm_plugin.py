@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """vLLM plugin: GPT-OSS MXFP4 MoE layers on SM120/SM121 run flashinfer_sm12x.fused_moe instead of Marlin.
 
 Registered through the `vllm.general_plugins` entry point (pyproject.toml), which vLLM calls in every process

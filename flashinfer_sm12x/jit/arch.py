@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Build targets: which `sm_XXXy` a module is compiled for, and which GPUs may load it.
 
 The block-scaled MMA (`mma ... kind::mxf4nvf4.block_scale`) and `cvt.rn.satfinite.e2m1x2.f32` exist only for
@@ -160,3 +161,20 @@ def check_nvcc_supports(target: Target, nvcc_version: tuple[int, int]) -> None:
 def _say(message: str) -> None:
     if not env.quiet():
         print(f"[flashinfer_sm12x] {message}", file=sys.stderr)
+
+
+_DEVICE_TARGETS: dict[tuple, Target] = {}
+
+
+def device_target(device: object) -> Target:
+    """target_for_device for a torch CUDA device, cached per (device, the environment variables that choose it):
+    the hot path of every op asks this on each call."""
+    index = getattr(device, "index", None)
+    key = (index, os.environ.get(env.ARCH), os.environ.get(env.CUDA_ARCH_LIST), os.environ.get(EMULATE))
+    target = _DEVICE_TARGETS.get(key)
+    if target is None:
+        import torch
+
+        cc = torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())
+        target = _DEVICE_TARGETS[key] = target_for_device(cc)
+    return target

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The JIT cache: private directories, manifests, verification before anything is loaded.
 
 Layout: <root>/<package version>/<target>/<module name>/{<module>.<key>.so, manifest.json, last_used}
@@ -24,7 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import __version__, env
+from .. import env
+from .._version import __version__
 from ..errors import CacheSecurityError, ConfigError
 
 MANIFEST = "manifest.json"

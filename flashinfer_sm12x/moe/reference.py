@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Float64 reference of the GPT-OSS MoE layer, the yardstick for the fused kernels.
 
 Pure torch, any device. It shares no code with `routing.py` or `weights.py` (its routing, activation and

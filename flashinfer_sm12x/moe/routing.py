@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Routing, token permutation and the final weighted combine of the fused MoE, as device-agnostic torch ops.
 
 Nothing here synchronises the host with the device unless asked to (`permute(..., validate_ids=True)`), so

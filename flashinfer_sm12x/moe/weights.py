@@ -1,6 +1,7 @@
+# SPDX-License-Identifier: Apache-2.0
 """GPT-OSS checkpoint MXFP4 expert weights -> the layout the grouped GEMM / fused MoE kernels read, and back.
 
-Checkpoint layout (FACTS.md "GPT-OSS MoE"; vLLM gpt_oss.py load_weights):
+Checkpoint layout (as the GPT-OSS checkpoints store it and vLLM loads it):
   w13 uint8 [E, 2I, H/2] packed E2M1 (element 2j in the low nibble), rows interleaved gate/up
   (row 2i = gate_i, row 2i+1 = up_i); w13_scale uint8 E8M0 [E, 2I, H/32] row-major; w13_bias [E, 2I];
   w2 uint8 [E, H, I/2]; w2_scale [E, H, I/32]; w2_bias [E, H]. GPT-OSS: H = I = 2880.
