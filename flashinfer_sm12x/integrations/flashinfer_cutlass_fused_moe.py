@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..checks import check_tensor
 from ..formats import SfLayout, swizzle_sf, unswizzle_sf
 from ..moe.fused_moe import plan_expert_rows, run_experts
 from ..moe.routing import finalize
@@ -61,11 +62,7 @@ def _need(cond: bool, msg: str, exc: type[Exception] = ValueError) -> None:
 
 
 def _tensor(t: Any, name: str, dtypes: tuple[torch.dtype, ...], ndim: int) -> torch.Tensor:
-    _need(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
-    _need(t.dtype in dtypes, f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}", TypeError)
-    _need(t.ndim == ndim, f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    _need(t.is_contiguous(), f"{name} must be contiguous")
-    return t
+    return check_tensor(t, name, _FN, dtypes, ndim=ndim)
 
 
 def _per_expert(t: Any, name: str, num_e: int) -> torch.Tensor | None:
@@ -124,8 +121,53 @@ def cutlass_fused_moe(
     backend: str = "cutlass",
     nvfp4_4over6: Any = NVFP4_4OVER6_UNSET,
 ) -> torch.Tensor:
-    """FlashInfer's `cutlass_fused_moe` for MXFP4 weights x MXFP8 activations on SM120/SM121 (see the module
-    docstring for the convention). Bad input raises before any kernel launch."""
+    """FlashInfer's `cutlass_fused_moe` for MXFP4 weights x MXFP8 activations (W4A8) on SM120/SM121.
+
+    Same signature as the installed FlashInfer's (0.7.2.post1 or 0.7.4); the module docstring states the convention.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        float8_e4m3fn [T, Hp], MXFP8-quantized activations (Hp = hidden size padded to a multiple of 128).
+    token_selected_experts : torch.Tensor
+        int32/int64 [T, k] expert ids (global ids when ep_size > 1).
+    token_final_scales : torch.Tensor
+        float [T, k] router weights.
+    fc1_expert_weights, fc2_expert_weights : torch.Tensor
+        uint8 [E, 2*Ip, Hp/2] ([up; gate] halves) and [E, Hp, Ip/2], packed e2m1.
+    output_dtype : torch.dtype
+        torch.bfloat16 or torch.float16.
+    quant_scales : list of torch.Tensor
+        [fc1 block scales int32 [E, 2*Ip, Hp/128], fc1 global float32 [E], fc2 block scales int32 [E, Hp, Ip/128],
+        fc2 global float32 [E]] (`PreparedMoEWeights.flashinfer_quant_scales()` builds them).
+    fc1_expert_biases, fc2_expert_biases : torch.Tensor, optional
+        [E, 2*Ip] and [E, Hp].
+    input_sf : torch.Tensor
+        E8M0 scales of `input`, 128x4-swizzled over T rows (or linear with swizzled_input_sf=False).
+    swiglu_alpha, swiglu_beta, swiglu_limit : torch.Tensor, optional
+        float32 [E]: the biased, clamped SwiGLU (GPT-OSS: 1.702, 1.0, 7.0); unset means alpha 1, beta 0, no clamp.
+    tp_size, tp_rank, ep_size, ep_rank : int
+        Parallel layout: the weights are this rank's shard / experts; the caller reduces across TP ranks.
+    output : torch.Tensor, optional
+        Contiguous [T, Hp] of output_dtype, written and returned.
+    use_mxfp8_act_scaling : bool
+        Must be True (this path's activation format).
+
+    Other parameters of FlashInfer's signature select modes this path does not serve (NotImplementedError naming
+    the option when set) or only tune FlashInfer's own kernels (accepted, no effect).
+
+    Returns
+    -------
+    torch.Tensor
+        [T, Hp] in output_dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, before any kernel launch.
+    NotImplementedError
+        A FlashInfer mode this path does not serve.
+    """
     del tune_max_num_tokens, enable_pdl, use_fused_finalize, profile_ids, workspace_buffer, tp_rank  # no effect
     _unsupported(enable_alltoall=enable_alltoall, use_deepseek_fp8_block_scale=use_deepseek_fp8_block_scale,
                  use_w4_group_scaling=use_w4_group_scaling, min_latency_mode=min_latency_mode,
