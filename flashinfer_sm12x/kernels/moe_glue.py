@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The MoE glue family `moe_glue` (include/flashinfer_sm12x/moe/{routing,glue,finalize}.cuh, jit/moe_glue.cu.jinja):
+the four kernels around the two grouped GEMMs of the fused MoE.
+
+    K1 plan        router logits (top-k + softmax) or precomputed ids -> ids, weights, stable ranks, per-expert
+                   counts, tile-padded expert starts, expert_of_tile (one launch; the last CTA scans)
+    K2 scatter     dest row of every (token, slot) pair; the hidden row gathered there and quantized to the
+                   activation format (or pre-quantized MXFP8 rows and scales copied); padding rows zeroed
+    K3 activation  GEMM1 row -> g1, fc1 bias, SwiGLU (GPT-OSS clamp or plain) -> activation format
+    K4 finalize    out[t] = sum_s w[t, s] * (g2[e] * y[dest] + b2[e]), float32, slot order, no atomics
+
+One module per (target, activation format); input dtypes are run-time choices among instantiations in the module.
+The kernels use no block-scaled MMA, so the sm_90a build is a native SM90 build (its H200 timings are real), and
+the compile proof requires the quantizer's conversion instruction and no spills.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..jit.arch import Target
+from ..jit.module import ModuleSpec, Source
+from ..jit.render import render
+from .family import ProofCase
+
+MENU = {"act_format": ("mxfp4", "mxfp8")}
+# Limits the kernels are written for (include/flashinfer_sm12x/moe/routing.cuh).
+MAX_EXPERTS = 512
+MAX_TOP_K = 16
+TOKENS_PER_CHUNK = 128  # tokens per plan CTA
+# What the compile proof requires in the SASS: the native e2m1 / e4m3 conversion on SM12x (F2FP ... E2M1 / E4M3),
+# none on sm_90a for e2m1 (an exact integer path) but the e4m3 one exists there.
+REQUIRED_INSTRUCTION = {("mxfp4", True): "F2FP.SATFINITE.E2M1", ("mxfp8", True): "F2FP.SATFINITE.E4M3",
+                        ("mxfp8", False): "F2FP.SATFINITE.E4M3"}
+
+
+def moe_glue_spec(target: Target, act_format: str) -> ModuleSpec:
+    """The glue module of `act_format` ("mxfp4" or "mxfp8") for `target` (values checked against MENU)."""
+    text = render("moe_glue.cu.jinja", {"act_format": act_format}, MENU)
+    return ModuleSpec(op="moe_glue", group=act_format, target=target, sources=(Source("moe_glue.cu", text),))
+
+
+def required_instruction(act_format: str, target: Target) -> str | None:
+    """The conversion instruction the compile proof looks for (None: the exact software path, nothing to find)."""
+    return REQUIRED_INSTRUCTION.get((act_format, not target.emulated))
+
+
+@dataclass(frozen=True)
+class MoeGlueFamily:
+    name: str = "moe_glue"
+
+    def prebuild(self, target: Target) -> list[ModuleSpec]:
+        return [moe_glue_spec(target, fmt) for fmt in MENU["act_format"]]
+
+    def proof_cases(self, target: Target, *, candidates: bool = False) -> list[ProofCase]:
+        return [ProofCase(f"moe_glue/{fmt}", moe_glue_spec(target, fmt), required_instruction(fmt, target) or "",
+                          no_mainloop_spills=False, no_spills=True) for fmt in MENU["act_format"]]
+
+
+FAMILY = MoeGlueFamily()

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+// MoE routing plan (glue kernel K1): router logits or precomputed ids -> top-k ids and weights, the stable position
+// of every (token, slot) pair inside its expert, per-expert counts, tile-padded expert starts and expert_of_tile.
+//
+// One launch, no host sync (CUDA-graph capturable). The grid is one CTA per chunk of kTokensPerChunk tokens:
+//   1. each warp routes one token at a time (top-k in descending order, ties to the lower id, NaN largest, softmax
+//      over the k chosen) or copies/clamps precomputed ids;
+//   2. the CTA ranks its pairs inside each expert in ascending pair order j = t * k + slot (stable: warp match +
+//      per-warp histograms scanned in warp order), and writes its per-expert counts;
+//   3. the last CTA to finish (a device-scope counter, reset by that CTA for the next launch) turns the chunk
+//      counts into per-chunk bases, the totals into tile-padded starts, and writes expert_of_tile.
+// At decode sizes the grid is one CTA. The scatter kernel then reads
+//   dest[j] = padded_start[e] + chunk_base[chunk(j), e] + rank[j].
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace flashinfer_sm12x::moe {
+
+constexpr int kPlanThreads = 512;
+constexpr int kPlanWarps = kPlanThreads / 32;
+constexpr int kTokensPerChunk = 128;
+constexpr int kMaxExperts = 512;                    // kPlanThreads: one thread per expert in the scans
+constexpr int kMaxExpertsPerLane = kMaxExperts / 32;
+constexpr int kMaxTopK = 16;
+
+struct PlanParams {
+  // Inputs: either router logits [T, E] or precomputed ids [T, k] (+ weights [T, k]).
+  const void* logits = nullptr;
+  const void* ids_in = nullptr;
+  const void* weights_in = nullptr;
+  int num_tokens = 0;
+  int top_k = 0;
+  int num_experts = 0;  // local experts E
+  int tile_m = 0;
+  int num_tiles = 0;    // bound / tile_m
+  int num_chunks = 0;
+  // Precomputed ids: valid global ids are [0, id_limit); the local expert is id - id_base. Ids outside the local
+  // range are clamped into it; their weight is zeroed when zero_foreign (expert parallelism: another rank's expert).
+  int id_base = 0;
+  int id_limit = 0;
+  bool zero_foreign = false;
+  // Outputs (workspace).
+  int32_t* ids = nullptr;            // [T*k] local expert, clamped to [0, E)
+  float* weights = nullptr;          // [T*k]
+  int32_t* rank = nullptr;           // [T*k] position inside (chunk, expert)
+  int32_t* chunk_base = nullptr;     // [num_chunks, E]: chunk counts, then their exclusive prefix over chunks
+  int32_t* counts = nullptr;         // [E]
+  int32_t* padded_start = nullptr;   // [E]
+  int32_t* expert_of_tile = nullptr; // [num_tiles]
+  int32_t* error_flag = nullptr;     // [1]: set to 1 when a precomputed id is outside [0, id_limit); never cleared
+  unsigned* done = nullptr;          // [1]: 0 before the launch; the last CTA resets it
+};
+
+template <class T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+
+// The order of torch.sort(descending=True, stable=True): NaN first, then larger values; equal values by lower id.
+__device__ __forceinline__ bool ranks_before(float va, int ia, float vb, int ib) {
+  const bool na = isnan(va), nb = isnan(vb);
+  if (na != nb) return na;
+  if (!na && va != vb) return va > vb;
+  return ia < ib;
+}
+
+// One warp routes token t: top-k of E logits, softmax over the k chosen (GPT-OSS renormalisation).
+template <class LogitT>
+__device__ void route_token(const PlanParams& p, int t, int lane) {
+  const LogitT* row = static_cast<const LogitT*>(p.logits) + static_cast<int64_t>(t) * p.num_experts;
+  float v[kMaxExpertsPerLane];
+#pragma unroll
+  for (int i = 0; i < kMaxExpertsPerLane; ++i) {
+    const int e = lane + 32 * i;
+    v[i] = e < p.num_experts ? to_float(row[e]) : 0.f;
+  }
+  uint32_t taken = 0;
+  float top_v[kMaxTopK];
+  int top_i[kMaxTopK];
+#pragma unroll
+  for (int s = 0; s < kMaxTopK; ++s) {
+    if (s >= p.top_k) continue;
+    float best_v = 0.f;
+    int best_i = INT32_MAX;  // "none": loses against every real candidate
+#pragma unroll
+    for (int i = 0; i < kMaxExpertsPerLane; ++i) {
+      const int e = lane + 32 * i;
+      if (e < p.num_experts && !(taken >> i & 1u) && (best_i == INT32_MAX || ranks_before(v[i], e, best_v, best_i))) {
+        best_v = v[i];
+        best_i = e;
+      }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best_v, offset);
+      const int oi = __shfl_xor_sync(0xffffffffu, best_i, offset);
+      if (oi != INT32_MAX && (best_i == INT32_MAX || ranks_before(ov, oi, best_v, best_i))) {
+        best_v = ov;
+        best_i = oi;
+      }
+    }
+    if ((best_i & 31) == lane) taken |= 1u << (best_i >> 5);
+    top_v[s] = best_v;
+    top_i[s] = best_i;
+  }
+  if (lane != 0) return;
+  // Softmax over the chosen logits, in float32 like torch.softmax: max, exp(x - max), sum in slot order, divide.
+  // Fully unrolled with a guard so the per-slot arrays stay in registers.
+  float mx = top_v[0];
+#pragma unroll
+  for (int s = 1; s < kMaxTopK; ++s)
+    if (s < p.top_k) mx = fmaxf(mx, top_v[s]);
+  float sum = 0.f;
+#pragma unroll
+  for (int s = 0; s < kMaxTopK; ++s) {
+    if (s < p.top_k) {
+      top_v[s] = expf(__fsub_rn(top_v[s], mx));
+      sum = __fadd_rn(sum, top_v[s]);
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < kMaxTopK; ++s) {
+    if (s < p.top_k) {
+      const int j = t * p.top_k + s;
+      p.ids[j] = top_i[s];
+      p.weights[j] = __fdiv_rn(top_v[s], sum);
+    }
+  }
+}
+
+template <class IdT, class WeightT>
+__device__ void copy_token(const PlanParams& p, int t, int lane) {
+  for (int s = lane; s < p.top_k; s += 32) {
+    const int64_t j = static_cast<int64_t>(t) * p.top_k + s;
+    const int64_t global = static_cast<int64_t>(static_cast<const IdT*>(p.ids_in)[j]);
+    float w = to_float(static_cast<const WeightT*>(p.weights_in)[j]);
+    if (global < 0 || global >= p.id_limit) atomicOr(p.error_flag, 1);
+    int64_t local = global - p.id_base;
+    if (local < 0 || local >= p.num_experts) {
+      if (p.zero_foreign) w = 0.f;
+      local = local < 0 ? 0 : p.num_experts - 1;
+    }
+    p.ids[j] = static_cast<int32_t>(local);
+    p.weights[j] = w;
+  }
+}
+
+// Exclusive scan of one int per thread over the CTA (kPlanThreads threads); returns the total in *total.
+__device__ __forceinline__ int block_exclusive_scan(int value, int* warp_sums, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int incl = value;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int up = __shfl_up_sync(0xffffffffu, incl, offset);
+    if (lane >= offset) incl += up;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < kPlanWarps ? warp_sums[lane] : 0;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int up = __shfl_up_sync(0xffffffffu, w, offset);
+      if (lane >= offset) w += up;
+    }
+    if (lane < kPlanWarps) warp_sums[lane] = w;  // inclusive
+    if (lane == kPlanWarps - 1) *total = w;
+  }
+  __syncthreads();
+  const int before = warp == 0 ? 0 : warp_sums[warp - 1];
+  return before + incl - value;
+}
+
+template <bool kFromLogits, class InT, class WeightT>
+__global__ void __launch_bounds__(kPlanThreads) plan_kernel(const PlanParams p) {
+  __shared__ int32_t warp_hist[kPlanWarps][kMaxExperts];
+  __shared__ int32_t running[kMaxExperts];
+  __shared__ int32_t scan_tmp[32];
+  __shared__ int32_t scan_total;
+  __shared__ bool is_last;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int num_e = p.num_experts, k = p.top_k;
+  const int t0 = blockIdx.x * kTokensPerChunk;
+  const int t1 = min(t0 + kTokensPerChunk, p.num_tokens);
+
+  // 1. Route (or copy) this chunk's tokens.
+  for (int t = t0 + warp; t < t1; t += kPlanWarps) {
+    if constexpr (kFromLogits) {
+      route_token<InT>(p, t, lane);
+    } else {
+      copy_token<InT, WeightT>(p, t, lane);
+    }
+  }
+  for (int i = tid; i < kPlanWarps * kMaxExperts; i += kPlanThreads) (&warp_hist[0][0])[i] = 0;
+  for (int e = tid; e < num_e; e += kPlanThreads) running[e] = 0;
+  __syncthreads();  // also orders this CTA's global writes of ids before the reads below
+
+  // 2. Stable ranks inside (chunk, expert), kPlanThreads pairs per step in ascending j.
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  for (int base = t0 * k; base < t1 * k; base += kPlanThreads) {
+    const int j = base + tid;
+    const bool active = j < t1 * k;
+    const int e = active ? p.ids[j] : -1;
+    const uint32_t peers = __match_any_sync(0xffffffffu, e);
+    const int rank_in_warp = __popc(peers & lanes_below);
+    if (active && rank_in_warp == 0) warp_hist[warp][e] = __popc(peers);
+    __syncthreads();
+    for (int x = tid; x < num_e; x += kPlanThreads) {
+      int run = running[x];
+      for (int w = 0; w < kPlanWarps; ++w) {
+        const int c = warp_hist[w][x];
+        warp_hist[w][x] = run;
+        run += c;
+      }
+      running[x] = run;
+    }
+    __syncthreads();
+    if (active) p.rank[j] = warp_hist[warp][e] + rank_in_warp;
+    __syncthreads();
+    for (int x = tid; x < num_e; x += kPlanThreads)
+      for (int w = 0; w < kPlanWarps; ++w) warp_hist[w][x] = 0;
+    __syncthreads();
+  }
+  for (int x = tid; x < num_e; x += kPlanThreads) p.chunk_base[blockIdx.x * num_e + x] = running[x];
+
+  // 3. The last CTA: chunk prefixes, padded expert starts, expert_of_tile.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) is_last = atomicAdd(p.done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  int padded = 0;
+  if (tid < num_e) {
+    int run = 0;
+    for (int c = 0; c < p.num_chunks; ++c) {
+      int32_t* slot = p.chunk_base + c * num_e + tid;
+      const int v = __ldcg(slot);  // written by other CTAs: read past L1
+      *slot = run;
+      run += v;
+    }
+    p.counts[tid] = run;
+    padded = (run + p.tile_m - 1) / p.tile_m * p.tile_m;
+  }
+  const int start = block_exclusive_scan(padded, scan_tmp, &scan_total);
+  if (tid < num_e) {
+    p.padded_start[tid] = start;
+    running[tid] = start + padded;  // padded end
+  }
+  __syncthreads();
+  // Tile i belongs to the first expert whose padded end exceeds its first row; trailing tiles to the last expert.
+  for (int i = tid; i < p.num_tiles; i += kPlanThreads) {
+    const int row = i * p.tile_m;
+    int lo = 0, hi = num_e;  // first e in [0, E) with end[e] > row, E if none
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (running[mid] > row) hi = mid; else lo = mid + 1;
+    }
+    p.expert_of_tile[i] = min(lo, num_e - 1);
+  }
+  if (tid == 0) *p.done = 0u;
+}
+
+}  // namespace flashinfer_sm12x::moe
