@@ -37,6 +37,16 @@ from ..formats import SfLayout, swizzle_sf, unswizzle_sf
 from ..moe.fused_moe import plan_expert_rows, run_experts
 from ..moe.routing import finalize
 from ..moe.weights import PreparedMoEWeights
+from ..ops.moe_glue import (
+    LAYOUT_CODE,
+    ExpertParams,
+    glue_module,
+    glue_views,
+    kernels_support,
+    row_plan,
+    run_pipeline,
+    target_of,
+)
 
 
 class _Unset:
@@ -52,6 +62,9 @@ NVFP4_4OVER6_UNSET = _Unset()
 NEWER_KEYWORDS = ("nvfp4_4over6",)
 # Defaults that differ between tested releases (0.7.2.post1, 0.7.4); these options have no effect here.
 RELEASE_DEFAULTS = {"use_fused_finalize": (True, None)}
+# On CUDA (E <= 512, k <= 16) the glue kernels run (ops/moe_glue.py); False selects the device-side torch
+# pipeline, the oracle the kernels are tested against.
+USE_KERNELS = True
 _SWIGLU, _SWIGLU_BIAS = 3, 5  # flashinfer.tllm_enums.ActivationType values (IntEnum; compared by value)
 _FN = "cutlass_fused_moe"
 
@@ -247,6 +260,22 @@ def cutlass_fused_moe(
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     if not capturing and ids.numel() and bool(((ids < 0) | (ids >= num_e * ep_size)).any()):
         raise ValueError(f"{_FN}: token_selected_experts holds ids outside [0, {num_e * ep_size})")
+    if USE_KERNELS and x.is_cuda and kernels_support(num_e, k):
+        # The glue kernels: the plan remaps global ids (other ranks' experts: weight 0, clamped) and the scatter
+        # copies the pre-quantized rows and scales; six launches in all.
+        plan = row_plan(num_t, k, num_e, "mxfp8_mxfp4", None, target_of(x.device))
+        module = glue_module(x.device, "mxfp8")
+        views = glue_views(x.device, plan, hp, ip, "mxfp8")
+        tm = plan.tactic.tile_m
+        module.plan_ids(ids, scales, views.workspace, num_e, tm, plan.tiles, ep_rank * num_e, num_e * ep_size,
+                        ep_size > 1)
+        module.scatter_prequantized(x.view(torch.uint8), in_sf, bool(swizzled_input_sf), views.workspace, views.x,
+                                    views.x_sf, k, num_e, tm, plan.bound)
+        params = ExpertParams(fc1, sf1.view(torch.uint8), b1, fc2, sf2.view(torch.uint8), b2, LAYOUT_CODE["up_first"],
+                              True, alpha if alpha is not None else 1.0, beta if beta is not None else 0.0, limit,
+                              g1, g2)
+        result = output if output is not None else torch.empty(num_t, hp, dtype=output_dtype, device=x.device)
+        return run_pipeline(plan, views, module, params, result)
     local = ids.long() - ep_rank * num_e
     mine = (local >= 0) & (local < num_e)
     local_ids = local.clamp(0, num_e - 1).to(torch.int32)

@@ -32,10 +32,21 @@ from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
 from ..kernels.grouped_mm_fp4 import heuristic
 from ..ops.grouped_mm_fp4 import grouped_mm_fp4
+from ..ops.moe_glue import (
+    LAYOUT_CODE,
+    ExpertParams,
+    glue_module,
+    glue_views,
+    kernels_support,
+    row_plan,
+    run_pipeline,
+    target_of,
+)
 from .routing import clamp_expert_ids, finalize, permute, route
 from .weights import PreparedMoEWeights
 
 Activation = Literal["swiglu_oai", "swiglu"]
+Impl = Literal["kernels", "reference"]
 _GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # weights.act -> grouped GEMM format
 Scalar = float | torch.Tensor  # a float, or a per-expert tensor [E]
 
@@ -145,13 +156,17 @@ def fused_moe(
     validate_ids: bool = True,
     tactic: Tactic | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
+    impl: Impl | None = None,
 ) -> torch.Tensor:
     """hidden [T, H] bf16/fp16/fp32 on CUDA; routing = router logits [T, E] (softmax top-k, renormalised, as
     GPT-OSS) or (topk_ids [T, k] int, topk_weights [T, k] float); weights from prepare_gpt_oss_weights: act="mxfp4"
     runs W4A4, act="mxfp8" W4A8 (activations are quantized to that format before each GEMM). Returns [T, H].
 
     validate_ids=True checks precomputed ids on the host (one sync; ValueError on an id outside [0, E)).
-    validate_ids=False is for CUDA-graph capture: ids are clamped on the device, nothing syncs."""
+    validate_ids=False is for CUDA-graph capture: ids are clamped on the device, nothing syncs.
+
+    impl="kernels" (the default on CUDA when E <= 512 and k <= 16) runs the glue kernels (ops/moe_glue.py: six
+    launches per forward); impl="reference" the device-side torch pipeline, kept as the oracle."""
     fn = "fused_moe"
     if not isinstance(weights, PreparedMoEWeights):
         raise TypeError(f"{fn}: weights must come from prepare_gpt_oss_weights, got {type(weights).__name__}")
@@ -166,12 +181,14 @@ def fused_moe(
     if activation not in ("swiglu_oai", "swiglu"):
         raise ValueError(f"{fn}: activation must be 'swiglu_oai' or 'swiglu', got {activation!r}")
     num_e, num_t = weights.num_experts, hidden.shape[0]
+    if impl not in (None, "kernels", "reference"):
+        raise ValueError(f"{fn}: impl must be 'kernels' or 'reference', got {impl!r}")
     if isinstance(routing, torch.Tensor):
         if routing.ndim != 2 or routing.shape != (num_t, num_e):
             raise ValueError(f"{fn}: router logits must be [T, E] = {(num_t, num_e)}, got {tuple(routing.shape)}")
         if top_k is None or not 1 <= top_k <= num_e:
             raise ValueError(f"{fn}: top_k must be in [1, {num_e}] with router logits, got {top_k}")
-        ids, topk_weights = route(routing, top_k)
+        k = top_k
     else:
         ids, topk_weights = routing
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[0] != num_t:
@@ -180,8 +197,16 @@ def fused_moe(
             raise ValueError(f"{fn}: top_k = {ids.shape[1]} exceeds the {num_e} experts")
         if not isinstance(topk_weights, torch.Tensor) or topk_weights.shape != ids.shape:
             raise ValueError(f"{fn}: topk_weights must have topk_ids' shape {tuple(ids.shape)}")
-        if not validate_ids:
-            ids, _ = clamp_expert_ids(ids, num_e)
+        k = ids.shape[1]
+    if impl is None:
+        impl = "kernels" if hidden.is_cuda and kernels_support(num_e, k) else "reference"
+    if impl == "kernels":
+        return _fused_moe_kernels(hidden, routing, k, weights, activation, alpha, beta, limit, validate_ids, tactic,
+                                  out_dtype)
+    if isinstance(routing, torch.Tensor):
+        ids, topk_weights = route(routing, top_k)
+    elif not validate_ids:
+        ids, _ = clamp_expert_ids(ids, num_e)
     devices = {t.device for t in (hidden, ids, topk_weights, weights.w13)}
     if len(devices) != 1:  # (grouped_mm_fp4 checks for CUDA before its first launch)
         raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got {sorted(map(str, devices))}")
@@ -195,3 +220,68 @@ def fused_moe(
     y = run_experts(aq, asf, r, weights, activation, alpha, beta, limit)
     y_permuted = y.index_select(0, r.dest)[:, : weights.hidden_size].contiguous()
     return finalize(y_permuted, r.inverse, topk_weights, out_dtype=out_dtype)
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch.Tensor, torch.Tensor], k: int,
+                       w: PreparedMoEWeights, activation: Activation, alpha: Scalar, beta: Scalar,
+                       limit: Scalar | None, validate_ids: bool, tactic: Tactic | None,
+                       out_dtype: torch.dtype) -> torch.Tensor:
+    """fused_moe's kernel pipeline (arguments already checked for shape; dtypes, devices and limits here)."""
+    fn = "fused_moe"
+    num_e, num_t = w.num_experts, hidden.shape[0]
+    if not kernels_support(num_e, k):
+        raise ValueError(f"{fn}: impl='kernels' serves E <= 512 experts and top_k <= 16; got E = {num_e}, k = {k} "
+                         "(use impl='reference')")
+    if out_dtype not in _FLOATS:
+        raise TypeError(f"{fn}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    tensors = [hidden, w.w13] + ([routing] if isinstance(routing, torch.Tensor) else list(routing))
+    devices = {t.device for t in tensors}
+    if len(devices) != 1 or hidden.device.type != "cuda":
+        raise ValueError(f"{fn}: impl='kernels' needs hidden, routing and weights on one CUDA device, got "
+                         f"{sorted(map(str, devices))}")
+    if isinstance(routing, torch.Tensor):
+        if routing.dtype not in _FLOATS:
+            raise TypeError(f"{fn}: router logits must be float32/float16/bfloat16, got {routing.dtype}")
+        if not routing.is_contiguous():
+            raise ValueError(f"{fn}: router logits must be contiguous")
+    else:
+        ids, topk_weights = routing
+        if ids.dtype not in (torch.int32, torch.int64) or topk_weights.dtype not in _FLOATS:
+            raise TypeError(f"{fn}: topk_ids must be int32/int64 and topk_weights float, got {ids.dtype} and "
+                            f"{topk_weights.dtype}")
+        if not (ids.is_contiguous() and topk_weights.is_contiguous()):
+            raise ValueError(f"{fn}: topk_ids and topk_weights must be contiguous")
+        if validate_ids and ids.numel() and bool(((ids < 0) | (ids >= num_e)).any()):  # the one sync
+            raise ValueError(f"{fn}: topk_ids holds expert ids outside [0, {num_e})")
+    for name, v in (("alpha", alpha), ("beta", beta), ("limit", limit)):
+        if isinstance(v, torch.Tensor) and (v.numel() != num_e or v.device != hidden.device):
+            raise ValueError(f"{fn}: {name} as a tensor must hold one value per expert ({num_e}) on {hidden.device}")
+    if num_t == 0:
+        return hidden.new_zeros((0, w.hidden_size), dtype=out_dtype)
+
+    device = hidden.device
+    plan = row_plan(num_t, k, num_e, _GEMM_FORMAT[w.act], tactic, target_of(device))
+    module = glue_module(device, w.act)
+    hp, ip = w.hidden_size_padded, w.intermediate_size_padded
+    views = glue_views(device, plan, hp, ip, w.act)
+    tm = plan.tactic.tile_m
+    if isinstance(routing, torch.Tensor):
+        module.plan_logits(routing, views.workspace, k, tm, plan.tiles)
+    else:
+        module.plan_ids(routing[0], routing[1], views.workspace, num_e, tm, plan.tiles, 0, num_e, False)
+    module.scatter(hidden, views.workspace, views.x, views.x_sf, k, num_e, hp, tm, plan.bound)
+    params = ExpertParams(
+        w.w13, w.w13_sf, w.w13_bias, w.w2, w.w2_sf, w.w2_bias,
+        LAYOUT_CODE["interleaved" if w.interleaved else ("up_first" if w.up_first else "gate_first")],
+        activation == "swiglu_oai", _per_expert(alpha), _per_expert(beta), _per_expert(limit))
+    out = torch.empty(num_t, w.hidden_size, dtype=out_dtype, device=device)
+    return run_pipeline(plan, views, module, params, out)
+
+
+def _per_expert(v: Scalar | None) -> Scalar | None:
+    if isinstance(v, torch.Tensor) and (v.dtype != torch.float32 or not v.is_contiguous()):
+        return v.float().contiguous().reshape(-1)
+    return v.reshape(-1) if isinstance(v, torch.Tensor) else v

@@ -1,0 +1,236 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The fused MoE's kernel pipeline: plan -> scatter -> grouped GEMM1 -> activation -> grouped GEMM2 -> finalize
+(kernels/moe_glue.py describes the four glue kernels; ops/grouped_mm_fp4.py the GEMMs). Six launches per forward
+at every T, no host synchronisation (CUDA-graph capturable).
+
+Host path, built for repeated calls:
+- the target and the loaded module are cached per device; the row plan (tactic, padded bound, tile count) per
+  (T, E, k, format, tactic, target);
+- buffers (int32 plan workspace, quantized activations and scales, both GEMM outputs) are cached per device and
+  grown geometrically; a call uses prefix views of them, themselves cached per plan. Buffers that were outgrown are
+  kept alive, so a CUDA graph captured earlier keeps valid addresses. The cached buffers make calls on one device
+  share memory: run one forward at a time per device (one stream), as with FlashInfer's workspace buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from ..checks import round_up
+from ..jit.arch import Target, device_target
+from ..jit.module import load_module
+from ..kernels.family import Tactic
+from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
+from ..kernels.grouped_mm_fp4 import heuristic
+from ..kernels.moe_glue import MAX_EXPERTS, MAX_TOP_K, TOKENS_PER_CHUNK, moe_glue_spec
+from .grouped_mm_fp4 import grouped_mm_fp4
+
+GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # activation format -> grouped GEMM format
+LAYOUT_CODE = {"interleaved": 0, "gate_first": 1, "up_first": 2}
+_TARGETS: dict[int, Target] = {}
+_MODULES: dict[tuple[int, str], Any] = {}
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Host-side sizes of one forward: everything follows from (T, k, E, tile height)."""
+
+    tactic: Tactic
+    num_tokens: int
+    top_k: int
+    num_experts: int
+    bound: int        # padded rows: round_up(T*k + min(E, T*k) * (TM - 1), TM)
+    tiles: int        # bound / TM
+    sf_rows: int      # round_up(bound, 128): rows of the 128x4 scale layout
+    workspace_elements: int
+
+
+def workspace_offsets(num_tokens: int, top_k: int, num_experts: int, tiles: int) -> dict[str, tuple[int, int]]:
+    """(offset, length) in int32 elements of each part of the plan workspace; jit/moe_glue.cu.jinja's order."""
+    pairs, chunks = num_tokens * top_k, -(-num_tokens // TOKENS_PER_CHUNK)
+    parts = (("state", 4), ("ids", pairs), ("weights", pairs), ("rank", pairs), ("dest", pairs),
+             ("chunk_base", chunks * num_experts), ("counts", num_experts), ("padded_start", num_experts),
+             ("expert_of_tile", tiles))
+    offsets, at = {}, 0
+    for name, length in parts:
+        offsets[name] = (at, length)
+        at += length
+    return offsets
+
+
+def kernels_support(num_experts: int, top_k: int) -> bool:
+    """Whether the glue kernels serve this routing shape (E <= 512, k <= 16)."""
+    return 1 <= num_experts <= MAX_EXPERTS and 1 <= top_k <= min(MAX_TOP_K, num_experts)
+
+
+@lru_cache(maxsize=1024)
+def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_format: str, tactic: Tactic | None,
+             target: Target | None) -> RowPlan:
+    """The row plan of one forward (cached: a repeated shape costs a dictionary lookup).
+
+    Parameters
+    ----------
+    num_tokens, top_k, num_experts : int
+        T, k, E.
+    gemm_format : str
+        "mxfp4" (W4A4) or "mxfp8_mxfp4" (W4A8).
+    tactic : Tactic or None
+        The grouped GEMM tactic; None picks the heuristic's first for `target`.
+    target : Target or None
+        The device's build target (None: the emulation menu).
+
+    Returns
+    -------
+    RowPlan
+
+    Raises
+    ------
+    ValueError
+        A tactic outside the format's candidates.
+    """
+    if tactic is None:
+        tactic = heuristic(num_tokens * top_k, num_experts, gemm_format, target)[0]
+    elif tactic not in GROUPED.candidates(gemm_format):
+        raise ValueError(f"fused_moe: tactic for {gemm_format} must be one of "
+                         f"{[t.name for t in GROUPED.candidates(gemm_format)]}, got {tactic!r}")
+    rows, tm = num_tokens * top_k, tactic.tile_m
+    bound = round_up(rows + min(num_experts, rows) * (tm - 1), tm)
+    tiles = bound // tm
+    end = max(stop for stop in (a + n for a, n in workspace_offsets(num_tokens, top_k, num_experts, tiles).values()))
+    return RowPlan(tactic, num_tokens, top_k, num_experts, bound, tiles, round_up(bound, 128), end)
+
+
+def target_of(device: torch.device) -> Target:
+    """The build target of a CUDA device (cached per device index)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    target = _TARGETS.get(index)
+    if target is None:
+        target = _TARGETS[index] = device_target(torch.device("cuda", index))
+    return target
+
+
+def glue_module(device: torch.device, act_format: str) -> Any:
+    """The loaded glue module for `act_format` on `device` (built on first use, then cached)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    module = _MODULES.get((index, act_format))
+    if module is None:
+        module = _MODULES[(index, act_format)] = load_module(moe_glue_spec(target_of(device), act_format))
+    return module
+
+
+class _Buffers:
+    """Grow-only device buffers of one (device, H, I, activation format), with per-plan prefix views."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.store: dict[str, torch.Tensor] = {}
+        self.retired: list[torch.Tensor] = []  # outgrown buffers, kept for CUDA graphs that captured them
+        self.views: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def take(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self.store.get(name)
+        if buf is None or buf.numel() < numel:
+            if buf is not None:
+                self.retired.append(buf)
+            size = max(numel, 2 * buf.numel() if buf is not None else numel)
+            # Zeroed: the plan's done counter must start at 0 (the kernel resets it after every launch).
+            buf = self.store[name] = torch.zeros(size, dtype=dtype, device=self.device)
+            self.views.clear()
+        return buf[:numel]
+
+
+_BUFFERS: dict[tuple, _Buffers] = {}
+
+
+@dataclass(frozen=True)
+class GlueViews:
+    """The tensors one forward uses (prefix views of the cached buffers)."""
+
+    workspace: torch.Tensor  # int32 plan workspace
+    x: torch.Tensor          # GEMM1 A as bytes: uint8 [bound, Hp/2] (MXFP4) or [bound, Hp] (MXFP8)
+    x_sf: torch.Tensor       # uint8, 128x4 over sf_rows rows
+    h: torch.Tensor          # bf16 [bound, 2*Ip]
+    a: torch.Tensor          # GEMM2 A as bytes
+    a_sf: torch.Tensor
+    y: torch.Tensor          # bf16 [bound, Hp]
+    expert_of_tile: torch.Tensor  # int32 [tiles], a part of `workspace`
+    x_gemm: torch.Tensor     # x with the GEMM's dtype (uint8 or float8_e4m3fn)
+    a_gemm: torch.Tensor
+
+
+def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format: str) -> GlueViews:
+    """The buffers of one forward, cached per (device, sizes, plan)."""
+    key = (device, hp, ip, act_format)
+    bufs = _BUFFERS.get(key)
+    if bufs is None:
+        bufs = _BUFFERS[key] = _Buffers(device)
+    views = bufs.views.get(plan)
+    if views is not None:
+        return GlueViews(*views)
+    per_byte = 2 if act_format == "mxfp4" else 1
+    data_dtype = torch.uint8 if act_format == "mxfp4" else torch.float8_e4m3fn
+    bound, sf_rows = plan.bound, plan.sf_rows
+    ws = bufs.take("workspace", plan.workspace_elements, torch.int32)
+    x = bufs.take("x", bound * hp // per_byte, torch.uint8).view(bound, hp // per_byte)
+    x_sf = bufs.take("x_sf", sf_rows * round_up(hp // 32, 4), torch.uint8)
+    h = bufs.take("h", bound * 2 * ip, torch.bfloat16).view(bound, 2 * ip)
+    a = bufs.take("a", bound * ip // per_byte, torch.uint8).view(bound, ip // per_byte)
+    a_sf = bufs.take("a_sf", sf_rows * round_up(ip // 32, 4), torch.uint8)
+    y = bufs.take("y", bound * hp, torch.bfloat16).view(bound, hp)
+    offset, length = workspace_offsets(plan.num_tokens, plan.top_k, plan.num_experts, plan.tiles)["expert_of_tile"]
+    views = (ws, x, x_sf, h, a, a_sf, y, ws[offset:offset + length], x.view(data_dtype), a.view(data_dtype))
+    if len(bufs.views) > 256:
+        bufs.views.clear()
+    bufs.views[plan] = views
+    return GlueViews(*views)
+
+
+def workspace_part(views: GlueViews, plan: RowPlan, name: str) -> torch.Tensor:
+    """One part of the plan workspace (for tests and debugging): ids, weights (float32), rank, dest, counts, ..."""
+    offset, length = workspace_offsets(plan.num_tokens, plan.top_k, plan.num_experts, plan.tiles)[name]
+    part = views.workspace[offset:offset + length]
+    return part.view(torch.float32) if name == "weights" else part
+
+
+@dataclass(frozen=True)
+class ExpertParams:
+    """What the two GEMMs and the activation need of the weights, with optional per-expert tensors."""
+
+    w13: torch.Tensor
+    w13_sf: torch.Tensor
+    w13_bias: torch.Tensor | None
+    w2: torch.Tensor
+    w2_sf: torch.Tensor
+    w2_bias: torch.Tensor | None
+    layout: int                      # LAYOUT_CODE value
+    swiglu_oai: bool
+    alpha: float | torch.Tensor
+    beta: float | torch.Tensor
+    limit: float | torch.Tensor | None
+    g1: torch.Tensor | None = None
+    g2: torch.Tensor | None = None
+
+
+def _scalar_or_tensor(v: float | torch.Tensor | None, default: float) -> tuple[float, torch.Tensor | None]:
+    if isinstance(v, torch.Tensor):
+        return default, v
+    return (default if v is None else float(v)), None
+
+
+def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, out: torch.Tensor) -> torch.Tensor:
+    """GEMM1 -> activation -> GEMM2 -> finalize on a plan whose scatter already ran. Arguments were validated."""
+    tactic, k, num_e = plan.tactic, plan.top_k, plan.num_experts
+    grouped_mm_fp4(views.x_gemm, views.x_sf, p.w13, p.w13_sf, views.expert_of_tile, tactic, out=views.h)
+    alpha, alpha_e = _scalar_or_tensor(p.alpha, 1.0)
+    beta, beta_e = _scalar_or_tensor(p.beta, 0.0)
+    limit, limit_e = _scalar_or_tensor(p.limit, 0.0)
+    module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
+                      p.layout, p.swiglu_oai, p.g1, p.w13_bias, alpha_e, beta_e, limit_e, alpha, beta, limit,
+                      p.limit is not None)
+    grouped_mm_fp4(views.a_gemm, views.a_sf, p.w2, p.w2_sf, views.expert_of_tile, tactic, out=views.y)
+    module.finalize(views.y, views.workspace, out, k, num_e, tactic.tile_m, p.g2, p.w2_bias)
+    return out
