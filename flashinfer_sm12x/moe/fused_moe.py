@@ -25,9 +25,9 @@ from typing import Literal
 
 import torch
 
-from ..formats.quantize import mxfp4_quantize, mxfp8_quantize
 from ..jit.arch import target_for_device
 from ..ops.grouped_mm_fp4 import Tactic, candidates, grouped_mm_fp4, heuristic
+from ..ops.quantize import mxfp4_quantize, mxfp8_quantize
 from .routing import clamp_expert_ids, finalize, permute, route
 from .weights import PreparedMoEWeights
 
