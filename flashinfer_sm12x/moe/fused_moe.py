@@ -26,7 +26,6 @@ from typing import Literal
 
 import torch
 
-from ..formats.quantize import mxfp4_quantize, mxfp8_quantize
 from ..jit.arch import device_target
 from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
@@ -42,6 +41,7 @@ from ..ops.moe_glue import (
     run_pipeline,
     target_of,
 )
+from ..ops.quantize import mxfp4_quantize, mxfp8_quantize
 from .routing import clamp_expert_ids, finalize, permute, route
 from .weights import PreparedMoEWeights
 
