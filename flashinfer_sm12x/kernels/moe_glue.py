@@ -30,8 +30,8 @@ MAX_TOP_K = 16
 TOKENS_PER_CHUNK = 128  # tokens per plan CTA
 # What the compile proof requires in the SASS: the native e2m1 / e4m3 conversion on SM12x (F2FP ... E2M1 / E4M3),
 # none on sm_90a for e2m1 (an exact integer path) but the e4m3 one exists there.
-REQUIRED_INSTRUCTION = {("mxfp4", True): "F2FP.SATFINITE.E2M1", ("mxfp8", True): "F2FP.SATFINITE.E4M3",
-                        ("mxfp8", False): "F2FP.SATFINITE.E4M3"}
+REQUIRED_INSTRUCTION = {("mxfp4", True): "F2FP.SATFINITE.E2M1.F32", ("mxfp8", True): "F2FP.SATFINITE.E4M3.F32",
+                        ("mxfp8", False): "F2FP.SATFINITE.E4M3.F32"}
 
 
 def moe_glue_spec(target: Target, act_format: str) -> ModuleSpec:

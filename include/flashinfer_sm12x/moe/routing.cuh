@@ -147,7 +147,7 @@ __device__ void copy_token(const PlanParams& p, int t, int lane) {
     const int64_t j = static_cast<int64_t>(t) * p.top_k + s;
     const int64_t global = static_cast<int64_t>(static_cast<const IdT*>(p.ids_in)[j]);
     float w = to_float(static_cast<const WeightT*>(p.weights_in)[j]);
-    if (global < 0 || global >= p.id_limit) atomicOr(p.error_flag, 1);
+    if (global < 0 || global >= p.id_limit) *p.error_flag = 1;  // every writer stores the same value
     int64_t local = global - p.id_base;
     if (local < 0 || local >= p.num_experts) {
       if (p.zero_foreign) w = 0.f;
@@ -185,7 +185,7 @@ __device__ __forceinline__ int block_exclusive_scan(int value, int* warp_sums, i
 }
 
 template <bool kFromLogits, class InT, class WeightT>
-__global__ void __launch_bounds__(kPlanThreads) plan_kernel(const PlanParams p) {
+__global__ void __launch_bounds__(kPlanThreads, 1) plan_kernel(const PlanParams p) {
   __shared__ int32_t warp_hist[kPlanWarps][kMaxExperts];
   __shared__ int32_t running[kMaxExperts];
   __shared__ int32_t scan_tmp[32];

@@ -1,0 +1,34 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Compile proofs of the MoE glue modules: every kernel spill-free (no local memory at all), and the kernels that
+quantize (scatter, activation) use the native conversion instruction where the target has one."""
+
+from __future__ import annotations
+
+import pytest
+
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.jit.compile_proof import FACTS_KERNEL, compile_proof
+from flashinfer_sm12x.kernels.moe_glue import MENU, moe_glue_spec, required_instruction
+
+pytestmark = pytest.mark.compile_proof
+
+
+@pytest.mark.parametrize("arch", ["sm_120a", "sm_121a", "sm_90a"])
+@pytest.mark.parametrize("act_format", MENU["act_format"])
+def test_glue_module_is_spill_free_and_converts_natively(arch: str, act_format: str) -> None:
+    target = parse_target(arch)
+    report = compile_proof(moe_glue_spec(target, act_format))
+    kernels = [k for k in report.kernels if FACTS_KERNEL not in k.name and k.instructions]
+    names = " ".join(k.name for k in kernels)
+    for role in ("plan_kernel", "scatter_kernel", "activation_kernel", "finalize_kernel"):
+        assert role in names, f"{role} missing from the {act_format} module"
+    for k in kernels:
+        assert k.spill_stores == 0 and k.spill_loads == 0 and k.stack_bytes == 0, (k.name, k.spill_stores,
+                                                                                   k.stack_bytes)
+    instruction = required_instruction(act_format, target)
+    if instruction:
+        for k in kernels:
+            if "scatter_kernelILNS0_9ActFormatE" in k.name and "Lb1E" in k.name:
+                continue  # the pre-quantized copy converts nothing
+            if "scatter_kernel" in k.name or "activation_kernel" in k.name:
+                assert k.count(instruction) > 0, f"no {instruction} in {k.name}"
