@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Host side of the glue pipeline, without a GPU: the row plan, the workspace layout, the module menu, and the typed
+errors fused_moe(impl="kernels") raises before any launch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flashinfer_sm12x.errors import ConfigError
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.kernels import FAMILIES
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
+from flashinfer_sm12x.kernels.moe_glue import MENU, moe_glue_spec
+from flashinfer_sm12x.moe.fused_moe import fused_moe
+from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
+from flashinfer_sm12x.ops.moe_glue import kernels_support, row_plan, workspace_offsets
+from flashinfer_sm12x.testing.moe_cases import make_weights
+
+
+@pytest.mark.parametrize(("num_t", "num_e", "k"), [(1, 32, 4), (3, 128, 4), (64, 32, 4), (1000, 128, 4), (8192, 32, 4),
+                                                   (5, 4, 4)])
+@pytest.mark.parametrize("tactic", CANDIDATES)
+def test_row_plan_bound_covers_every_routing(num_t: int, num_e: int, k: int, tactic) -> None:
+    plan = row_plan(num_t, k, num_e, "mxfp4", tactic, None)
+    rows, tm = num_t * k, tactic.tile_m
+    assert plan.bound % tm == 0 and plan.tiles * tm == plan.bound and plan.sf_rows % 128 == 0
+    # The worst case: every used expert leaves tm - 1 rows of padding.
+    worst = sum(-(-c // tm) * tm for c in [rows // min(num_e, rows)] * min(num_e, rows))
+    assert plan.bound >= worst and plan.bound >= rows
+    assert plan.bound < rows + min(num_e, rows) * tm + tm
+
+
+def test_row_plan_is_cached_and_heuristic_picks_a_candidate() -> None:
+    a = row_plan(7, 4, 32, "mxfp4", None, None)
+    assert row_plan(7, 4, 32, "mxfp4", None, None) is a
+    assert a.tactic in CANDIDATES
+
+
+def test_row_plan_rejects_a_foreign_tactic() -> None:
+    from flashinfer_sm12x.kernels.grouped_mm_fp4 import W4A8_CANDIDATES
+    with pytest.raises(ValueError, match="tactic"):
+        row_plan(7, 4, 32, "mxfp4", W4A8_CANDIDATES[0], None)
+
+
+def test_workspace_layout_is_contiguous_and_matches_the_template() -> None:
+    offsets = workspace_offsets(300, 4, 32, 40)
+    at = 0
+    for name in ("state", "ids", "weights", "rank", "dest", "chunk_base", "counts", "padded_start", "expert_of_tile"):
+        assert offsets[name][0] == at
+        at += offsets[name][1]
+    assert offsets["chunk_base"][1] == 3 * 32  # ceil(300 / 128) chunks
+    assert row_plan(300, 4, 32, "mxfp4", CANDIDATES[0], None).workspace_elements == sum(
+        n for _, n in workspace_offsets(300, 4, 32, row_plan(300, 4, 32, "mxfp4", CANDIDATES[0], None).tiles).values())
+
+
+def test_kernels_support_limits() -> None:
+    assert kernels_support(128, 4) and kernels_support(512, 16)
+    assert not kernels_support(513, 4) and not kernels_support(32, 17) and not kernels_support(2, 4)
+
+
+def test_glue_family_renders_only_menu_values() -> None:
+    target = parse_target("sm_120a")
+    for fmt in MENU["act_format"]:
+        text = moe_glue_spec(target, fmt).sources[0].text
+        assert text.startswith("// SPDX-License-Identifier: Apache-2.0")
+        assert ("scatter_prequantized" in text) == (fmt == "mxfp8")
+    with pytest.raises(ConfigError):
+        moe_glue_spec(target, "nvfp4")
+    assert [s.group for s in FAMILIES["moe_glue"].prebuild(target)] == ["mxfp4", "mxfp8"]
+
+
+@pytest.fixture(scope="module")
+def small_weights():
+    return prepare_gpt_oss_weights(**make_weights(4, 64, 64), pad_to=32)
+
+
+def test_impl_must_be_known(small_weights) -> None:
+    hidden, logits = torch.zeros(2, 64), torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="impl"):
+        fused_moe(hidden, logits, small_weights, top_k=2, impl="triton")
+
+
+def test_kernels_impl_needs_cuda(small_weights) -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        fused_moe(torch.zeros(2, 64), torch.zeros(2, 4), small_weights, top_k=2, impl="kernels")
+
+
+def test_kernels_impl_rejects_unsupported_routing() -> None:
+    many = prepare_gpt_oss_weights(**make_weights(600, 32, 32), pad_to=32)
+    ids = torch.zeros(2, 4, dtype=torch.int32)
+    with pytest.raises(ValueError, match="E <= 512"):
+        fused_moe(torch.zeros(2, 32), (ids, torch.zeros(2, 4)), many, impl="kernels")
+
+
+def test_kernels_impl_typed_errors(small_weights) -> None:
+    hidden = torch.zeros(2, 64)
+    ids = torch.zeros(2, 2, dtype=torch.int32)
+    with pytest.raises(TypeError, match="out_dtype"):
+        fused_moe(hidden, (ids, torch.zeros(2, 2)), small_weights, impl="kernels", out_dtype=torch.int32)
