@@ -1,20 +1,63 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""A small fused-MoE workload for compute-sanitizer (both grouped GEMM tiles, skewed and empty experts)."""
+"""A small fused-MoE workload for compute-sanitizer: both grouped GEMM tiles, the glue kernels (impl="kernels":
+plan from logits over one and several chunks, from int32/int64 ids with out-of-range ids clamped, pre-quantized
+MXFP8 scatter in both scale layouts) and the torch pipeline, skewed and empty experts.
+
+    FLASHINFER_SM12X_EMULATE=1 compute-sanitizer --tool memcheck python scripts/sanitize_moe.py
+    FLASHINFER_SM12X_EMULATE=1 compute-sanitizer --tool racecheck python scripts/sanitize_moe.py --glue-only
+"""
+
+import sys
 
 import torch
 
+from flashinfer_sm12x.formats.quantize import mxfp8_quantize
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
 from flashinfer_sm12x.moe.fused_moe import fused_moe
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
+from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan
 from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights
 
-raw = {k: v.cuda() for k, v in make_weights(8, 320, 192).items()}
-w = prepare_gpt_oss_weights(**raw, pad_to=128)
-for tactic in CANDIDATES:
-    for num_t in (1, 70):
-        hidden, logits = make_inputs(num_t, 320, 8)
-        out = fused_moe(hidden.cuda(), logits.cuda(), w, top_k=4, tactic=tactic)
-        torch.cuda.synchronize()
-        print(f"fused_moe {tactic.name} T={num_t}: finite={bool(out.isfinite().all())}", flush=True)
+
+def glue_workload() -> None:
+    """Every glue kernel on its own (racecheck is slow: no GEMMs)."""
+    dev = torch.device("cuda")
+    for act, tactic in (("mxfp4", CANDIDATES[0]), ("mxfp8", CANDIDATES[1])):
+        module = glue_module(dev, act)
+        for num_t, num_e in ((1, 8), (300, 8), (129, 64)):
+            plan = row_plan(num_t, 4, num_e, "mxfp4", tactic, None)
+            v = glue_views(dev, plan, 320, 192, act)
+            hidden, logits = make_inputs(num_t, 320, num_e)
+            module.plan_logits(logits.cuda(), v.workspace, 4, tactic.tile_m, plan.tiles)
+            module.scatter(hidden.cuda(), v.workspace, v.x, v.x_sf, 4, num_e, 384, tactic.tile_m, plan.bound)
+            ids = torch.randint(-2, num_e + 2, (num_t, 4), dtype=torch.int64, device="cuda")
+            module.plan_ids(ids, torch.rand(num_t, 4, device="cuda"), v.workspace, num_e, tactic.tile_m, plan.tiles,
+                            0, num_e, False)
+            if act == "mxfp8":
+                for swizzled in (True, False):
+                    xq, xsf = mxfp8_quantize(torch.randn(num_t, 384, device="cuda"), swizzled, 32)
+                    module.scatter_prequantized(xq.view(torch.uint8), xsf.view(torch.uint8).reshape(-1), swizzled,
+                                                v.workspace, v.x, v.x_sf, 4, num_e, tactic.tile_m, plan.bound)
+            v.h.normal_()
+            module.activation(v.h, v.workspace, v.a, v.a_sf, num_t, 4, num_e, tactic.tile_m, 0, True, None, None,
+                              None, None, None, 1.702, 1.0, 7.0, True)
+            v.y.normal_()
+            module.finalize(v.y, v.workspace, torch.empty(num_t, 320, device="cuda"), 4, num_e, tactic.tile_m, None,
+                            None)
+            torch.cuda.synchronize()
+            print(f"glue {act} T={num_t} E={num_e}: ok", flush=True)
+
+
+glue_workload()
+if "--glue-only" not in sys.argv:
+    raw = {k: v.cuda() for k, v in make_weights(8, 320, 192).items()}
+    w = prepare_gpt_oss_weights(**raw, pad_to=128)
+    for impl in ("kernels", "reference"):
+        for tactic in CANDIDATES:
+            for num_t in (1, 70, 300):
+                hidden, logits = make_inputs(num_t, 320, 8)
+                out = fused_moe(hidden.cuda(), logits.cuda(), w, top_k=4, tactic=tactic, impl=impl)
+                torch.cuda.synchronize()
+                print(f"fused_moe {impl} {tactic.name} T={num_t}: finite={bool(out.isfinite().all())}", flush=True)
 print("sanitizer moe workload done")

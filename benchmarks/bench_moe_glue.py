@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark the fused MoE's glue kernels (plan, scatter, activation, finalize) at GPT-OSS-20B sizes (E = 32, top-4,
+H = I = 2880, W4A4) over T.
+
+Per T it prints and writes (CSV + PNG under benchmarks/results):
+- device launches per forward (torch.profiler), impl="kernels" vs impl="reference" (the torch pipeline);
+- host time per eager call (CPU time to submit one forward, measured over back-to-back calls before the sync);
+- each glue kernel's time (CUDA-graph replay, median) and its bytes moved, as a fraction of the device copy
+  bandwidth measured in the same run (a torch clone of 512 MiB);
+- the glue chain's latency at T = 1 (the four glue kernels back to back, GEMMs excluded).
+The glue kernels have no block-scaled MMA: on an H200 (FLASHINFER_SM12X_EMULATE=1 maps it to the sm_90a build) they
+are native SM90 kernels and their times are real H200 figures. The GEMMs in between are emulated there: no forward
+time is reported as a speed, only the glue.
+
+    FLASHINFER_SM12X_EMULATE=1 python benchmarks/bench_moe_glue.py [--tokens 1,64,1024,8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import plot_panels, time_ms  # noqa: E402
+from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
+from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
+from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan, target_of  # noqa: E402
+from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights  # noqa: E402
+from flashinfer_sm12x.testing.profiling import device_launches  # noqa: E402
+
+NUM_E, TOP_K, H = 32, 4, 2880
+
+
+def copy_bandwidth() -> float:
+    """Device copy bandwidth in bytes/s (read + write of a 512 MiB clone)."""
+    x = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    ms = time_ms(lambda: x.clone(), 20, graph=False)
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def host_us_per_call(fn, calls: int = 50) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return host / calls * 1e6
+
+
+def measure(num_t: int, w, module, target, bw: float, iters: int, panels_us: dict, panels_frac: dict) -> dict:
+    """One T: launches, host time, each glue kernel's time and bandwidth fraction (printed; returned as a row)."""
+    dev, name = torch.device("cuda"), torch.cuda.get_device_name()
+    hp, ip = w.hidden_size_padded, w.intermediate_size_padded
+    hidden, logits = make_inputs(num_t, H, NUM_E)
+    hidden, logits = hidden.cuda().bfloat16(), logits.cuda()
+
+    def forward(impl: str = "kernels", hidden=hidden, logits=logits) -> torch.Tensor:
+        return fused_moe(hidden, logits, w, top_k=TOP_K, impl=impl)
+
+    forward()
+    launches = len(device_launches(forward))
+    torch_launches = len(device_launches(lambda: forward("reference")))
+    host = host_us_per_call(forward)
+    plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target)
+    v = glue_views(dev, plan, hp, ip, "mxfp4")
+    tm, pairs = plan.tactic.tile_m, num_t * TOP_K
+    out = hidden.new_empty(num_t, H)
+    kernels = {
+        "plan": (lambda: module.plan_logits(logits, v.workspace, TOP_K, tm, plan.tiles),
+                 num_t * NUM_E * 4 + pairs * 12 + plan.tiles * 4),
+        "scatter": (lambda: module.scatter(hidden, v.workspace, v.x, v.x_sf, TOP_K, NUM_E, hp, tm, plan.bound),
+                    pairs * H * 2 + v.x.numel() + v.x_sf.numel() + pairs * 16),
+        "activation": (lambda: module.activation(v.h, v.workspace, v.a, v.a_sf, num_t, TOP_K, NUM_E, tm, 0, True,
+                                                 None, w.w13_bias, None, None, None, 1.702, 1.0, 7.0, True),
+                       v.h.numel() * 2 + v.a.numel() + v.a_sf.numel()),
+        "finalize": (lambda: module.finalize(v.y, v.workspace, out, TOP_K, NUM_E, tm,
+                                             None, w.w2_bias),
+                     pairs * H * 2 * 2 + num_t * H * 2 + pairs * 12),
+    }
+    row = {"device": name, "T": num_t, "launches": launches, "torch_launches": torch_launches,
+           "host_us": round(host, 1), "copy_GBps": round(bw / 1e9)}
+    cells = []
+    for kname, (fn, nbytes) in kernels.items():
+        us = time_ms(fn, iters) * 1e3
+        frac = nbytes / (us * 1e-6) / bw
+        row[f"{kname}_us"], row[f"{kname}_bytes"], row[f"{kname}_frac_bw"] = round(us, 2), nbytes, round(frac, 3)
+        panels_us["kernel time (us)"].setdefault(kname, []).append((num_t, us))
+        panels_frac["fraction of copy bandwidth"].setdefault(kname, []).append((num_t, frac))
+        cells.append(f"{us:13.1f} {100 * frac:5.1f}")
+    if num_t == 1:
+        def chain() -> None:
+            for fn, _ in kernels.values():
+                fn()
+        row["glue_chain_us_T1"] = round(time_ms(chain, iters) * 1e3, 2)
+    print(f"{num_t:>6} {launches:>9} {torch_launches:>6} {host:8.1f} " + " ".join(cells))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", default="1,64,1024,8192")
+    parser.add_argument("--iters", type=int, default=50)
+    args = parser.parse_args()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name()
+    target = target_of(dev)
+    print(f"device: {name} (CC {torch.cuda.get_device_capability()}), glue build {target.name}")
+    print(f"shapes: E = {NUM_E}, top-{TOP_K}, H = I = {H} (padded 2944), W4A4, hidden bf16, T in {tokens}")
+    raw = {k: v.cuda() for k, v in make_weights(NUM_E, H, H).items()}
+    w = prepare_gpt_oss_weights(**raw, pad_to=128, act="mxfp4")
+    bw = copy_bandwidth()
+    print(f"device copy bandwidth (same run): {bw / 1e9:.0f} GB/s")
+    module = glue_module(dev, "mxfp4")
+    rows, panels_us, panels_frac = [], {"kernel time (us)": {}}, {"fraction of copy bandwidth": {}}
+    header = f"{'T':>6} {'launches':>9} {'torch':>6} {'host us':>8} " + " ".join(
+        f"{k + ' us':>13} {'%bw':>5}" for k in ("plan", "scatter", "activation", "finalize"))
+    print(header)
+    for num_t in tokens:
+        rows.append(measure(num_t, w, module, target, bw, args.iters, panels_us, panels_frac))
+    if any("glue_chain_us_T1" in r for r in rows):
+        print(f"glue chain latency at T = 1 (4 kernels, GEMMs excluded): "
+              f"{next(r['glue_chain_us_T1'] for r in rows if 'glue_chain_us_T1' in r)} us")
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    stem = f"bench_moe_glue_{name.replace(' ', '_').lower()}_{datetime.date.today().isoformat()}"
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("device", "T"), k))
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out_dir / f'{stem}.csv'}")
+    plot_panels({**panels_us, **panels_frac}, out_dir / f"{stem}.png",
+                f"MoE glue kernels on {name} (E={NUM_E}, top-{TOP_K}, H=I={H})", "tokens T", "", log_y=False)
+
+
+if __name__ == "__main__":
+    main()
