@@ -129,7 +129,7 @@ class _Buffers:
         self.device = device
         self.store: dict[str, torch.Tensor] = {}
         self.retired: list[torch.Tensor] = []  # outgrown buffers, kept for CUDA graphs that captured them
-        self.views: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self.views: dict[RowPlan, GlueViews] = {}
 
     def take(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
         buf = self.store.get(name)
@@ -163,14 +163,31 @@ class GlueViews:
 
 
 def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format: str) -> GlueViews:
-    """The buffers of one forward, cached per (device, sizes, plan)."""
+    """The buffers of one forward, cached per (device, sizes, plan).
+
+    Parameters
+    ----------
+    device : torch.device
+        The CUDA device.
+    plan : RowPlan
+        From `row_plan`.
+    hp, ip : int
+        Padded hidden and intermediate sizes (multiples of 32).
+    act_format : str
+        "mxfp4" or "mxfp8".
+
+    Returns
+    -------
+    GlueViews
+        Prefix views of the device's grow-only buffers (shared by every call on the device).
+    """
     key = (device, hp, ip, act_format)
     bufs = _BUFFERS.get(key)
     if bufs is None:
         bufs = _BUFFERS[key] = _Buffers(device)
     views = bufs.views.get(plan)
     if views is not None:
-        return GlueViews(*views)
+        return views
     per_byte = 2 if act_format == "mxfp4" else 1
     data_dtype = torch.uint8 if act_format == "mxfp4" else torch.float8_e4m3fn
     bound, sf_rows = plan.bound, plan.sf_rows
@@ -182,11 +199,11 @@ def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format
     a_sf = bufs.take("a_sf", sf_rows * round_up(ip // 32, 4), torch.uint8)
     y = bufs.take("y", bound * hp, torch.bfloat16).view(bound, hp)
     offset, length = workspace_offsets(plan.num_tokens, plan.top_k, plan.num_experts, plan.tiles)["expert_of_tile"]
-    views = (ws, x, x_sf, h, a, a_sf, y, ws[offset:offset + length], x.view(data_dtype), a.view(data_dtype))
+    views = GlueViews(ws, x, x_sf, h, a, a_sf, y, ws[offset:offset + length], x.view(data_dtype), a.view(data_dtype))
     if len(bufs.views) > 256:
         bufs.views.clear()
     bufs.views[plan] = views
-    return GlueViews(*views)
+    return views
 
 
 def workspace_part(views: GlueViews, plan: RowPlan, name: str) -> torch.Tensor:
@@ -222,7 +239,23 @@ def _scalar_or_tensor(v: float | torch.Tensor | None, default: float) -> tuple[f
 
 
 def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, out: torch.Tensor) -> torch.Tensor:
-    """GEMM1 -> activation -> GEMM2 -> finalize on a plan whose scatter already ran. Arguments were validated."""
+    """GEMM1 -> activation -> GEMM2 -> finalize, after the plan and scatter kernels ran on `views`.
+
+    Parameters
+    ----------
+    plan : RowPlan
+    views : GlueViews
+    module : the loaded glue module (`glue_module`)
+    p : ExpertParams
+        Weights, activation and per-expert scales (validated by the caller).
+    out : torch.Tensor
+        [T, H] output (float32 / float16 / bfloat16), written by finalize.
+
+    Returns
+    -------
+    torch.Tensor
+        `out`.
+    """
     tactic, k, num_e = plan.tactic, plan.top_k, plan.num_experts
     grouped_mm_fp4(views.x_gemm, views.x_sf, p.w13, p.w13_sf, views.expert_of_tile, tactic, out=views.h)
     alpha, alpha_e = _scalar_or_tensor(p.alpha, 1.0)
