@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "flashinfer_sm12x/moe/routing.cuh"
+#include "flashinfer_sm12x/quantize/block_scale.cuh"
 
 namespace flashinfer_sm12x::moe {
 
@@ -45,7 +46,22 @@ __device__ __forceinline__ __half from_float<__half>(float v) {
   return __float2half_rn(v);
 }
 
-template <class OutT, class BiasT>
+template <class OutT>
+__device__ __forceinline__ void store8(OutT* dst, const float (&v)[8]) {
+  if constexpr (sizeof(OutT) == 4) {
+    reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    OutT packed[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) packed[i] = from_float<OutT>(v[i]);
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(packed);
+  }
+}
+
+// kVector: 8 columns per thread with 16-byte loads and stores (every row start and column count a multiple of 8
+// elements, 16-byte aligned bases); the arithmetic per element is the same as the scalar path's.
+template <class OutT, class BiasT, bool kVector>
 __global__ void __launch_bounds__(kFinalizeThreads) finalize_kernel(const FinalizeParams p) {
   __shared__ int32_t s_row[kMaxTopK];
   __shared__ int32_t s_expert[kMaxTopK];
@@ -62,6 +78,28 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_kernel(const Finali
   __syncthreads();
   const BiasT* b2 = static_cast<const BiasT*>(p.b2);
   OutT* out = static_cast<OutT*>(p.out) + static_cast<int64_t>(t) * p.out_cols;
+  if constexpr (kVector) {
+    for (int c = threadIdx.x * 8; c < p.cols; c += kFinalizeThreads * 8) {
+      float acc[8] = {};
+      for (int s = 0; s < p.top_k; ++s) {
+        float v[8];
+        flashinfer_sm12x::quantize::load_as_float<__nv_bfloat16, 8>(p.y + static_cast<int64_t>(s_row[s]) * p.y_cols + c,
+                                                                    v);
+        float bias[8] = {};
+        if (b2) flashinfer_sm12x::quantize::load_as_float<BiasT, 8>(b2 + static_cast<int64_t>(s_expert[s]) * p.b2_cols + c,
+                                                                    bias);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          float x = v[i];
+          if (p.g2) x = __fmul_rn(x, s_g2[s]);
+          if (b2) x = __fadd_rn(x, bias[i]);
+          acc[i] = __fadd_rn(acc[i], __fmul_rn(s_weight[s], x));
+        }
+      }
+      store8<OutT>(out + c, acc);
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < p.cols; c += kFinalizeThreads) {
     float acc = 0.f;
     for (int s = 0; s < p.top_k; ++s) {
