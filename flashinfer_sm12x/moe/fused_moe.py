@@ -9,8 +9,9 @@ in registers and runs at the bf16 MMA rate; W4A8 keeps MXFP8's accuracy (8-bit e
 the FP8 rate.
 
 The two GEMMs (all of the FLOPs) are the grouped block-scaled kernel (ops/grouped_mm_fp4.py). The glue between
-them (gather, quantize, bias, activation, finalize) is device-side torch: sync-free and CUDA-graph capturable,
-but not yet fused into the GEMM prologue/epilogue; that fusion is the next step for speed, not for correctness.
+them has two implementations, both sync-free and CUDA-graph capturable: impl="kernels" (the default on CUDA),
+four glue kernels (ops/moe_glue.py: plan, scatter + quantize, activation + re-quantize, finalize), six launches
+per forward at every T; impl="reference", device-side torch (about 185 launches), kept as the oracle.
 
 Padding without a host sync: expert e's rows are padded to a multiple of the tile height TM, so every M tile
 belongs to one expert. The host cannot know the per-expert counts without a sync, so it sizes the buffers by
