@@ -261,8 +261,11 @@ def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, 
     alpha, alpha_e = _scalar_or_tensor(p.alpha, 1.0)
     beta, beta_e = _scalar_or_tensor(p.beta, 0.0)
     limit, limit_e = _scalar_or_tensor(p.limit, 0.0)
+    b1 = p.w13_bias
+    if b1 is not None and b1.data_ptr() % 16:
+        b1 = b1.clone()  # the activation kernel reads bias rows in 16-byte vectors
     module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
-                      p.layout, p.swiglu_oai, p.g1, p.w13_bias, alpha_e, beta_e, limit_e, alpha, beta, limit,
+                      p.layout, p.swiglu_oai, p.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
                       p.limit is not None)
     grouped_mm_fp4(views.a_gemm, views.a_sf, p.w2, p.w2_sf, views.expert_of_tile, tactic, out=views.y)
     module.finalize(views.y, views.workspace, out, k, num_e, tactic.tile_m, p.g2, p.w2_bias)

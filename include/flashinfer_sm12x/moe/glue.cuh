@@ -73,7 +73,7 @@ struct ScatterParams {
   const void* hidden = nullptr;      // gather: [T, hidden_cols] float/half/bf16; copy: e4m3 bytes [T, cols]
   const uint8_t* input_sf = nullptr; // copy: E8M0 scales of `hidden`, 128x4 over T rows or linear
   bool input_sf_swizzled = true;
-  bool vector_loads = false;         // hidden rows 16-byte aligned and hidden_cols % 8 == 0
+  bool vector_loads = false;         // hidden rows 16-byte aligned (gather: and hidden_cols % 8 == 0)
   int num_tokens = 0, top_k = 0, num_experts = 0;
   int hidden_cols = 0;               // H (gather: columns past H are zero)
   int cols = 0;                      // Hp, a multiple of 32
@@ -114,8 +114,12 @@ __global__ void __launch_bounds__(kRowThreads) scatter_kernel(const ScatterParam
   if constexpr (kCopy) {
     const uint8_t* src = static_cast<const uint8_t*>(p.hidden) + static_cast<int64_t>(t) * p.cols;
     uint8_t* dst = p.out + row * p.cols;
-    for (int64_t i = threadIdx.x * 16; i < p.cols; i += kRowThreads * 16)
-      *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+    if (p.vector_loads) {
+      for (int64_t i = threadIdx.x * 16; i < p.cols; i += kRowThreads * 16)
+        *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+    } else {  // a caller's tensor that is not 16-byte aligned
+      for (int64_t i = threadIdx.x; i < p.cols; i += kRowThreads) dst[i] = src[i];
+    }
     const int sf_cols = p.cols / 32;
     for (int kb = threadIdx.x; kb < sf_cols; kb += kRowThreads) {
       const int64_t from = p.input_sf_swizzled ? q::sf_offset_128x4(t, kb, sf_cols) : int64_t(t) * sf_cols + kb;
