@@ -10,6 +10,8 @@ reads (the MoE bounds how many there are).
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,6 +67,57 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     TypeError, ValueError
         Bad input, before any launch. ArchError for W4A8 on the emulated SM90 build.
     """
+    module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_dtype, enable_pdl)
+    module.run(*args)
+    return args[5]
+
+
+def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
+                            expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor,
+                            enable_pdl: bool = True) -> Callable[[], torch.Tensor]:
+    """Validate once, then launch many times: for callers that reuse the same buffers every step (the fused MoE's
+    kernel pipeline), so a repeated call costs one binding call of host time.
+
+    Parameters
+    ----------
+    a, a_descale, b, b_descale, expert_of_tile, tactic, enable_pdl
+        As for `grouped_mm_fp4`.
+    out : torch.Tensor
+        The output buffer (required; its dtype is the output dtype).
+
+    Returns
+    -------
+    callable
+        Launches the GEMM on the current stream with exactly these tensors and returns `out`. The caller keeps the
+        tensors' shapes, dtypes and devices unchanged (their contents may change). The launcher holds `b` and
+        `b_descale` weakly and raises RuntimeError once they are freed.
+
+    Raises
+    ------
+    TypeError, ValueError, ArchError
+        As `grouped_mm_fp4`, when this function is called (never from the returned launcher).
+    """
+    require_tensor("out", out, _FN)
+    module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out.dtype, enable_pdl)
+    a_bytes, _, a_sf, _, tiles, _, workspace, pdl = args
+    # The weights are held weakly: a launcher cached by its caller must not keep freed weights alive.
+    b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
+    del args
+
+    def launch() -> torch.Tensor:
+        weights, scales = b_ref(), b_sf_ref()
+        if weights is None or scales is None:
+            raise RuntimeError(f"{_FN}: the weights this launcher was built for have been freed")
+        module.run(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace, pdl)
+        return out
+
+    return launch
+
+
+def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
+             expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor | None, out_dtype: torch.dtype,
+             enable_pdl: bool) -> tuple[Any, tuple]:
+    """Every check of grouped_mm_fp4, the module lookup and the workspace: (module, arguments of module.run)."""
     require_tensor("a", a, _FN)
     fmt = _FORMAT_OF_A.get(a.dtype)
     if fmt is None:
@@ -110,6 +163,5 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
         size = workspace_sizes[(m, n, k, experts)] = int(module.workspace_bytes(m, n, k, experts))
     workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=a.device)
     a_bytes = a.view(torch.uint8) if fmt == "mxfp8_mxfp4" else a
-    module.run(a_bytes, b, a_descale.view(torch.uint8), b_descale.view(torch.uint8), expert_of_tile, out, workspace,
-               bool(enable_pdl and not target.emulated))
-    return out
+    return module, (a_bytes, b, a_descale.view(torch.uint8), b_descale.view(torch.uint8), expert_of_tile, out,
+                    workspace, bool(enable_pdl and not target.emulated))

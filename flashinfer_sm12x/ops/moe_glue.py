@@ -14,6 +14,8 @@ Host path, built for repeated calls:
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -27,7 +29,7 @@ from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
 from ..kernels.grouped_mm_fp4 import heuristic
 from ..kernels.moe_glue import MAX_EXPERTS, MAX_TOP_K, TOKENS_PER_CHUNK, moe_glue_spec
-from .grouped_mm_fp4 import grouped_mm_fp4
+from .grouped_mm_fp4 import grouped_mm_fp4_launcher
 
 GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # activation format -> grouped GEMM format
 LAYOUT_CODE = {"interleaved": 0, "gate_first": 1, "up_first": 2}
@@ -257,7 +259,7 @@ def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, 
         `out`.
     """
     tactic, k, num_e = plan.tactic, plan.top_k, plan.num_experts
-    grouped_mm_fp4(views.x_gemm, views.x_sf, p.w13, p.w13_sf, views.expert_of_tile, tactic, out=views.h)
+    _gemm(views.x_gemm, views.x_sf, p.w13, p.w13_sf, views.expert_of_tile, tactic, views.h)
     alpha, alpha_e = _scalar_or_tensor(p.alpha, 1.0)
     beta, beta_e = _scalar_or_tensor(p.beta, 0.0)
     limit, limit_e = _scalar_or_tensor(p.limit, 0.0)
@@ -267,6 +269,24 @@ def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, 
     module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
                       p.layout, p.swiglu_oai, p.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
                       p.limit is not None)
-    grouped_mm_fp4(views.a_gemm, views.a_sf, p.w2, p.w2_sf, views.expert_of_tile, tactic, out=views.y)
+    _gemm(views.a_gemm, views.a_sf, p.w2, p.w2_sf, views.expert_of_tile, tactic, views.y)
     module.finalize(views.y, views.workspace, out, k, num_e, tactic.tile_m, p.g2, p.w2_bias)
     return out
+
+
+# Validated GEMM launchers per (buffers, weights, tactic): a repeated forward skips grouped_mm_fp4's checks. A
+# launcher holds our buffers strongly (so their ids stay unique while it lives) and the weights weakly (checked by
+# identity on lookup, so a freed and reused id never hits).
+_LAUNCHERS: dict[tuple, tuple[weakref.ref, weakref.ref, Callable[[], torch.Tensor]]] = {}
+
+
+def _gemm(a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.Tensor, expert_of_tile: torch.Tensor,
+          tactic: Tactic, out: torch.Tensor) -> torch.Tensor:
+    key = (id(a), id(a_sf), id(b), id(b_sf), id(expert_of_tile), id(out), tactic)
+    hit = _LAUNCHERS.get(key)
+    if hit is None or hit[0]() is not b or hit[1]() is not b_sf:
+        if len(_LAUNCHERS) >= 1024:
+            _LAUNCHERS.clear()
+        launch = grouped_mm_fp4_launcher(a, a_sf, b, b_sf, expert_of_tile, tactic, out)
+        hit = _LAUNCHERS[key] = (weakref.ref(b), weakref.ref(b_sf), launch)
+    return hit[2]()
