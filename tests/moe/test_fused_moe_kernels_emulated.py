@@ -100,3 +100,19 @@ def test_cuda_graph_replays_the_kernel_pipeline() -> None:
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, fused_moe(hidden, logits, w, top_k=4, impl="kernels"))
+
+
+def test_cached_gemm_launcher_does_not_keep_weights_alive() -> None:
+    from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
+    from flashinfer_sm12x.ops.grouped_mm_fp4 import grouped_mm_fp4_launcher
+    a = torch.zeros(64, 64, dtype=torch.uint8, device="cuda")
+    sf = torch.zeros(128 * 4, dtype=torch.uint8, device="cuda")
+    b = torch.zeros(2, 64, 64, dtype=torch.uint8, device="cuda")
+    b_sf = torch.zeros(2 * 128 * 4, dtype=torch.uint8, device="cuda")
+    out = torch.empty(64, 64, dtype=torch.bfloat16, device="cuda")
+    launch = grouped_mm_fp4_launcher(a, sf, b, b_sf, torch.zeros(1, dtype=torch.int32, device="cuda"), CANDIDATES[0],
+                                     out)
+    assert launch() is out
+    del b
+    with pytest.raises(RuntimeError, match="freed"):
+        launch()

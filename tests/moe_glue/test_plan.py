@@ -98,3 +98,16 @@ def test_kernels_impl_typed_errors(small_weights) -> None:
     ids = torch.zeros(2, 2, dtype=torch.int32)
     with pytest.raises(TypeError, match="out_dtype"):
         fused_moe(hidden, (ids, torch.zeros(2, 2)), small_weights, impl="kernels", out_dtype=torch.int32)
+
+
+def test_gemm_launcher_checks_like_grouped_mm_fp4() -> None:
+    from flashinfer_sm12x.ops.grouped_mm_fp4 import grouped_mm_fp4_launcher
+    a, sf = torch.zeros(64, 64, dtype=torch.uint8), torch.zeros(128 * 4, dtype=torch.uint8)
+    b, b_sf = torch.zeros(2, 64, 64, dtype=torch.uint8), torch.zeros(2 * 128 * 4, dtype=torch.uint8)
+    tiles = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(TypeError, match="out"):
+        grouped_mm_fp4_launcher(a, sf, b, b_sf, tiles, CANDIDATES[0], None)
+    with pytest.raises(TypeError, match="a must be"):
+        grouped_mm_fp4_launcher(a.float(), sf, b, b_sf, tiles, CANDIDATES[0], torch.zeros(64, 64, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="CUDA"):
+        grouped_mm_fp4_launcher(a, sf, b, b_sf, tiles, CANDIDATES[0], torch.zeros(64, 64, dtype=torch.bfloat16))
