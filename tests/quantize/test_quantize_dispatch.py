@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import flashinfer_sm12x
-from flashinfer_sm12x.formats import SfLayout
+from flashinfer_sm12x.formats import SfLayout, e2m1_encode, e4m3_encode
 from flashinfer_sm12x.formats import quantize as reference
 from flashinfer_sm12x.ops import quantize as ops
+from tests.quantize.cases import e2m1_cases, e4m3_cases, special_rows
 
 NAMES = ("mxfp4_quantize", "mxfp8_quantize", "nvfp4_quantize")
 
@@ -123,3 +124,11 @@ def test_nvfp4_4over6_none_is_served() -> None:
     got = ops.nvfp4_quantize(a, 2.0, nvfp4_4over6=None)
     want = reference.nvfp4_quantize(a, 2.0, nvfp4_4over6=None)
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_generated_cases_hit_every_code() -> None:
+    """The kernel tests' hand-built inputs cover every E2M1 and finite E4M3 code (guards the generators)."""
+    assert set(e2m1_encode(torch.tensor(e2m1_cases())).tolist()) == set(range(16))
+    assert len(set(e4m3_encode(torch.tensor(e4m3_cases())).tolist())) == 254
+    rows = special_rows()
+    assert rows.isnan().sum() == 2 and rows.isinf().sum() == 2 and (rows[0] == 0).all()
