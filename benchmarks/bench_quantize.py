@@ -138,6 +138,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--out", default=str(RESULTS), help="folder for the CSV and PNG")
+    parser.add_argument("--skip-flashinfer", action="store_true",
+                        help="do not try FlashInfer's quantizers (their first call may JIT-build for minutes)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
@@ -168,7 +170,7 @@ def main() -> int:
             for fmt in formats:
                 moved = x.numel() * x.element_size() + output_bytes(fmt, m, k)
                 backends: dict[str, Callable[[], object] | None] = dict(calls(fmt, x, gs))  # type: ignore[arg-type]
-                fi, why = flashinfer_call(fmt, x, gs)
+                fi, why = (None, "skipped (--skip-flashinfer)") if args.skip_flashinfer else flashinfer_call(fmt, x, gs)
                 backends["flashinfer"] = fi
                 for backend, fn in backends.items():
                     row = Row(fmt, m, k, backend, bytes_moved=moved, copy_gbs=copy_gbs)

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 import flashinfer_sm12x
+from flashinfer_sm12x.errors import ConfigError
 from flashinfer_sm12x.formats import SfLayout, e2m1_encode, e4m3_encode
 from flashinfer_sm12x.formats import quantize as reference
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.kernels.quantize import FORMATS, prebuild, quantize_spec, required_instruction
 from flashinfer_sm12x.ops import quantize as ops
 from tests.quantize.cases import e2m1_cases, e4m3_cases, special_rows
 
@@ -132,3 +135,21 @@ def test_generated_cases_hit_every_code() -> None:
     assert len(set(e4m3_encode(torch.tensor(e4m3_cases())).tolist())) == 254
     rows = special_rows()
     assert rows.isnan().sum() == 2 and rows.isinf().sum() == 2 and (rows[0] == 0).all()
+
+
+def test_family_specs_render_from_the_menu() -> None:
+    target = parse_target("sm_120a")
+    specs = prebuild(target)
+    assert [s.group for s in specs] == list(FORMATS)
+    for spec in specs:
+        text = spec.sources[0].text
+        assert text.startswith("// SPDX-License-Identifier: Apache-2.0")
+        assert "FLASHINFER_SM12X_QUANTIZE_SOFTWARE_CVT" not in text
+    software = quantize_spec(target, "mxfp4", software_cvt=True)
+    assert "#define FLASHINFER_SM12X_QUANTIZE_SOFTWARE_CVT 1" in software.sources[0].text
+    assert software.name != specs[0].name  # a distinct cached module
+    with pytest.raises(ConfigError):
+        quantize_spec(target, "int4")
+    assert required_instruction("mxfp4", target) == "F2FP.SATFINITE.E2M1.F32"
+    assert required_instruction("mxfp4", parse_target("sm_90a")) == ""  # E2M1 in software on SM90
+    assert required_instruction("nvfp4", parse_target("sm_90a")) == "F2FP.SATFINITE.E4M3.F32"
