@@ -280,7 +280,7 @@ def nvfp4_quantize(
         return run_reference()
     x = _rows_view(a)
     rows, k = x.shape
-    gs = torch.as_tensor(a_global_sf, dtype=torch.float32).to(device=a.device, dtype=torch.float32).reshape(-1)
+    gs = torch.as_tensor(a_global_sf, dtype=torch.float32).to(device=a.device, dtype=torch.float32).detach().reshape(-1)
     if gs.numel() not in (1, rows):
         return run_reference()  # raises the reference's ValueError
     if not gs.is_contiguous():
