@@ -54,7 +54,7 @@ def _check_scales(name: str, sf: torch.Tensor, rows: int, kb: int, fmt: str, tra
         raise ValueError(f"{name} must have {shape[0] * shape[1]} elements (128x4 layout), got {sf.numel()}")
     if not sf.is_contiguous():
         raise ValueError(f"{name} must be contiguous in the 128x4 layout" + (" after .T" if transposed else ""))
-    return sf.view(torch.uint8)
+    return sf if sf.dtype == torch.uint8 else sf.view(torch.uint8)
 
 
 _FP4_DTYPES = (torch.uint8, getattr(torch, "float4_e2m1fn_x2", torch.uint8))
@@ -98,7 +98,8 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
         raise ValueError(f"N={n} must be a multiple of 8 (16-byte rows of the bf16/fp16 output for TMA)")
     if not a.is_contiguous():
         raise ValueError("a must be contiguous (row-major [m, k/2])")
-    if not b.T.is_contiguous():
+    w = b.T  # the kernel reads the weight [n, k/2] K-major
+    if not w.is_contiguous():
         raise ValueError("b must be the transpose of a contiguous [n, k/2] weight (pass w.T, column-major)")
     device = a.device
     if not (b.device == device and a_descale.device == device and b_descale.device == device):
@@ -126,7 +127,9 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
         raise ValueError(f"mm_fp4 runs on CUDA tensors, got {device}")
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=device)
-    return Problem(fmt, m, n, k, a.view(torch.uint8), b.T.view(torch.uint8), sfa, sfb, alpha, out)
+    # Byte views only where the dtype is not uint8 already (each view costs host time on every call).
+    return Problem(fmt, m, n, k, a if a.dtype == torch.uint8 else a.view(torch.uint8),
+                   w if w.dtype == torch.uint8 else w.view(torch.uint8), sfa, sfb, alpha, out)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class Plan:
     tactic: Tactic
     module: Any
     workspace_bytes: int
+    pdl: bool  # programmatic dependent launch is allowed (not in the emulated SM90 builds)
 
 
 _PLANS: dict[tuple, Plan] = {}
@@ -153,7 +157,7 @@ def plan(p: Problem, tactic: Tactic | None = None, *, batch_invariant: bool = Fa
     if tactic is None:
         tactic = BATCH_INVARIANT_TACTIC if batch_invariant else heuristic(p.m, p.n, p.k, p.fmt, target)[0]
     module = load_module(FAMILY.spec(target, p.fmt, tactic, p.out.dtype))
-    found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)))
+    found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)), not target.emulated)
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     _PLANS[key] = found
@@ -169,8 +173,7 @@ def run(p: Problem, pl: Plan, enable_pdl: bool = True) -> torch.Tensor:
         workspace = _NO_WORKSPACE.get(device)
         if workspace is None:
             workspace = _NO_WORKSPACE[device] = torch.empty(1, dtype=torch.uint8, device=device)
-    emulated = device_target(device).emulated
-    pl.module.run(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and not emulated))
+    pl.module.run(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and pl.pdl))
     return p.out
 
 
