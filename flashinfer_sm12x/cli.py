@@ -63,12 +63,13 @@ def _targets(text: str) -> list[Target]:
 
 
 def _prebuild(args: argparse.Namespace) -> int:
-    from .jit import prebuild
-    from .registry import DEPLOYMENT, MODELS, PREBUILD, Deployment
+    from .jit import cache, prebuild
+    from .registry import DEPLOYMENT, Deployment
 
     targets = _targets(args.arch)
     if not targets:
         raise ConfigError("--arch names no target")
+    cache.ensure_private_dir(cache.default_root())  # a cache others can write to: refused once, before any build
     if args.model:
         if args.max_num_tokens < 1:
             raise ConfigError(f"--max-num-tokens must be at least 1, got {args.max_num_tokens}")

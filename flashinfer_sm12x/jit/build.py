@@ -16,6 +16,7 @@ from ..errors import BuildError
 from .progress import Heartbeat, say
 
 ARTIFACT = "module.so"
+HEARTBEAT_SECONDS = 15.0  # how often a running build says what it compiles
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,24 @@ def _step_names(plan: BuildPlan) -> list[str]:
 
 
 def describe_progress(module: str, pending: list[str], elapsed: float) -> str:
-    """The heartbeat line: which translation units are still compiling (or the link), and the time so far."""
-    step = f"compiling {', '.join(pending)}" if pending else "linking"
+    """The heartbeat line: which translation units are still compiling (or the link), and the time so far.
+
+    Parameters
+    ----------
+    module
+        The module's name.
+    pending
+        ninja's descriptions ("nvcc mm_fp4.cu") of the compile steps not finished yet.
+    elapsed
+        Seconds since the build started.
+
+    Returns
+    -------
+    str
+        e.g. "building mm_fp4_...: compiling mm_fp4.cu (nvcc) (45 s elapsed)".
+    """
+    units = [f"{step.split(' ', 1)[1]} ({step.split(' ', 1)[0]})" for step in pending]
+    step = f"compiling {', '.join(units)}" if units else "linking"
     return f"building {module}: {step} ({elapsed:.0f} s elapsed)"
 
 
@@ -145,7 +162,7 @@ def run_ninja(ninja: str, plan: BuildPlan, staging: Path) -> float:
     output: list[str] = []
     try:
         # ninja writing to a pipe reports a step when it finishes, so what is still pending is what compiles now.
-        with Heartbeat(lambda t: describe_progress(plan.module, list(pending), t)):
+        with Heartbeat(lambda t: describe_progress(plan.module, list(pending), t), period=HEARTBEAT_SECONDS):
             assert proc.stdout is not None
             for line in proc.stdout:
                 output.append(line)
