@@ -16,8 +16,16 @@ trap 'rm -rf "$work"' EXIT
 py=${PYTHON:-python}
 
 echo "== build wheel and sdist"
-"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" .
-"$py" -c "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])" "$work/dist" >/dev/null
+builder=$py
+if ! "$py" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; then
+  # This environment's setuptools cannot read pyproject.toml's license field: build with a current one.
+  "$py" -m venv "$work/build-env"
+  builder="$work/build-env/bin/python"
+  "$builder" -m pip install -q "setuptools>=77" wheel
+fi
+"$builder" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" .
+"$builder" -c "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])" "$work/dist" \
+  >/dev/null
 "$py" - "$work/dist" <<'PY'
 import sys, tarfile, zipfile
 from pathlib import Path
