@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """flashinfer_sm12x: MXFP4 GEMM, grouped GEMM and fused MoE for SM120/SM121, as a FlashInfer extension.
 
 The public functions are imported on first use (PEP 562), so `import flashinfer_sm12x` and the command line

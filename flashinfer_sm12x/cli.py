@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Command line: `flashinfer-sm12x doctor | cache list | cache clear | prebuild` (also `python -m flashinfer_sm12x`).
 
 Only the commands that need torch or FlashInfer import them, so `--help` and `cache` answer at once.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`flashinfer-sm12x doctor`: what this machine can build and run, and one line per known problem with its fix."""
 
 from __future__ import annotations

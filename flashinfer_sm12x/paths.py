@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where the package's non-Python parts live: the Jinja templates (jit/), C++ headers (include/), bindings (csrc/).
 
 Two layouts:

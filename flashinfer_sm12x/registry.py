@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What `prebuild` makes: every kernel family's modules for a target, and what a model deployment loads.
 
 Two registries, both keyed by family (op) name, so a new family joins by adding its own entries:

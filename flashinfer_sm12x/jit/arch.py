@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Build targets: which `sm_XXXy` a module is compiled for, and which GPUs may load it.
 
 The block-scaled MMA (`mma ... kind::mxf4nvf4.block_scale`) and `cvt.rn.satfinite.e2m1x2.f32` exist only for

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One build: sources in a private staging directory -> build.ninja -> ninja + nvcc/c++ -> one shared object."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The JIT cache: private directories, manifests, verification before anything is loaded.
 
 Layout: <root>/<package version>/<target>/<module name>/{<module>.<key>.so, manifest.json, last_used}

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Dense block-scaled GEMM for SM120/SM121 (include/flashinfer_sm12x/mm_fp4.cuh, jit/mm_fp4.cu.jinja).
 
 D = alpha * (A * SFA)(B * SFB)^T with A [m, k] and B [n, k] both K-major, D [m, n] bf16/fp16, scales in the
