@@ -74,6 +74,9 @@ def parse_target(text: str, *, correct_suffix: bool = True) -> Target:
     major, minor, suffix = int(match.group(1)), int(match.group(2)), match.group(3)
     if not suffix:
         fixed = Target(major, minor, "a")
+        if not correct_suffix and major == 9:
+            raise ArchError(f"{text!r} has no suffix: the SM90 build of the SM12x templates (emulation) is "
+                            f"{fixed.name}; name it so.")
         if not correct_suffix:
             raise ArchError(
                 f"{text!r} has no 'a'/'f' suffix: the block-scaled MMA and cvt.e2m1x2 exist only for "
