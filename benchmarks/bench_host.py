@@ -77,6 +77,26 @@ def calls_for(m: int, n: int, k: int, native: bool) -> dict[str, Callable[[], ob
     return calls
 
 
+def breakdown(m: int, n: int, k: int, calls: int) -> list[dict]:
+    """Where one mm_fp4 call's host time goes: validation, the plan lookup, the launch through tvm_ffi."""
+    from flashinfer_sm12x.ops import mm_fp4 as op
+
+    gen = torch.Generator().manual_seed(0)
+    a, a_sf = mxfp4_quantize(torch.randn(m, k, generator=gen).cuda())
+    b, b_sf = mxfp4_quantize(torch.randn(n, k, generator=gen).cuda())
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    p = op.validate(a, b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False)
+    pl = op.plan(p)
+    parts = {
+        "validate": lambda: op.validate(a, b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False),
+        "plan (cached)": lambda: op.plan(p),
+        "run (launch through tvm_ffi)": lambda: op.run(p, pl),
+        "torch.empty of the output": lambda: torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
+    }
+    return [{"m": m, "n": n, "k": k, "call": f"part: {name}", "host_us": round(host_us(fn, calls), 2), "kernels": 0}
+            for name, fn in parts.items()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200)
@@ -93,6 +113,9 @@ def main() -> int:
         for label, fn in calls_for(m, n, k, native=mode == "native").items():
             rows.append({"m": m, "n": n, "k": k, "call": label, "host_us": round(host_us(fn, args.calls), 2),
                          "kernels": kernels_per_call(fn)})
+    rows += breakdown(*SHAPES[0], args.calls)
+    print("torch.Tensor.__dlpack_c_exchange_api__ (tvm_ffi's fast tensor path):",
+          hasattr(torch.Tensor, "__dlpack_c_exchange_api__"))
     print(f"{'M':>5} {'N':>6} {'K':>6}  {'call':<34} {'host us':>8} {'kernels':>8}")
     for r in rows:
         print(f"{r['m']:>5} {r['n']:>6} {r['k']:>6}  {r['call']:<34} {r['host_us']:>8.2f} {r['kernels']:>8}")
@@ -104,6 +127,8 @@ def main() -> int:
     print(f"wrote {args.csv}")
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {"host time per call (us)": {}}
     for r in rows:
+        if r["call"].startswith("part:"):
+            continue
         panels["host time per call (us)"].setdefault(f"{r['call']} (N={r['n']}, K={r['k']})", []).append(
             (r["m"], r["host_us"]))
     plot_panels(panels, Path(args.png), f"Host time per call on {name}", "M", "us")
