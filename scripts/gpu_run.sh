@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # The rungs that need a GPU but no SM12x chip, on an SM90 machine (H100/H200), in one or two device calls:
 #   atom       the emulated block-scaled MMA atoms alone against their host references (tests/cpp/*_test.cu)
+#   prebuild   the sm_90a modules of the families in PREBUILD_OPS, in parallel (the tests then only load them)
 #   emulation  pytest -m "emulation or cuda": every GEMM candidate through the emulated atom against float64
 #              references, the fused MoE end to end, CUDA graphs; the native SM90 kernels (quantizers, MoE glue)
 #              bit-exact against the torch oracle
@@ -12,7 +13,8 @@
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
 # and tools/util/include). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
 # (the device tool returns few files). Usage: bash scripts/gpu_run.sh [stage ...]
-# EMULATION_K: a pytest -k expression to run part of the emulation cases within a call's budget.
+# EMULATION_K: a pytest -k expression, EMULATION_PATHS: test paths (default tests), to run part of the GPU tests
+# within a call's budget.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -50,9 +52,16 @@ if [[ " $stages " == *" atom "* ]]; then
   done
 fi
 
+if [[ " $stages " == *" prebuild "* ]]; then  # PREBUILD_OPS: the families the tests load without prebuilding
+  echo "== [$(elapsed) s] prebuild --arch sm_90a --ops ${PREBUILD_OPS:-grouped_mm_fp4}"
+  python3 -m flashinfer_sm12x prebuild --arch sm_90a --ops "${PREBUILD_OPS:-grouped_mm_fp4}" --jobs 16 2>&1 \
+    | tee "$RESULTS/prebuild.log" | tail -3
+fi
+
 if [[ " $stages " == *" emulation "* ]]; then
   echo "== [$(elapsed) s] pytest -m 'emulation or cuda' (fixtures build the sm_90a modules, 8 at a time)"
-  FLASHINFER_SM12X_PREBUILD_PARALLEL=8 python3 -m pytest -q -ra -p no:cacheprovider tests \
+  FLASHINFER_SM12X_PREBUILD_PARALLEL=${PREBUILD_PARALLEL:-12} python3 -m pytest -q -ra -p no:cacheprovider \
+    ${EMULATION_PATHS:-tests} \
     -m "emulation or cuda" ${EMULATION_K:+-k "$EMULATION_K"} 2>&1 | tee "$RESULTS/emulation.log" | tail -40
 fi
 
