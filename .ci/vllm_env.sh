@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # A second environment with a real vLLM 0.33.0 for the plugin tests (tests/integrations/test_vllm_plugin.py).
 # vLLM pins its own CUDA torch, so it cannot share the CPU-torch .venv. ~4 min, ~9.4 GB.
 #   bash .ci/vllm_env.sh && .venv-vllm/bin/python -m pytest -q tests/integrations/test_vllm_plugin.py

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared by the benchmarks: timing (CUDA-graph replay, launch gaps out of the number; median of `iters`) and
 the PNG plot."""
 

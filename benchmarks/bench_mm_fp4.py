@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark mm_fp4 on layer shapes of GPT-OSS-120B/20B and Llama-70B and an M sweep.
 
-Backends: ours (auto and each tactic), FlashInfer cudnn (MXFP4; needs cuDNN >= 9.14), b12x (MXFP4) and cutlass
-(NVFP4), torch bf16. Prints the device, the shapes and a table (TFLOPS, % of the device's dense FP4 peak,
-speed-up vs cudnn); writes CSV and a PNG. A backend that cannot run on this GPU is reported with the reason
-and the rest run. On a GPU without native SM12x MMA (e.g. an H100 with FLASHINFER_SM12X_EMULATE=1) our path is
-checked for correctness only: an emulated time is never reported as a speed.
+Backends: ours (auto and each tactic), FlashInfer cudnn (MXFP4; needs cuDNN >= 9.14), b12x (MXFP4), cutlass
+(NVFP4) and, with FlashInfer >= 0.7.4, its SM12x cute-dsl (NVFP4, 64-row decode tiles), torch bf16. Prints the
+device, the shapes and a table (TFLOPS, % of the device's dense FP4 peak, speed-up vs cudnn); writes CSV and a PNG.
+A backend that cannot run on this GPU is reported with the reason and the rest run. On a GPU without native SM12x
+MMA (e.g. an H200 with FLASHINFER_SM12X_EMULATE=1) our path is checked for correctness only: an emulated time is
+never reported as a speed.
 
     python benchmarks/bench_mm_fp4.py                 # full
     python benchmarks/bench_mm_fp4.py --quick         # a few shapes
@@ -26,9 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import our_kernels_mode, plot_panels, time_ms  # noqa: E402
+from flashinfer_sm12x import mm_fp4  # noqa: E402
 from flashinfer_sm12x.formats import mxfp4_quantize, nvfp4_quantize  # noqa: E402
-from flashinfer_sm12x.formats.reference import mm_fp4_reference  # noqa: E402
-from flashinfer_sm12x.ops.mm_fp4 import heuristic, mm_fp4, run_tactic, validate  # noqa: E402
+from flashinfer_sm12x.kernels.mm_fp4 import heuristic  # noqa: E402
+from flashinfer_sm12x.ops.mm_fp4 import run_tactic, validate  # noqa: E402
+from flashinfer_sm12x.testing.gemm_reference import mm_fp4_reference  # noqa: E402
 
 # Dense FP4 peaks (TFLOPS; datasheet "AI TOPS" are 2:4 sparse, halved) and bf16 for other GPUs.
 FP4_PEAK = {"RTX 5090": 1676, "RTX PRO 6000": 2015, "GB10": 500}
@@ -115,20 +119,21 @@ def bench_shape(layer: str, m: int, n: int, k: int, native: bool, emulated: bool
     except Exception as exc:
         flashinfer = None
         fi_error = f"flashinfer not importable: {exc}"
-    for backend in ("cudnn", "b12x", "cutlass"):
-        row = Row(layer, m, n, k, f"flashinfer {backend}" + (" (nvfp4)" if backend == "cutlass" else ""))
+    for backend in ("cudnn", "b12x", "cutlass", "cute-dsl"):
+        nvfp4_only = backend in ("cutlass", "cute-dsl")  # upstream's CUTLASS and SM12x cute-dsl reject MXFP4
+        row = Row(layer, m, n, k, f"flashinfer {backend}" + (" (nvfp4)" if nvfp4_only else ""))
         if flashinfer is None:
             row.note = fi_error
             rows.append(row)
             continue
         try:
-            if backend == "cutlass":  # upstream's CUTLASS backend rejects MXFP4: compare on NVFP4
+            if nvfp4_only:  # compare on NVFP4
                 gx, gw = 448 * 6 / x.abs().amax(), 448 * 6 / w.abs().amax()
                 an, an_sf = nvfp4_quantize(x, gx)
                 bn, bn_sf = nvfp4_quantize(w, gw)
                 alpha = (1 / (gx * gw)).reshape(1).float()
                 fn = partial(flashinfer.mm_fp4, an, bn.T, an_sf, bn_sf.T, alpha, torch.bfloat16, out,
-                             backend="cutlass")
+                             backend=backend)
             else:
                 fn = partial(flashinfer.mm_fp4, *mx, None, torch.bfloat16, out, block_size=32, use_nvfp4=False,
                              backend=backend)

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark the GPT-OSS MoE layer (E experts, top-4, hidden = intermediate = 2880) over a token sweep.
 
 Backends: ours (W4A4 and W4A8 fused_moe, and the FlashInfer-compatible cutlass_fused_moe entry), FlashInfer's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Argument checks shared by the tvm_ffi bindings. The Python layer validates first (typed errors before any
 // launch); these are the last line, so a wrong call from C++ or a stale Python layer cannot corrupt memory.
 #pragma once

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Environment variables that name paths: resolved to absolute real paths, never silently defaulted.
 
 A relative path or a path that does not exist is an error (a typo must not fall back to another directory,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Typed errors. Every message names the problem and the fix."""
 
 from __future__ import annotations

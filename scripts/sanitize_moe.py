@@ -1,16 +1,13 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """A small fused-MoE workload for compute-sanitizer (both grouped GEMM tiles, skewed and empty experts)."""
-
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
-from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
-from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES  # noqa: E402
-from tests.moe.moe_cases import make_inputs, make_weights  # noqa: E402
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
+from flashinfer_sm12x.moe.fused_moe import fused_moe
+from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
+from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights
 
 raw = {k: v.cuda() for k, v in make_weights(8, 320, 192).items()}
 w = prepare_gpt_oss_weights(**raw, pad_to=128)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared fixtures. GPU tests are marked (cuda / sm12x / emulation) and skip cleanly without the hardware."""
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs an SM90 GPU for the emulated MMA atom"))
         if "compile_proof" in item.keywords and not nvcc and not require_nvcc:
             item.add_marker(pytest.mark.skip(reason="needs nvcc (CI sets FLASHINFER_SM12X_REQUIRE_NVCC=1)"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_device_targets() -> None:
+    """Tests set FLASHINFER_SM12X_EMULATE / _ARCH per test: the ops' per-device target cache must re-read them."""
+    from flashinfer_sm12x.jit.arch import clear_device_targets
+
+    clear_device_targets()
 
 
 @pytest.fixture

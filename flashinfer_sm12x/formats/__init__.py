@@ -1,4 +1,5 @@
-"""Block-scaled number formats (E2M1, E8M0, E4M3), scale-factor layouts and reference quantizers.
+# SPDX-License-Identifier: Apache-2.0
+"""Block-scaled number formats (E2M1, E8M0, E4M3), scale-factor layouts and the torch quantizers.
 
 Pure torch: every function runs on CPU and CUDA tensors and needs no compiled code. The quantizers
 mirror FlashInfer's signatures and output shapes so tests can compare against them bit for bit.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """E2M1 (FP4) element codec: 4-bit codes, sign in bit 3, magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}.
 
 Rules (shared by every quantizer in this package):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """E4M3 (float8_e4m3fn) codec with the rounding the quantizers need, written out in integer steps.
 
 Rules: round-to-nearest-even; satfinite (|x| > 448, including +-inf, encodes as +-448, which is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """E8M0 (UE8M0) block scales: a byte e stands for 2^(e-127); 0xFF is NaN.
 
 `e8m0_from_amax` picks a block's scale from its absolute maximum. All exponent arithmetic is exact

@@ -1,4 +1,6 @@
-"""Reference MXFP4 / MXFP8 / NVFP4 quantizers in plain torch (CPU or CUDA tensors).
+# SPDX-License-Identifier: Apache-2.0
+"""MXFP4 / MXFP8 / NVFP4 quantizers in plain torch: the CPU path of the package's quantizers and the oracle its CUDA
+quantizer kernels are tested against bit for bit (any device).
 
 Argument names, order and defaults copy FlashInfer 0.7.2.post1's functions of the same name; what we
 add is keyword-only. Outputs have FlashInfer's shapes and dtypes (see each docstring) and stay on
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import round_up
 from .e2m1 import e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 from .e4m3 import E4M3_NAN, e4m3_decode, e4m3_encode
 from .e8m0 import Recipe, e8m0_decode, e8m0_from_amax, e8m0_inverse
@@ -21,10 +24,6 @@ from .scale_layout import SfLayout, as_sf_layout, swizzle_sf, swizzled_sf_size, 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _UNSET = object()  # stands in for FlashInfer's "read the environment" default of nvfp4_4over6
 _FLT_MAX = torch.finfo(torch.float32).max
-
-
-def _round_up(x: int, y: int) -> int:
-    return (x + y - 1) // y * y
 
 
 def _check_backend(backend: str, allowed: tuple[str, ...], fn: str) -> None:
@@ -60,7 +59,7 @@ def _sf_out(codes: torch.Tensor, layout: SfLayout) -> torch.Tensor:
     """[rows, KB] codes -> FlashInfer's fp4_quantize scale shape for `layout` (2-D)."""
     if layout == SfLayout.layout_linear:
         return codes.contiguous()
-    return swizzle_sf(codes, layout).reshape(-1, _round_up(codes.shape[-1], 4))
+    return swizzle_sf(codes, layout).reshape(-1, round_up(codes.shape[-1], 4))
 
 
 def _sf_rows(sf: torch.Tensor, rows: int, kb: int, layout: SfLayout, fn: str) -> torch.Tensor:
@@ -153,7 +152,7 @@ def mxfp8_quantize(
     _check_backend(backend, ("cuda", "cute-dsl"), "mxfp8_quantize")
     _check_input(input, 32, "mxfp8_quantize")
     k = input.shape[-1]
-    kp = _round_up(k, alignment) if alignment > 0 else -1
+    kp = round_up(k, alignment) if alignment > 0 else -1
     if kp < 0 or kp % 32:
         raise ValueError(f"mxfp8_quantize: alignment {alignment} must pad K = {k} to a multiple of 32")
     x = _blocks(input, 32)
@@ -228,7 +227,7 @@ def nvfp4_quantize(
     if do_shuffle or per_token_activation or expanded_idx_to_permuted_idx is not None or out_scale is not None:
         raise NotImplementedError(
             "nvfp4_quantize: do_shuffle, per_token_activation, expanded_idx_to_permuted_idx and out_scale "
-            "are not implemented by this reference; use flashinfer.nvfp4_quantize"
+            "are not implemented here; use flashinfer.nvfp4_quantize"
         )
     if nvfp4_4over6 is not _UNSET and nvfp4_4over6 is not None:
         raise NotImplementedError("nvfp4_quantize: 4over6 recipes are not implemented; pass None")

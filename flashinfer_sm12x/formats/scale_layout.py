@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Scale-factor layouts shared with CUTLASS and FlashInfer.
 
 For row m, scale column kb and batch b of an [B, M, KB] scale tensor:
@@ -18,6 +19,8 @@ import math
 from enum import IntEnum
 
 import torch
+
+from ..checks import round_up
 
 try:  # Use FlashInfer's enum so callers can pass its members straight through.
     from flashinfer.tllm_enums import SfLayout
@@ -47,10 +50,6 @@ def as_sf_layout(layout: SfLayout | int | str) -> SfLayout:
         raise ValueError(f"unknown scale-factor layout {layout!r}") from None
 
 
-def _round_up(x: int, y: int) -> int:
-    return (x + y - 1) // y * y
-
-
 def _row_tile(layout: SfLayout) -> int:
     return 128 if layout == SfLayout.layout_128x4 else 8
 
@@ -60,7 +59,7 @@ def swizzled_sf_size(m: int, kb: int, layout: SfLayout | int | str = SfLayout.la
     layout = as_sf_layout(layout)
     if layout == SfLayout.layout_linear:
         return m * kb
-    return _round_up(m, _row_tile(layout)) * _round_up(kb, 4)
+    return round_up(m, _row_tile(layout)) * round_up(kb, 4)
 
 
 def swizzle_sf(sf: torch.Tensor, layout: SfLayout | int | str = SfLayout.layout_128x4) -> torch.Tensor:
@@ -78,7 +77,7 @@ def swizzle_sf(sf: torch.Tensor, layout: SfLayout | int | str = SfLayout.layout_
     if layout == SfLayout.layout_linear:
         return x.reshape(-1).clone()
     b, rt = x.shape[0], _row_tile(layout)
-    pm, pk = _round_up(m, rt), _round_up(kb, 4)
+    pm, pk = round_up(m, rt), round_up(kb, 4)
     x = torch.nn.functional.pad(x, (0, pk - kb, 0, pm - m)) if (pm, pk) != (m, kb) else x
     if layout == SfLayout.layout_128x4:
         # m = mt*128 + r4*32 + r32, kb = kt*4 + c  ->  order (b, mt, kt, r32, r4, c)
@@ -107,7 +106,7 @@ def unswizzle_sf(
         x = flat.reshape(b, m, kb)
     else:
         rt = _row_tile(layout)
-        pm, pk = _round_up(m, rt), _round_up(kb, 4)
+        pm, pk = round_up(m, rt), round_up(kb, 4)
         if layout == SfLayout.layout_128x4:
             x = flat.reshape(b, pm // 128, pk // 4, 32, 4, 4).permute(0, 1, 4, 3, 2, 5)
         else:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`cutlass_fused_moe` with FlashInfer's signature, for its MXFP4 W4A8 convention: callers switch by import.
 
     from flashinfer.fused_moe import cutlass_fused_moe      # before
@@ -31,11 +32,26 @@ from typing import Any
 
 import torch
 
+from ..checks import check_tensor
 from ..formats import SfLayout, swizzle_sf, unswizzle_sf
 from ..moe.fused_moe import plan_expert_rows, run_experts
 from ..moe.routing import finalize
 from ..moe.weights import PreparedMoEWeights
 
+
+class _Unset:
+    """The default of `nvfp4_4over6` (FlashInfer 0.7.4 reads its environment variables when the option is unset)."""
+
+    def __repr__(self) -> str:
+        return "<nvfp4_4over6 unset>"
+
+
+NVFP4_4OVER6_UNSET = _Unset()
+# Keyword-only parameters of newer tested FlashInfer releases than the oldest (0.7.2.post1): accepted always, so a
+# caller written for either release works (0.7.4 added nvfp4_4over6).
+NEWER_KEYWORDS = ("nvfp4_4over6",)
+# Defaults that differ between tested releases (0.7.2.post1, 0.7.4); these options have no effect here.
+RELEASE_DEFAULTS = {"use_fused_finalize": (True, None)}
 _SWIGLU, _SWIGLU_BIAS = 3, 5  # flashinfer.tllm_enums.ActivationType values (IntEnum; compared by value)
 _FN = "cutlass_fused_moe"
 
@@ -46,11 +62,7 @@ def _need(cond: bool, msg: str, exc: type[Exception] = ValueError) -> None:
 
 
 def _tensor(t: Any, name: str, dtypes: tuple[torch.dtype, ...], ndim: int) -> torch.Tensor:
-    _need(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
-    _need(t.dtype in dtypes, f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}", TypeError)
-    _need(t.ndim == ndim, f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    _need(t.is_contiguous(), f"{name} must be contiguous")
-    return t
+    return check_tensor(t, name, _FN, dtypes, ndim=ndim)
 
 
 def _per_expert(t: Any, name: str, num_e: int) -> torch.Tensor | None:
@@ -99,7 +111,7 @@ def cutlass_fused_moe(
     enable_pdl: bool | None = None,
     activation_type: int = _SWIGLU,
     swizzled_input_sf: bool = True,
-    use_fused_finalize: bool = True,
+    use_fused_finalize: bool | None = None,
     profile_ids: list[int] | None = None,
     workspace_buffer: torch.Tensor | None = None,
     *,
@@ -107,15 +119,64 @@ def cutlass_fused_moe(
     situ_beta: torch.Tensor | None = None,
     situ_linear_beta: torch.Tensor | None = None,
     backend: str = "cutlass",
+    nvfp4_4over6: Any = NVFP4_4OVER6_UNSET,
 ) -> torch.Tensor:
-    """FlashInfer's `cutlass_fused_moe` for MXFP4 weights x MXFP8 activations on SM120/SM121 (see the module
-    docstring for the convention). Bad input raises before any kernel launch."""
+    """FlashInfer's `cutlass_fused_moe` for MXFP4 weights x MXFP8 activations (W4A8) on SM120/SM121.
+
+    Same signature as the installed FlashInfer's (0.7.2.post1 or 0.7.4); the module docstring states the convention.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        float8_e4m3fn [T, Hp], MXFP8-quantized activations (Hp = hidden size padded to a multiple of 128).
+    token_selected_experts : torch.Tensor
+        int32/int64 [T, k] expert ids (global ids when ep_size > 1).
+    token_final_scales : torch.Tensor
+        float [T, k] router weights.
+    fc1_expert_weights, fc2_expert_weights : torch.Tensor
+        uint8 [E, 2*Ip, Hp/2] ([up; gate] halves) and [E, Hp, Ip/2], packed e2m1.
+    output_dtype : torch.dtype
+        torch.bfloat16 or torch.float16.
+    quant_scales : list of torch.Tensor
+        [fc1 block scales int32 [E, 2*Ip, Hp/128], fc1 global float32 [E], fc2 block scales int32 [E, Hp, Ip/128],
+        fc2 global float32 [E]] (`PreparedMoEWeights.flashinfer_quant_scales()` builds them).
+    fc1_expert_biases, fc2_expert_biases : torch.Tensor, optional
+        [E, 2*Ip] and [E, Hp].
+    input_sf : torch.Tensor
+        E8M0 scales of `input`, 128x4-swizzled over T rows (or linear with swizzled_input_sf=False).
+    swiglu_alpha, swiglu_beta, swiglu_limit : torch.Tensor, optional
+        float32 [E]: the biased, clamped SwiGLU (GPT-OSS: 1.702, 1.0, 7.0); unset means alpha 1, beta 0, no clamp.
+    tp_size, tp_rank, ep_size, ep_rank : int
+        Parallel layout: the weights are this rank's shard / experts; the caller reduces across TP ranks.
+    output : torch.Tensor, optional
+        Contiguous [T, Hp] of output_dtype, written and returned.
+    use_mxfp8_act_scaling : bool
+        Must be True (this path's activation format).
+
+    Other parameters of FlashInfer's signature select modes this path does not serve (NotImplementedError naming
+    the option when set) or only tune FlashInfer's own kernels (accepted, no effect).
+
+    Returns
+    -------
+    torch.Tensor
+        [T, Hp] in output_dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, before any kernel launch.
+    NotImplementedError
+        A FlashInfer mode this path does not serve.
+    """
     del tune_max_num_tokens, enable_pdl, use_fused_finalize, profile_ids, workspace_buffer, tp_rank  # no effect
     _unsupported(enable_alltoall=enable_alltoall, use_deepseek_fp8_block_scale=use_deepseek_fp8_block_scale,
                  use_w4_group_scaling=use_w4_group_scaling, min_latency_mode=min_latency_mode,
                  use_packed_weights=use_packed_weights, use_wfp4afp8_humming=use_wfp4afp8_humming,
                  clamped_relu2_limit=clamped_relu2_limit is not None, situ_beta=situ_beta is not None,
                  situ_linear_beta=situ_linear_beta is not None, cluster_size=cluster_size != 1 or cluster_rank != 0)
+    if nvfp4_4over6 is not NVFP4_4OVER6_UNSET and nvfp4_4over6 is not None:
+        raise NotImplementedError(f"{_FN}: nvfp4_4over6={nvfp4_4over6!r}: the 4over6 recipes are NVFP4 "
+                                  "quantization options; the SM12x path is MXFP4 W4A8 (leave it unset or None)")
     if backend not in ("cutlass", "sm12x"):
         raise ValueError(f"{_FN}: backend must be 'cutlass' (FlashInfer's name) or 'sm12x', got {backend!r}")
     if int(activation_type) not in (_SWIGLU, _SWIGLU_BIAS):

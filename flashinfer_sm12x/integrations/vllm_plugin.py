@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """vLLM plugin: GPT-OSS MXFP4 MoE layers on SM120/SM121 run flashinfer_sm12x.fused_moe instead of Marlin.
 
 Registered through the `vllm.general_plugins` entry point (pyproject.toml), which vLLM calls in every process
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..checks import round_up
 from ..moe.fused_moe import fused_moe
 from ..moe.weights import PreparedMoEWeights, prepare_gpt_oss_weights
 
@@ -114,10 +116,6 @@ def why_not_ours(moe: Any) -> str | None:
     return None
 
 
-def _round_up(x: int, to: int) -> int:
-    return -(-x // to) * to
-
-
 def adopt_layer_weights(layer: Any, act: str) -> PreparedMoEWeights:
     """vLLM's loaded GPT-OSS expert weights (checkpoint layout, already padded to multiples of 128) -> ours.
 
@@ -176,7 +174,7 @@ def make_method_class(base: type) -> type:
             if not self.uses_sm12x:
                 return super().maybe_roundup_sizes(hidden_size, intermediate_size_per_partition, act_dtype,
                                                    moe_parallel_config)
-            return _round_up(hidden_size, _PAD), _round_up(intermediate_size_per_partition, _PAD)
+            return round_up(hidden_size, _PAD), round_up(intermediate_size_per_partition, _PAD)
 
         def process_weights_after_loading(self, layer: Any) -> None:
             if not self.uses_sm12x:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The JIT cache: private directories, manifests, verification before anything is loaded.
 
 Layout: <root>/<package version>/<target>/<module name>/{<module>.<key>.so, manifest.json, last_used}
@@ -24,7 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import __version__, env
+from .. import env
+from .._version import __version__
 from ..errors import CacheSecurityError, ConfigError
 
 MANIFEST = "manifest.json"
@@ -207,8 +209,9 @@ class CacheEntry:
 def list_entries(root: Path | None = None) -> list[CacheEntry]:
     root = root or default_root()
     entries: list[CacheEntry] = []
-    if not root.is_dir():
+    if not os.path.lexists(root):
         return entries
+    check_private_dir(root)  # a cache others can write to is refused here too, as every other command does
     for version_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
         for arch_dir in sorted(p for p in version_dir.iterdir() if p.is_dir() and not p.is_symlink()):
             for module_dir in sorted(p for p in arch_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):

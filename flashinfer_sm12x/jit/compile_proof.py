@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Compile proof without a GPU: build a module's sources to a cubin for one target, then read what ptxas and
 the SASS say (registers, spills, shared memory, stack, which MMA instructions are there).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Cross-process build lock: flock on a private lock file, released by the kernel if the holder dies."""
 
 from __future__ import annotations

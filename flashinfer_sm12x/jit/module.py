@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A JIT module: what to build (ModuleSpec), its cache key, and build-or-load with verification."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, env
+from .. import env
+from .._version import __version__
 from ..errors import BuildError, CacheSecurityError
 from ..paths import CSRC_DIR, INCLUDE_DIR, check_layout
 from . import cache, toolchain

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Progress lines for long work (JIT builds): which translation unit, how long so far."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Rendering kernel sources from jit/*.jinja.
 
 Only values from an op's declared menu reach a template: ints from the tile menu, dtype and schedule names

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A tiny host-only module that exercises the whole JIT path without a GPU (used by `doctor` and the tests)."""
 
 from __future__ import annotations

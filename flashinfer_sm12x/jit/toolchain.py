@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Finding the tools a build needs: nvcc, the host C++ compiler, ninja, CUTLASS, tvm_ffi, cuobjdump."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """GPT-OSS style mixture of experts: the fused MoE (fused_moe.py), routing, weight preparation and a float64
 reference.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """GPT-OSS MoE forward on SM12x: routing -> permute into expert-contiguous, tile-padded rows -> grouped GEMM1
 -> fc1 bias + activation -> re-quantization -> grouped GEMM2 -> fc2 bias -> weighted finalize.
 
@@ -25,8 +26,11 @@ from typing import Literal
 
 import torch
 
-from ..jit.arch import target_for_device
-from ..ops.grouped_mm_fp4 import Tactic, candidates, grouped_mm_fp4, heuristic
+from ..jit.arch import device_target
+from ..kernels.family import Tactic
+from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
+from ..kernels.grouped_mm_fp4 import heuristic
+from ..ops.grouped_mm_fp4 import grouped_mm_fp4
 from ..ops.quantize import mxfp4_quantize, mxfp8_quantize
 from .routing import clamp_expert_ids, finalize, permute, route
 from .weights import PreparedMoEWeights
@@ -85,10 +89,10 @@ def plan_expert_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | N
     offsets, token_of_row, inverse = permute(ids, num_e, validate_ids=validate_ids)
     rows = ids.numel()
     if tactic is None:
-        target = target_for_device(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
-        tactic = heuristic(rows, num_e, target, fmt)
-    elif tactic not in candidates(fmt):
-        raise ValueError(f"fused_moe: tactic for {fmt} must be one of {[t.name for t in candidates(fmt)]}, "
+        target = device_target(device) if device.type == "cuda" else None
+        tactic = heuristic(rows, num_e, fmt, target)[0]
+    elif tactic not in GROUPED.candidates(fmt):
+        raise ValueError(f"fused_moe: tactic for {fmt} must be one of {[t.name for t in GROUPED.candidates(fmt)]}, "
                          f"got {tactic!r}")
     tm = tactic.tile_m
     bound = -(-(rows + min(num_e, rows) * (tm - 1)) // tm) * tm

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Float64 reference of the GPT-OSS MoE layer, the yardstick for the fused kernels.
 
 Pure torch, any device. It shares no code with `routing.py` or `weights.py` (its routing, activation and
@@ -11,19 +12,18 @@ from typing import Literal
 
 import torch
 
+from ..checks import require_tensor
 from ..formats import SfLayout, mxfp4_dequantize, mxfp4_quantize, mxfp8_dequantize, mxfp8_quantize
 
 Activation = Literal["swiglu_oai", "swiglu"]
 ActQuant = Literal["mxfp4", "mxfp8"]
 _ACTIVATIONS = ("swiglu_oai", "swiglu")
 _ACT_QUANTS = (None, "mxfp4", "mxfp8")
+def _tensor_arg(x: object, name: str) -> torch.Tensor:
+    return require_tensor(name, x, "gpt_oss_moe_reference")
+
+
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _tensor(x: object, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"gpt_oss_moe_reference: {name} must be a torch.Tensor, got {type(x).__name__}")
-    return x
 
 
 def _shape(x: torch.Tensor, want: tuple[int, ...], name: str) -> None:
@@ -130,9 +130,9 @@ def gpt_oss_moe_reference(
     8. GEMM2: y = a @ W2[e]^T + b2[e].
     9. Combine: out[t] = sum_j w[t, j] * y[t, j], back in token order.
     """
-    hidden = _tensor(hidden, "hidden")
+    hidden = _tensor_arg(hidden, "hidden")
     for name, t in (("w13", w13), ("w13_scale", w13_scale), ("w2", w2), ("w2_scale", w2_scale)):
-        if _tensor(t, name).dtype != torch.uint8:
+        if _tensor_arg(t, name).dtype != torch.uint8:
             raise TypeError(f"gpt_oss_moe_reference: {name} must be uint8, got {t.dtype}")
     if hidden.dtype not in _FLOATS:
         raise TypeError(f"gpt_oss_moe_reference: hidden must be a float tensor, got {hidden.dtype}")
@@ -153,16 +153,16 @@ def gpt_oss_moe_reference(
     _shape(w2, (num_e, h_out, inter // 2), "w2")
     _shape(w2_scale, (num_e, h_out, inter // 32), "w2_scale")
     if w13_bias is not None:
-        _shape(_tensor(w13_bias, "w13_bias"), (num_e, two_i), "w13_bias")
+        _shape(_tensor_arg(w13_bias, "w13_bias"), (num_e, two_i), "w13_bias")
     if w2_bias is not None:
-        _shape(_tensor(w2_bias, "w2_bias"), (num_e, h_out), "w2_bias")
+        _shape(_tensor_arg(w2_bias, "w2_bias"), (num_e, h_out), "w2_bias")
     num_t = hidden.shape[0]
 
     # 1. routing
     if isinstance(routing, tuple):
         if len(routing) != 2:
             raise ValueError("gpt_oss_moe_reference: routing tuple must be (topk_ids, topk_weights)")
-        ids, weights = _tensor(routing[0], "topk_ids"), _tensor(routing[1], "topk_weights")
+        ids, weights = _tensor_arg(routing[0], "topk_ids"), _tensor_arg(routing[1], "topk_weights")
         if ids.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"gpt_oss_moe_reference: topk_ids must be int32 or int64, got {ids.dtype}")
         if not weights.is_floating_point():
@@ -175,7 +175,7 @@ def gpt_oss_moe_reference(
             raise ValueError(f"gpt_oss_moe_reference: expert ids must lie in [0, {num_e})")
         ids, weights = ids.long(), weights.double()
     else:
-        logits = _tensor(routing, "router_logits")
+        logits = _tensor_arg(routing, "router_logits")
         if not logits.is_floating_point():
             raise TypeError(f"gpt_oss_moe_reference: router_logits must be float, got {logits.dtype}")
         _shape(logits, (num_t, num_e), "router_logits")

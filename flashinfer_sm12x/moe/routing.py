@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Routing, token permutation and the final weighted combine of the fused MoE, as device-agnostic torch ops.
 
 Nothing here synchronises the host with the device unless asked to (`permute(..., validate_ids=True)`), so
@@ -18,29 +19,14 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_count, check_tensor
+
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ID_DTYPES = (torch.int32, torch.int64)
 
 
 def _check_tensor(x: object, name: str, fn: str, dtypes: tuple[torch.dtype, ...], dim: int) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in dtypes:
-        raise TypeError(f"{fn}: {name} must have dtype in {[str(d) for d in dtypes]}, got {x.dtype}")
-    if x.dim() != dim:
-        raise ValueError(f"{fn}: {name} must be {dim}-D, got shape {tuple(x.shape)}")
-    if not x.is_contiguous():
-        raise ValueError(f"{fn}: {name} must be contiguous (call .contiguous() first)")
-    return x
-
-
-def _check_count(n: object, name: str, fn: str) -> int:
-    # bool is an int subclass; True as a count is a caller bug.
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{fn}: {name} must be >= 1, got {n}")
-    return n
+    return check_tensor(x, name, fn, dtypes, ndim=dim)
 
 
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +46,7 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True) -> 
     """
     fn = "route"
     logits = _check_tensor(router_logits, "router_logits", fn, _FLOAT_DTYPES, 2)
-    k = _check_count(top_k, "top_k", fn)
+    k = check_count(top_k, "top_k", fn)
     num_e = logits.shape[1]
     if k > num_e:
         raise ValueError(f"{fn}: top_k = {k} exceeds the number of experts {num_e}")
@@ -82,7 +68,7 @@ def clamp_expert_ids(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Te
     """
     fn = "clamp_expert_ids"
     ids = _check_tensor(topk_ids, "topk_ids", fn, _ID_DTYPES, 2)
-    num_e = _check_count(num_experts, "num_experts", fn)
+    num_e = check_count(num_experts, "num_experts", fn)
     bad = (ids < 0) | (ids >= num_e)
     flag = bad.reshape(-1).any().reshape(1).to(torch.int32)  # device tensor; any() of an empty tensor is 0
     return ids.clamp(0, num_e - 1), flag
@@ -110,7 +96,7 @@ def permute(
     """
     fn = "permute"
     ids = _check_tensor(topk_ids, "topk_ids", fn, _ID_DTYPES, 2)
-    num_e = _check_count(num_experts, "num_experts", fn)
+    num_e = check_count(num_experts, "num_experts", fn)
     k = ids.shape[1]
     if k > num_e:
         raise ValueError(f"{fn}: top_k = {k} (topk_ids columns) exceeds num_experts = {num_e}")

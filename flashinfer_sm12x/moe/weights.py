@@ -1,6 +1,7 @@
+# SPDX-License-Identifier: Apache-2.0
 """GPT-OSS checkpoint MXFP4 expert weights -> the layout the grouped GEMM / fused MoE kernels read, and back.
 
-Checkpoint layout (FACTS.md "GPT-OSS MoE"; vLLM gpt_oss.py load_weights):
+Checkpoint layout (as the GPT-OSS checkpoints store it and vLLM loads it):
   w13 uint8 [E, 2I, H/2] packed E2M1 (element 2j in the low nibble), rows interleaved gate/up
   (row 2i = gate_i, row 2i+1 = up_i); w13_scale uint8 E8M0 [E, 2I, H/32] row-major; w13_bias [E, 2I];
   w2 uint8 [E, H, I/2]; w2_scale [E, H, I/32]; w2_bias [E, H]. GPT-OSS: H = I = 2880.
@@ -29,6 +30,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from ..checks import round_up
 from ..formats import SfLayout, swizzle_sf, swizzled_sf_size, unswizzle_sf
 
 ActFormat = Literal["mxfp4", "mxfp8"]
@@ -92,10 +94,6 @@ class PreparedMoEWeights:
         return [self.w13_sf.view(torch.int32), g, self.w2_sf.view(torch.int32), g.clone()]
 
 
-def _round_up(x: int, y: int) -> int:
-    return (x + y - 1) // y * y
-
-
 def _as_uint8(t: object, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"prepare_gpt_oss_weights: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -149,7 +147,7 @@ def _swizzle(sf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = swizzle_sf(sf.contiguous(), SfLayout.layout_128x4)  # pads each expert on its own
     per = swizzled_sf_size(n, kb, SfLayout.layout_128x4)
     offsets = torch.arange(e + 1, dtype=torch.int64, device=sf.device) * per
-    return flat.reshape(e, _round_up(n, 128), _round_up(kb, 4)), offsets
+    return flat.reshape(e, round_up(n, 128), round_up(kb, 4)), offsets
 
 
 def _unswizzle(sf: torch.Tensor, n: int, kb: int) -> torch.Tensor:
@@ -169,15 +167,43 @@ def prepare_gpt_oss_weights(
     up_first: bool = False,
     act: ActFormat = "mxfp4",
 ) -> PreparedMoEWeights:
-    """Checkpoint layout -> PreparedMoEWeights (see the module docstring for both layouts).
+    """GPT-OSS checkpoint MXFP4 expert weights -> the layout the grouped GEMMs and fused_moe read.
 
-    pad_to: H and I are padded to multiples of it; a positive multiple of 32 (one scale block), and of 128
-      for act="mxfp8" (the MXFP8 x MXFP4 MMA path needs K % 128 == 0, as FlashInfer's MinKDimAlignmentMXFPX).
-    interleaved: keep GEMM1 rows gate/up interleaved (True) or split them into halves (False);
-    up_first: with halves, put up before gate (FlashInfer CUTLASS order); invalid with interleaved=True.
-    act: the activation format the kernels will quantize to ("mxfp4" or "mxfp8"); recorded, and it sets
-      the padding rule above. Weights stay MXFP4 either way.
-    Raises TypeError for wrong types/dtypes, ValueError for inconsistent shapes or bad options.
+    Parameters
+    ----------
+    w13 : torch.Tensor
+        uint8 [E, 2I, H/2] packed e2m1, rows interleaved gate/up (row 2i = gate_i, row 2i+1 = up_i).
+    w13_scale : torch.Tensor
+        E8M0 [E, 2I, H/32] (uint8 or float8_e8m0fnu), linear layout.
+    w13_bias : torch.Tensor or None
+        Float [E, 2I], interleaved like w13.
+    w2 : torch.Tensor
+        uint8 [E, H, I/2] packed e2m1.
+    w2_scale : torch.Tensor
+        E8M0 [E, H, I/32].
+    w2_bias : torch.Tensor or None
+        Float [E, H].
+    pad_to : int
+        H and I are padded to multiples of it: a positive multiple of 32 (one scale block), and of 128 for
+        act="mxfp8" (the MXFP8 x MXFP4 MMA path needs K % 128 == 0). Padding is exact (module docstring).
+    interleaved : bool
+        Keep GEMM1 rows gate/up interleaved (True) or split them into halves (False).
+    up_first : bool
+        With halves, put up before gate (FlashInfer's CUTLASS order); invalid with interleaved=True.
+    act : {"mxfp4", "mxfp8"}
+        The activation format fused_moe will quantize to (W4A4 or W4A8); weights stay MXFP4 either way.
+
+    Returns
+    -------
+    PreparedMoEWeights
+        Padded weights with 128x4-swizzled scales per expert (see its docstring for shapes).
+
+    Raises
+    ------
+    TypeError
+        Wrong types or dtypes.
+    ValueError
+        Inconsistent shapes, devices or options.
     """
     fn = "prepare_gpt_oss_weights"
     if not isinstance(pad_to, int) or isinstance(pad_to, bool):
@@ -216,7 +242,7 @@ def prepare_gpt_oss_weights(
     if len({t.device for t in tensors}) != 1:
         raise ValueError(f"{fn}: all weights must be on one device")
 
-    hp, ip = _round_up(h, pad_to), _round_up(inter, pad_to)
+    hp, ip = round_up(h, pad_to), round_up(inter, pad_to)
     # GEMM1: work in [E, I, 2(gate, up), cols] form, pad I and the K columns, then lay the rows out.
     w13_p = _pad_dims(_to_pairs(w13, True, False), {1: ip, 3: hp // 2})
     s13_p = _pad_dims(_to_pairs(w13_scale, True, False), {1: ip, 3: hp // 32})

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The MXFP4 block-scaled MMA probe (include/flashinfer_sm12x/mma_probe.cuh, jit/mma_probe.cu.jinja).
 
 One warp computes D[16, 8] = (A·SFA)(B·SFB)^T over K = 64·k_tiles with the native instruction. It is the
@@ -10,17 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ArchError
-from ..jit.arch import Target, target_for_device
-from ..jit.module import ModuleSpec, Source, load_module
-from ..jit.render import render
-
-MENU = {"k_tiles": (1, 2, 4)}
-
-
-def mma_probe_spec(target: Target, k_tiles: int = 1) -> ModuleSpec:
-    text = render("mma_probe.cu.jinja", {"k_tiles": k_tiles}, MENU)
-    return ModuleSpec(op="mma_probe", group=f"mxfp4_k{64 * k_tiles}", target=target,
-                      sources=(Source("mma_probe.cu", text),))
+from ..jit.arch import target_for_device
+from ..jit.module import load_module
+from ..kernels.mma_probe import MENU, mma_probe_spec
 
 
 def mma_probe(a: torch.Tensor, b: torch.Tensor, sfa: torch.Tensor, sfb: torch.Tensor) -> torch.Tensor:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // H100 (sm_90a) test of the emulated SM120 block-scaled MMA atom (emulated_blockscaled_mma.cuh).
 //
 // One warp computes D[16x8] = C + (A.SFA)[16x64] x (B.SFB)[8x64]^T through the emulated atom. The
@@ -18,7 +19,7 @@
 #include <cuda_runtime.h>
 
 #include "cute/tensor.hpp"
-#include "flashinfer_sm12x/emulated_blockscaled_mma.cuh"
+#include "flashinfer_sm12x/emulation/blockscaled_mma_sm90.cuh"
 
 using namespace cute;
 using flashinfer_sm12x::emulated::SM90_EMU_16x8x64_TN_VS;

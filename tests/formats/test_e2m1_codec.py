@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """E2M1 codec against ml_dtypes (an independent implementation) and hand-written rounding cases."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """E4M3 codec against ml_dtypes and torch's float8_e4m3fn, plus every rounding tie."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """E8M0 scales: exhaustive decode against ml_dtypes, scale selection against brute force."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """CUDA checks: our quantizers give the same bits on CUDA as on CPU, and (on SM100+/SM12x, where
 FlashInfer's quantization kernels are compiled in) the same bits as FlashInfer's own quantizers.
 

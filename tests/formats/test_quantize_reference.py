@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Quantizers: shapes, packing order, error bounds, special blocks, and an independent numpy/ml_dtypes
 re-implementation of each recipe compared bit for bit."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Scale-factor layouts against the per-element offset formulas, written out here independently."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """flashinfer_sm12x.cutlass_fused_moe: FlashInfer's signature and MXFP4 W4A8 convention, on the CPU.
 
 The grouped GEMM is replaced by the torch model of its contract (tests/moe/test_fused_moe.py); the inputs are
@@ -17,8 +18,7 @@ import flashinfer_sm12x
 from flashinfer_sm12x.formats import SfLayout, mxfp8_quantize, unswizzle_sf
 from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from tests.moe.moe_cases import make_inputs, make_weights
-from tests.moe.test_fused_moe import grouped_gemm_model
+from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
 
 fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")
 H, INTER, E = 64, 96, 8  # padded to 128 / 128 by the preparation
@@ -52,15 +52,31 @@ def _call(w, xq, xsf, ids, scales, **kw):
 
 
 def test_signature_is_flashinfers() -> None:
+    """Every parameter of the installed FlashInfer's cutlass_fused_moe, in its order, kind and default; ours may add
+    only the keyword-only parameters of newer tested releases (so callers of 0.7.2.post1 and 0.7.4 both work)."""
     fi = pytest.importorskip("flashinfer.fused_moe")
+    from flashinfer_sm12x.integrations.flashinfer_cutlass_fused_moe import NEWER_KEYWORDS, RELEASE_DEFAULTS
+
     ours = inspect.signature(flashinfer_sm12x.cutlass_fused_moe).parameters
     theirs = inspect.signature(fi.cutlass_fused_moe).parameters
-    assert list(ours) == list(theirs)
+    assert [n for n in ours if n in theirs] == list(theirs)
+    extra = [n for n in ours if n not in theirs]
+    assert set(extra) <= set(NEWER_KEYWORDS), extra
+    assert all(ours[n].kind == inspect.Parameter.KEYWORD_ONLY for n in extra)
     for name, p in theirs.items():
         assert ours[name].kind == p.kind, name
         assert (ours[name].default is inspect.Parameter.empty) == (p.default is inspect.Parameter.empty), name
-        if p.default is not inspect.Parameter.empty:
+        if name in RELEASE_DEFAULTS:  # the default changed between tested releases: ours is one of them
+            assert p.default in RELEASE_DEFAULTS[name] and ours[name].default in RELEASE_DEFAULTS[name], name
+        elif p.default is not inspect.Parameter.empty and name not in NEWER_KEYWORDS:
             assert ours[name].default == p.default, name  # ActivationType.Swiglu == 3 (IntEnum)
+
+
+def test_nvfp4_4over6_is_refused_when_set(model_gemm: None) -> None:
+    raw, w, hidden, xq, xsf, ids, scales = _setup(2)
+    assert torch.equal(_call(w, xq, xsf, ids, scales, nvfp4_4over6=None), _call(w, xq, xsf, ids, scales))
+    with pytest.raises(NotImplementedError, match="nvfp4_4over6"):
+        _call(w, xq, xsf, ids, scales, nvfp4_4over6=object())
 
 
 @pytest.mark.parametrize("num_t", [1, 5, 40])

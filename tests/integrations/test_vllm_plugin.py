@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The vLLM plugin on the CPU with a real installed vLLM (0.33, in its own environment, see README): the entry
 point, plugin loading, the `gpt_oss_mxfp4` override, the MoE method's choices, and a whole layer forward
 (weights adopted from vLLM's loaded layout, vLLM's top-k) against the float64 reference, with the grouped GEMM
@@ -13,8 +14,7 @@ import torch
 
 from flashinfer_sm12x.integrations import vllm_plugin as vp
 from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
-from tests.moe.moe_cases import make_inputs, make_weights
-from tests.moe.test_fused_moe import grouped_gemm_model
+from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
 
 fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The vLLM plugin's opt-in rules, without vLLM: register() must leave vLLM alone unless asked."""
 
 from __future__ import annotations

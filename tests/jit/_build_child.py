@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Child process for the JIT concurrency/kill tests: builds + loads the self-test module, prints the answer."""
 
 import sys

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """JIT cache behaviour (foundation) and hardening: what is checked before native code is loaded."""
 
 from __future__ import annotations

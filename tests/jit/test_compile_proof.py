@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Compile proof of the MXFP4 MMA probe: native block-scaled MMA in SASS for sm_120a / sm_121a, no GPU."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flashinfer_sm12x.jit.compile_proof import (
     parse_sass,
 )
 from flashinfer_sm12x.jit.module import build_module
-from flashinfer_sm12x.ops.mma_probe import mma_probe_spec
+from flashinfer_sm12x.kernels.mma_probe import mma_probe_spec
 
 pytestmark = pytest.mark.compile_proof
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """fused_moe's glue (routing, tile padding, expert_of_tile, bias, activation, re-quantization, finalize) on the
 CPU against the float64 reference, with the grouped GEMM replaced by a torch model of its contract (dequantize,
 then each M tile times its expert's weights). The kernel itself is tested against the same contract on the H100
@@ -10,28 +11,13 @@ import importlib
 import pytest
 import torch
 
-from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp8_dequantize
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, W4A8_CANDIDATES
 from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from flashinfer_sm12x.ops.grouped_mm_fp4 import CANDIDATES, W4A8_CANDIDATES
-from tests.moe.moe_cases import make_inputs, make_weights
+from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
 
 fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")  # the module (the package exports the function)
 H, INTER = 64, 96
-
-
-def grouped_gemm_model(a, a_sf, b, b_sf, expert_of_tile, tactic, out=None, out_dtype=torch.bfloat16, **_):
-    x = mxfp8_dequantize(a, a_sf) if a.dtype == torch.float8_e4m3fn else mxfp4_dequantize(a, a_sf)
-    tm = tactic.tile_m
-    assert x.shape[0] % tm == 0 and expert_of_tile.numel() == x.shape[0] // tm
-    assert int(expert_of_tile.min()) >= 0 and int(expert_of_tile.max()) < b.shape[0]
-    # float32 out (the kernel writes bf16): isolates the glue's logic from bf16 rounding, whose effect through
-    # the MXFP4 re-quantization the H100 tests bound separately.
-    out = torch.empty(x.shape[0], b.shape[1], dtype=torch.float32)
-    for t, e in enumerate(expert_of_tile.tolist()):
-        w = mxfp4_dequantize(b[e], b_sf[e]).double()
-        out[t * tm:(t + 1) * tm] = (x[t * tm:(t + 1) * tm].double() @ w.T).float()
-    return out
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gpt_oss_moe_reference against the independent per-token loop in moe_cases.py (CPU, tiny shapes)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 
 from flashinfer_sm12x.moe import gpt_oss_moe_reference
 from flashinfer_sm12x.moe.reference import _activation
-from tests.moe.moe_cases import loop_moe, loop_route, make_inputs, make_weights
+from flashinfer_sm12x.testing.moe_cases import loop_moe, loop_route, make_inputs, make_weights
 
 E, TOPK, T, H, INTER = 4, 2, 5, 64, 64
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """route / permute / finalize / clamp_expert_ids: properties, round trips, skew, sync-freedom, errors."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import torch
 
 from flashinfer_sm12x.moe import clamp_expert_ids, finalize, permute, route
 from flashinfer_sm12x.moe.reference import _select_experts
-from tests.moe.moe_cases import loop_route
+from flashinfer_sm12x.testing.moe_cases import loop_route
 
 
 def _logits(t: int, e: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """prepare_gpt_oss_weights: exact round trips, layout details, padding that leaves the reference unchanged."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from flashinfer_sm12x.moe import (
     prepare_gpt_oss_weights,
     unprepare_gpt_oss_weights,
 )
-from tests.moe.moe_cases import make_inputs, make_weights
+from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights
 
 LAYOUTS = [(True, False), (False, False), (False, True)]  # (interleaved, up_first)
 LAYOUT_IDS = ["interleaved", "gate_up", "up_gate"]
@@ -23,7 +24,7 @@ def _args(w: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
 
 def _off_128x4(m: int, kb: int, n_kt: int) -> int:
-    # FACTS.md "Scale-factor layout 128x4", written out independently of formats.swizzle_sf.
+    # The 128x4 scale-factor layout (formats/scale_layout.py docstring), written out independently of swizzle_sf.
     return (m // 128) * n_kt * 512 + (kb // 4) * 512 + (m % 32) * 16 + ((m % 128) // 32) * 4 + kb % 4
 
 

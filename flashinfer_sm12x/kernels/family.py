@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What every kernel family declares once, so that prebuild, the compile sweep, the CI proofs and the ops iterate
+families instead of naming ops.
+
+A family is one kernel template (`jit/<name>.cu.jinja`) with the menu of values that may reach it. The block-scaled
+GEMM families (`mm_fp4`, `grouped_mm_fp4`) share one shape of description, `GemmFamily`: per format, the candidate
+tactics the compile sweep tries and, per target, the tactics whose compile proof passed (the shipped menu).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import ArchError
+from ..jit.arch import Target
+from ..jit.module import ModuleSpec, Source
+from ..jit.render import Menu, render
+
+OUT_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# The SASS instruction a GEMM's compile proof must find: the native block-scaled MMA, or the emulation's bf16 MMA.
+EMULATED_MMA = "HMMA.16816.F32.BF16"
+NATIVE_MMA = {"mxfp4": "OMMA.SF", "nvfp4": "OMMA.SF", "mxfp8_mxfp4": "QMMA.SF"}
+
+
+@dataclass(frozen=True)
+class Tactic:
+    """One GEMM kernel configuration: schedule and CTA tile (M x N x K); swap_ab computes D^T = B A^T."""
+
+    schedule: str
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    swap_ab: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.schedule}_{self.tile_m}x{self.tile_n}x{self.tile_k}" + ("_swapab" if self.swap_ab else "")
+
+
+@dataclass(frozen=True)
+class ProofCase:
+    """One compile proof: build `spec` to a cubin and require `instruction` (and no mainloop spills if asked)."""
+
+    label: str
+    spec: ModuleSpec
+    instruction: str
+    no_mainloop_spills: bool = True
+    no_spills: bool = False
+
+
+class KernelFamily(Protocol):
+    """The interface prebuild and the compile sweep use."""
+
+    name: str
+
+    def prebuild(self, target: Target) -> list[ModuleSpec]:
+        """The modules `flashinfer-sm12x prebuild` builds for `target` (the shipped menu)."""
+        ...
+
+    def proof_cases(self, target: Target, *, candidates: bool = False) -> list[ProofCase]:
+        """Compile proofs of the shipped menu for `target`, or of every candidate config."""
+        ...
+
+
+@dataclass(frozen=True)
+class GemmFamily:
+    """A block-scaled GEMM template: formats, candidate tactics, the proven menu per target, its module specs."""
+
+    name: str
+    formats: tuple[str, ...]
+    emulated_formats: tuple[str, ...]  # formats whose SM90 build exists (emulated MMA atom)
+    menu: Menu
+    candidates_of: Mapping[str, tuple[Tactic, ...]]
+    proven: Mapping[str, Mapping[str, tuple[Tactic, ...]]]  # target name -> format -> tactics
+    prebuild_out_dtypes: tuple[torch.dtype, ...]
+    emulation_menu_of: str = "sm_120a"  # the emulated SM90 build runs this target's menu
+    describe: Callable[[str, Tactic], str] | None = None
+
+    def candidates(self, fmt: str) -> tuple[Tactic, ...]:
+        """Every tactic the compile sweep tries for `fmt`."""
+        if fmt not in self.candidates_of:
+            raise ValueError(f"{self.name}: format must be one of {self.formats}, got {fmt!r}")
+        return self.candidates_of[fmt]
+
+    def shipped(self, fmt: str, target: Target | None = None) -> tuple[Tactic, ...]:
+        """The proven tactics for `fmt` on `target`; a target without its own sweep (e.g. sm_120f) gets those
+        proven on every swept target; None or an emulated target gets `emulation_menu_of`'s."""
+        name = self.emulation_menu_of if target is None or target.emulated else target.name
+        if name in self.proven:
+            return self.proven[name][fmt]
+        return tuple(t for t in self.candidates(fmt) if all(t in menu[fmt] for menu in self.proven.values()))
+
+    def spec(self, target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype) -> ModuleSpec:
+        """The JIT module of one (format, tactic, output dtype) on `target`; values are checked against the menu."""
+        if target.emulated and fmt not in self.emulated_formats:
+            raise ArchError(f"{self.name}: {fmt} has no emulated (SM90) build yet: its FP4 operand is unpacked by a "
+                            "TMA type and an ldmatrix that only SM100/SM12x have")
+        out_name = OUT_DTYPE_NAMES.get(out_dtype, str(out_dtype))
+        params: dict[str, Any] = {"format": fmt, "out_dtype": out_name, "tile_m": tactic.tile_m,
+                                  "tile_n": tactic.tile_n, "tile_k": tactic.tile_k, "schedule": tactic.schedule,
+                                  "emulated": target.emulated, "swap_ab": tactic.swap_ab}
+        if "swap_ab" not in self.menu:
+            if tactic.swap_ab:
+                raise ValueError(f"{self.name} has no swapped-A/B tactics, got {tactic.name}")
+            del params["swap_ab"]
+        text = render(f"{self.name}.cu.jinja", params, self.menu)
+        return ModuleSpec(op=self.name, group=f"{fmt}_{out_name}_{tactic.name}", target=target,
+                          sources=(Source(f"{self.name}.cu", text),), uses_cutlass=True)
+
+    def required_instruction(self, fmt: str, target: Target) -> str:
+        return EMULATED_MMA if target.emulated else NATIVE_MMA[fmt]
+
+    def formats_for(self, target: Target) -> tuple[str, ...]:
+        return self.emulated_formats if target.emulated else self.formats
+
+    def prebuild(self, target: Target) -> list[ModuleSpec]:
+        return [self.spec(target, fmt, tactic, out) for fmt in self.formats_for(target)
+                for out in self.prebuild_out_dtypes for tactic in self.shipped(fmt, target)]
+
+    def proof_cases(self, target: Target, *, candidates: bool = False, formats: tuple[str, ...] | None = None,
+                    out_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> list[ProofCase]:
+        cases = []
+        for fmt in formats or self.formats_for(target):
+            if target.emulated and fmt not in self.emulated_formats:
+                continue
+            for tactic in self.candidates(fmt) if candidates else self.shipped(fmt, target):
+                for out in out_dtypes:
+                    label = f"{self.name}/{fmt}/{OUT_DTYPE_NAMES[out]}/{tactic.name}"
+                    # Emulated builds are correctness vehicles: their spills are reported, not held against them.
+                    cases.append(ProofCase(label, self.spec(target, fmt, tactic, out),
+                                           self.required_instruction(fmt, target),
+                                           no_mainloop_spills=not target.emulated))
+        return cases

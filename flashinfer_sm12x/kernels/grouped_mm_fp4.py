@@ -1,0 +1,72 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The grouped block-scaled GEMM family `grouped_mm_fp4`, the MoE GEMM (include/flashinfer_sm12x/gemm/
+grouped_mm_fp4.cuh, jit/grouped_mm_fp4.cu.jinja): mm_fp4's tile configs with a mainloop that picks B per M tile.
+
+    out[r, :] = (A[r, :] * SFA) @ (B[e(r)] * SFB[e(r)])^T,   e(r) = expert_of_tile[r // tile_m]
+
+Formats: W4A4 "mxfp4" (A packed e2m1) and W4A8 "mxfp8_mxfp4" (A e4m3); B is MXFP4 weights either way, all scales
+E8M0 per 32 in the 128x4 layout. W4A8 runs CUTLASS's own SM120 collective (FP4 unpacked to 8 bit in smem by TMA)
+with the per-tile batch choice around it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..jit.arch import Target
+from .family import GemmFamily, Tactic
+
+FORMATS = ("mxfp4", "mxfp8_mxfp4")
+EMULATED_FORMATS = ("mxfp4",)
+MENU = {
+    "format": FORMATS,
+    "out_dtype": ("bfloat16", "float16"),
+    "tile_m": (64, 128),
+    "tile_n": (32, 64, 128),
+    "tile_k": (128,),
+    "schedule": ("pingpong", "cooperative"),
+    "emulated": (False, True),
+}
+# K alignment: a 16-byte TMA row of packed e2m1 (32); W4A8's unpacked-e2m1 TMA box is 128 wide in K.
+K_ALIGN = {"mxfp4": 32, "mxfp8_mxfp4": 128}
+
+CANDIDATES: tuple[Tactic, ...] = (
+    Tactic("pingpong", 64, 128, 128),  # decode: a few rows per expert
+    Tactic("pingpong", 128, 128, 128),
+    Tactic("cooperative", 128, 128, 128),
+)
+# W4A8 keeps e2m1 unpacked in smem, so a 128x128 stage is large (2 stages for 128x128): the narrower N tiles keep
+# more stages in flight; no 64-row tile (the 64-row mainloop is packed-e2m1 only).
+W4A8_CANDIDATES: tuple[Tactic, ...] = (
+    Tactic("pingpong", 128, 64, 128),
+    Tactic("cooperative", 128, 128, 128),
+    Tactic("pingpong", 128, 32, 128),
+)
+_M64, _PP128, _CO128 = CANDIDATES
+_W8PP64, _W8CO128, _W8PP32 = W4A8_CANDIDATES
+# Compile-proven per target (docs/compile_proofs.md). As for the dense GEMM, ptxas spills inside Pingpong 128x128's
+# mainloop for sm_121a.
+PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {
+    "sm_120a": {"mxfp4": (_M64, _PP128, _CO128), "mxfp8_mxfp4": (_W8PP64, _W8CO128, _W8PP32)},
+    "sm_121a": {"mxfp4": (_M64, _CO128), "mxfp8_mxfp4": (_W8PP64, _W8CO128, _W8PP32)},
+}
+
+FAMILY = GemmFamily(
+    name="grouped_mm_fp4", formats=FORMATS, emulated_formats=EMULATED_FORMATS, menu=MENU,
+    candidates_of={"mxfp4": CANDIDATES, "mxfp8_mxfp4": W4A8_CANDIDATES}, proven=PROVEN,
+    prebuild_out_dtypes=(torch.bfloat16,),  # fused_moe's GEMMs write bf16
+)
+
+
+def heuristic(rows: int, num_experts: int, fmt: str = "mxfp4", target: Target | None = None) -> tuple[Tactic, ...]:
+    """The shipped tactics in preference order for `rows` routed rows over `num_experts` experts.
+
+    W4A4: 64-row tiles while experts get few rows each (decode, small batches: less padding per expert), 128-row
+    Pingpong beyond. W4A8: the 128x64 Pingpong tile (more stages than 128x128), Cooperative 128x128 once every
+    expert has several M tiles. Reasoned, not measured on SM12x."""
+    menu = FAMILY.shipped(fmt, target)
+    if fmt == "mxfp8_mxfp4":
+        want = _W8CO128 if rows >= 512 * num_experts else _W8PP64
+        return tuple(sorted(menu, key=lambda t: t != want))
+    want_m = 64 if rows <= 64 * num_experts else 128
+    return tuple(sorted(menu, key=lambda t: (t.tile_m != want_m, t.schedule != "pingpong")))

@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: Apache-2.0
+// SM90 (H100) emulation of the SM120 block-scaled MMA, so that CUTLASS's SM120 block-scaled collective
+// and the SM90-family warp-specialized kernels can be compiled for sm_90a and tested on an H100.
+//
+// Three pieces differ from the native SM120 build (collective and kernel templates are the same):
+//  1. The MMA operation. `SM90_EMU_16x8x64_TN_VS<SF, VS>` has exactly the register interface of
+//     cute::SM120::BLOCKSCALED::SM120_16x8x64_TN_VS<e2m1, e2m1, float, SF, VS>, and its MMA_Traits
+//     inherit the SM120 traits (ALayout/BLayout/CLayout/SFALayout/SFBLayout, value types), so all
+//     CuTe partitioning, LDSM copies and scale-factor copies are unchanged. Its fma runs SM80
+//     `mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32` on dequantized e2m1 values.
+//  2. The tile scheduler: the default non-grouped SM120 scheduler (PersistentTileSchedulerSm100) uses
+//     CLC instructions that SM90 lacks, so tags below select PersistentTileSchedulerSm90(/StreamK).
+//  3. Host side only: the fp4 A/B TMA descriptors are re-encoded as UINT8 (gemm/mainloops/byte_tma.cuh).
+//
+// Why the bf16 emulation is exact per k-block (fragment facts from mma_traits_sm120.hpp):
+//  lane = 4g + t. The m16n8k64 A fragment holds a0 = A[g][8t..8t+7], a1 = A[g+8][8t..], a2 = A[g][32+8t..],
+//  a3 = A[g+8][32+8t..] (8 nibbles each, element 0 in the low nibble); B holds b0 = B[g][8t..8t+7],
+//  b1 = B[g][32+8t..]. The m16n8k16 bf16 MMA sums over 16 k-slots, and lane t owns slots {2t,2t+1,2t+8,
+//  2t+9} in BOTH its A and B fragments. So feeding lane t's own k-values (4 per MMA) into its own slots,
+//  in the same order for A and B, computes a dot product over 16 real k-values, just permuted. Two bf16
+//  MMAs cover one 32-wide k-block; e2m1 values are exact in bf16 and products/sums of <= 32 of them are
+//  exact in fp32, so the block partial is exact and the scales are applied afterwards:
+//    MXFP4 (ue8m0, VS=32): d += (P_kb * sa[row][kb]) * sb[col][kb], per 32-block kb (post-scaling keeps
+//      the full e8m0 range; the bf16 operands never see the scale).
+//    NVFP4 (ue4m3, VS=16): lanes t<2 and t>=2 hold different 16-blocks inside one MMA, so the scale
+//      cannot be factored out of the MMA sum. Instead each operand is pre-scaled in bf16 (e2m1 x ue4m3
+//      has <= 6 significant bits and a small range: exact in bf16; products exact in fp32).
+//  Scales: SFA of lane L is row 8*(L&1) + (L>>2) (the layout's stride-0 mode duplicates lanes L and L^2);
+//  SFB of lane L is column L>>2. Each register packs the per-k-block scales, lowest k first. A lane
+//  needs rows g and g+8 (lanes 4g and 4g+1) and, for post-scaling, columns 2t and 2t+1 (lanes 8t,
+//  8t+4): fetched with shfl.sync (the MMA is warp-synchronous, so all 32 lanes are converged).
+//
+// Cost: re-decoding per atom call plus 4 bf16 MMAs per m16n8k64. At 128x128 the Pingpong kernel
+// (128 fp32 accumulators per thread) spills ~1.5 KB/thread, Cooperative ~130 B: fine for a
+// correctness vehicle; prefer Cooperative for long emulated runs.
+//
+// Summation order differs from the hardware OMMA (which is undocumented anyway): compare with tolerance.
+#pragma once
+
+#include <cstdint>
+
+#include "cute/arch/mma_sm120.hpp"
+#include "cute/arch/mma_sm80.hpp"
+#include "cute/atom/mma_traits_sm120.hpp"
+#include "cute/atom/copy_traits_sm90_tma.hpp"
+#include "cute/atom/mma_traits_sm80.hpp"
+#include "cutlass/gemm/collective/collective_mma_decl.hpp"
+#include "cutlass/gemm/kernel/tile_scheduler.hpp"
+
+#include "flashinfer_sm12x/gemm/config.cuh"
+
+namespace flashinfer_sm12x::emulated {
+
+namespace detail {
+
+// `volatile`: the collective calls the atom for every (m, n) pair with the same A (or B) registers;
+// this stops NVVM from hoisting the decoded (4x larger) fragments across calls. ptxas may still
+// merge some (the Pingpong spill went from 1604 to 1472 B only), but it is the cheaper direction.
+CUTE_DEVICE uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm volatile("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// Same reason, for the per-(m, n) scale values and their fp32 decodes.
+CUTE_DEVICE uint32_t shfl(uint32_t v, int src_lane) {
+  uint32_t r;
+  asm volatile("shfl.sync.idx.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=r"(r) : "r"(v), "r"(src_lane));
+  return r;
+}
+
+// 4 e2m1 nibbles (low 16 bits of s, element 0 lowest) -> two bf16x2: {e0,e1} and {e2,e3}.
+// Magnitude via two byte-permute table lookups (low and high byte of the bf16 pattern), sign by OR.
+CUTE_DEVICE void e2m1x4_to_bf16x4(uint32_t s, uint32_t& p01, uint32_t& p23) {
+  // bf16 bit patterns of 0, .5, 1, 1.5, 2, 3, 4, 6:
+  //   0x0000 0x3F00 0x3F80 0x3FC0 0x4000 0x4040 0x4080 0x40C0
+  uint32_t sel = s & 0x7777u;
+  uint32_t lo = prmt(0xC0800000u, 0xC0804000u, sel);
+  uint32_t hi = prmt(0x3F3F3F00u, 0x40404040u, sel);
+  p01 = __byte_perm(lo, hi, 0x5140u) | ((s << 12) & 0x8000u) | ((s << 24) & 0x80000000u);
+  p23 = __byte_perm(lo, hi, 0x7362u) | ((s << 4) & 0x8000u) | ((s << 16) & 0x80000000u);
+}
+
+CUTE_DEVICE float ue8m0_to_float(uint32_t e) {
+  uint32_t bits = e == 0u ? 0x00400000u : (e == 0xFFu ? 0x7FC00000u : (e << 23));
+  return __uint_as_float(bits);
+}
+
+CUTE_DEVICE float ue4m3_to_float(uint32_t x) {
+  x &= 0x7Fu;
+  if (x == 0x7Fu) return __uint_as_float(0x7FC00000u);
+  uint32_t e = x >> 3, m = x & 7u;
+  return e ? __uint_as_float(((e + 120u) << 23) | (m << 20)) : float(m) * 0.001953125f;  // m * 2^-9
+}
+
+// bf16x2 * bf16x2 (exact here: both factors have few significant bits). fma with -0 rather than
+// mul.bf16x2, which needs sm_90; fma.bf16x2 is sm_80+.
+CUTE_DEVICE uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+  return r;
+}
+
+CUTE_DEVICE uint32_t float_to_bf16x2(float f) {  // f is exactly representable (ue4m3 value)
+  uint32_t h = __float_as_uint(f) >> 16;
+  return h | (h << 16);
+}
+
+CUTE_DEVICE void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                uint32_t b0, uint32_t b1) {
+  cute::SM80_16x8x16_F32BF16BF16F32_TN::fma(d[0], d[1], d[2], d[3], a0, a1, a2, a3, b0, b1,
+                                            d[0], d[1], d[2], d[3]);
+}
+
+}  // namespace detail
+
+// The emulated operation. SF = cutlass::float_ue8m0_t (VS 32) or cutlass::float_ue4m3_t (VS 16).
+template <class SF, int VS>
+struct SM90_EMU_16x8x64_TN_VS {
+  static_assert((cute::is_same_v<SF, cutlass::float_ue8m0_t> && VS == 32) ||
+                    (cute::is_same_v<SF, cutlass::float_ue4m3_t> && VS == 16),
+                "emulated: MXFP4 (ue8m0/32) and NVFP4 (ue4m3/16) only");
+  using Native = cute::SM120::BLOCKSCALED::SM120_16x8x64_TN_VS<cutlass::float_e2m1_t, cutlass::float_e2m1_t,
+                                                               float, SF, VS>;
+  using DRegisters = typename Native::DRegisters;
+  using ARegisters = typename Native::ARegisters;
+  using BRegisters = typename Native::BRegisters;
+  using CRegisters = typename Native::CRegisters;
+  using SFARegisters = typename Native::SFARegisters;
+  using SFBRegisters = typename Native::SFBRegisters;
+  using RegTypeSF = typename Native::RegTypeSF;
+
+  CUTE_HOST_DEVICE static void
+  fma(float& d0, float& d1, float& d2, float& d3,
+      uint32_t const& a0, uint32_t const& a1, uint32_t const& a2, uint32_t const& a3,
+      uint32_t const& b0, uint32_t const& b1,
+      float const& c0, float const& c1, float const& c2, float const& c3,
+      RegTypeSF const& sfa0, RegTypeSF const& sfb0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    using namespace detail;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    // Scales of rows g and g+8 (A) live in lanes 4g and 4g+1.
+    const uint32_t sa_g = shfl(uint32_t(sfa0), 4 * g);
+    const uint32_t sa_g8 = shfl(uint32_t(sfa0), 4 * g + 1);
+    const uint32_t a_row_g[2] = {a0, a2}, a_row_g8[2] = {a1, a3}, b_col[2] = {b0, b1};
+
+    if constexpr (VS == 32) {
+      // Columns 2t and 2t+1 of the accumulator: SFB of lanes 8t and 8t+4.
+      const uint32_t sb_0 = shfl(uint32_t(sfb0), 8 * t);
+      const uint32_t sb_1 = shfl(uint32_t(sfb0), 8 * t + 4);
+      float acc[4] = {c0, c1, c2, c3};
+      CUTE_UNROLL
+      for (int kb = 0; kb < 2; ++kb) {  // 32-wide scale blocks
+        float p[4] = {0.f, 0.f, 0.f, 0.f};
+        CUTE_UNROLL
+        for (int j = 0; j < 2; ++j) {  // 4 of this lane's 8 k-values per bf16 MMA
+          uint32_t ag01, ag23, ah01, ah23, b01, b23;
+          e2m1x4_to_bf16x4(a_row_g[kb] >> (16 * j), ag01, ag23);
+          e2m1x4_to_bf16x4(a_row_g8[kb] >> (16 * j), ah01, ah23);
+          e2m1x4_to_bf16x4(b_col[kb] >> (16 * j), b01, b23);
+          mma_bf16_16816(p, ag01, ah01, ag23, ah23, b01, b23);
+        }
+        const int sh = 8 * kb;
+        const float fa_g = ue8m0_to_float((sa_g >> sh) & 0xFFu), fa_g8 = ue8m0_to_float((sa_g8 >> sh) & 0xFFu);
+        const float fb_0 = ue8m0_to_float((sb_0 >> sh) & 0xFFu), fb_1 = ue8m0_to_float((sb_1 >> sh) & 0xFFu);
+        acc[0] += (p[0] * fa_g) * fb_0;
+        acc[1] += (p[1] * fa_g) * fb_1;
+        acc[2] += (p[2] * fa_g8) * fb_0;
+        acc[3] += (p[3] * fa_g8) * fb_1;
+      }
+      d0 = acc[0]; d1 = acc[1]; d2 = acc[2]; d3 = acc[3];
+    } else {
+      // NVFP4: pre-scale operands. This lane's k-values of 32-half kb lie in 16-block 2*kb + (t>>1).
+      // B column g is this lane's own SFB (lane L holds column L>>2 = g).
+      const uint32_t sb = uint32_t(sfb0);
+      float acc[4] = {c0, c1, c2, c3};
+      CUTE_UNROLL
+      for (int kb = 0; kb < 2; ++kb) {
+        const int sh = 8 * (2 * kb + (t >> 1));
+        const uint32_t s_ag = float_to_bf16x2(ue4m3_to_float((sa_g >> sh) & 0xFFu));
+        const uint32_t s_ah = float_to_bf16x2(ue4m3_to_float((sa_g8 >> sh) & 0xFFu));
+        const uint32_t s_b = float_to_bf16x2(ue4m3_to_float((sb >> sh) & 0xFFu));
+        CUTE_UNROLL
+        for (int j = 0; j < 2; ++j) {
+          uint32_t ag01, ag23, ah01, ah23, b01, b23;
+          e2m1x4_to_bf16x4(a_row_g[kb] >> (16 * j), ag01, ag23);
+          e2m1x4_to_bf16x4(a_row_g8[kb] >> (16 * j), ah01, ah23);
+          e2m1x4_to_bf16x4(b_col[kb] >> (16 * j), b01, b23);
+          mma_bf16_16816(acc, bf16x2_mul(ag01, s_ag), bf16x2_mul(ah01, s_ah), bf16x2_mul(ag23, s_ag),
+                         bf16x2_mul(ah23, s_ah), bf16x2_mul(b01, s_b), bf16x2_mul(b23, s_b));
+        }
+      }
+      d0 = acc[0]; d1 = acc[1]; d2 = acc[2]; d3 = acc[3];
+    }
+#else
+    CUTE_INVALID_CONTROL_PATH("SM90_EMU_16x8x64_TN_VS needs sm_80+ (bf16 mma.sync)");
+#endif
+  }
+};
+
+// The SM120 traits' mma_unpack (which unzips A/SFA, B/SFB and explodes into fma) is generic in the op;
+// make it visible to ADL for our op, exactly as it is for the native one.
+using cute::SM120::BLOCKSCALED::mma_unpack;
+
+// ---------------------------------------------------------------------------------------------
+// Re-instantiate a built collective with the emulated atom
+// ---------------------------------------------------------------------------------------------
+template <class Op> struct EmulatedOp {
+  static_assert(cutlass::detail::dependent_false<Op>,
+                "emulation covers e2m1 x e2m1 (MXFP4 / NVFP4) only. W4A8 (kind::mxf8f6f4) would also need "
+                "SM90 substitutes for its fp4 smem->reg copy (SM100_SU4_DU8x16_*_LDSM_N) and 16U4_ALIGN16B TMA");
+};
+template <class SF, int VS>
+struct EmulatedOp<cute::SM120::BLOCKSCALED::SM120_16x8x64_TN_VS<cutlass::float_e2m1_t, cutlass::float_e2m1_t,
+                                                                float, SF, VS>> {
+  using type = SM90_EMU_16x8x64_TN_VS<SF, VS>;
+};
+
+template <class TiledMma> struct EmulateTiledMma;
+template <class Op, class ThrLayoutVMNK, class PermutationMNK>
+struct EmulateTiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, ThrLayoutVMNK, PermutationMNK>> {
+  using type = cute::TiledMMA<cute::MMA_Atom<typename EmulatedOp<Op>::type>, ThrLayoutVMNK, PermutationMNK>;
+};
+
+// The same collective with the emulated atom in its TiledMma (everything else as built for SM120).
+template <class Collective> struct WithEmulatedAtom;
+template <class DP, class TS, class EA, class SA, class EB, class SB, class TM, class GA, class LA, class CA,
+          class TrA, class GB, class LB, class CB, class TrB>
+struct WithEmulatedAtom<cutlass::gemm::collective::CollectiveMma<DP, TS, EA, SA, EB, SB, TM, GA, LA, CA, TrA,
+                                                                 GB, LB, CB, TrB>> {
+  using type = cutlass::gemm::collective::CollectiveMma<
+      DP, TS, EA, SA, EB, SB, typename EmulateTiledMma<TM>::type, GA, LA, CA, TrA, GB, LB, CB, TrB>;
+};
+
+// Scheduler tags (GemmUniversal's 4th parameter) that select SM90 schedulers for the SM120 kernel.
+struct Sm90PersistentSchedulerTag {};
+struct Sm90StreamKSchedulerTag {};
+
+}  // namespace flashinfer_sm12x::emulated
+
+// The config's customization points for emulated builds (gemm/config.cuh): the atom and the SM90 schedulers.
+namespace flashinfer_sm12x::mm_fp4::detail {
+template <class Collective>
+struct MaybeEmulatedAtom<Collective, true> {
+  using type = typename emulated::WithEmulatedAtom<Collective>::type;
+};
+template <class Schedule>
+struct SchedulerTag<Schedule, true> {
+  using type = cute::conditional_t<cute::is_same_v<Schedule, StreamK>, emulated::Sm90StreamKSchedulerTag,
+                                   emulated::Sm90PersistentSchedulerTag>;
+};
+}  // namespace flashinfer_sm12x::mm_fp4::detail
+
+namespace cute {
+template <class SF, int VS>
+struct MMA_Traits<flashinfer_sm12x::emulated::SM90_EMU_16x8x64_TN_VS<SF, VS>>
+    : MMA_Traits<SM120::BLOCKSCALED::SM120_16x8x64_TN_VS<cutlass::float_e2m1_t, cutlass::float_e2m1_t, float, SF, VS>> {};
+}  // namespace cute
+
+namespace cutlass::gemm::kernel::detail {
+template <class TileShape, class ClusterShape, uint32_t SchedulerPipelineStageCount>
+struct TileSchedulerSelector<flashinfer_sm12x::emulated::Sm90PersistentSchedulerTag, arch::Sm120, TileShape,
+                             ClusterShape, SchedulerPipelineStageCount> {
+  using Scheduler = PersistentTileSchedulerSm90;
+};
+template <class TileShape, class ClusterShape, uint32_t SchedulerPipelineStageCount>
+struct TileSchedulerSelector<flashinfer_sm12x::emulated::Sm90StreamKSchedulerTag, arch::Sm120, TileShape,
+                             ClusterShape, SchedulerPipelineStageCount> {
+  using Scheduler = PersistentTileSchedulerSm90StreamK<TileShape, ClusterShape>;
+};
+}  // namespace cutlass::gemm::kernel::detail

@@ -1,0 +1,42 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Rung 3 for the MoE GEMM: grouped_mm_fp4 built for sm_90a with the emulated MMA atom, on an H100, against a
+float64 per-tile reference (each M tile times the weights of the expert expert_of_tile names)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.jit.module import build_module
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, FAMILY
+from flashinfer_sm12x.testing.grouped_mm_fp4_cases import check_bad_inputs_rejected_before_launch, run_grouped_case
+
+pytestmark = pytest.mark.emulation
+
+
+@pytest.fixture(autouse=True)
+def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prebuilt() -> None:
+    os.environ.setdefault("FLASHINFER_SM12X_EMULATE", "1")
+    specs = [FAMILY.spec(parse_target("sm_90a"), "mxfp4", t, torch.bfloat16) for t in CANDIDATES]
+    with ThreadPoolExecutor(int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))) as pool:
+        list(pool.map(build_module, specs))
+
+
+@pytest.mark.parametrize("tactic", CANDIDATES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("num_e", "tiles", "n", "k"), [(4, 5, 200, 128), (3, 3, 264, 2880), (8, 6, 136, 640)],
+                         ids=lambda v: str(v))
+def test_grouped_matches_per_tile_reference(tactic, num_e: int, tiles: int, n: int, k: int) -> None:
+    run_grouped_case(tactic, num_e, tiles, n, k)
+
+
+def test_bad_inputs_rejected_before_launch() -> None:
+    check_bad_inputs_rejected_before_launch()

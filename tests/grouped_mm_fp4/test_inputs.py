@@ -1,0 +1,56 @@
+# SPDX-License-Identifier: Apache-2.0
+"""grouped_mm_fp4's checks and menus on the CPU: everything a bad call must hit before any module loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flashinfer_sm12x.errors import ArchError
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.kernels import grouped_mm_fp4 as g
+from flashinfer_sm12x.kernels.family import Tactic
+from flashinfer_sm12x.ops.grouped_mm_fp4 import grouped_mm_fp4
+
+
+def _w4a8(m: int = 128, n: int = 64, k: int = 256, experts: int = 2, tactic: Tactic | None = None, **kw):
+    args = dict(a=torch.zeros(m, k, dtype=torch.float8_e4m3fn),
+                a_descale=torch.zeros(128 * (k // 32), dtype=torch.uint8),
+                b=torch.zeros(experts, n, k // 2, dtype=torch.uint8),
+                b_descale=torch.zeros(experts * 128 * (k // 32), dtype=torch.uint8),
+                expert_of_tile=torch.zeros(m // 128, dtype=torch.int32), tactic=tactic or g.W4A8_CANDIDATES[0])
+    args.update(kw)
+    return grouped_mm_fp4(**args)
+
+
+def test_format_follows_a_dtype_and_tactic_must_match() -> None:
+    with pytest.raises(ValueError, match="tactic for mxfp8_mxfp4"):
+        _w4a8(tactic=g.CANDIDATES[0])  # the 64-row tile is packed-e2m1 only
+    with pytest.raises(TypeError, match="uint8 .packed MXFP4. or float8_e4m3fn"):
+        _w4a8(a=torch.zeros(128, 256, dtype=torch.bfloat16))
+
+
+def test_w4a8_shape_rules() -> None:
+    with pytest.raises(ValueError, match="K % 128"):
+        _w4a8(k=160, a_descale=torch.zeros(128 * 8, dtype=torch.uint8),
+              b_descale=torch.zeros(2 * 128 * 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="K mismatch"):
+        _w4a8(b=torch.zeros(2, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="128x4 layout"):
+        _w4a8(b_descale=torch.zeros(128 * 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="one CUDA device"):
+        _w4a8()  # all valid, but on the CPU
+
+
+def test_w4a8_has_no_emulated_build() -> None:
+    with pytest.raises(ArchError, match="no emulated"):
+        g.FAMILY.spec(parse_target("sm_90a"), "mxfp8_mxfp4", g.W4A8_CANDIDATES[0], torch.bfloat16)
+
+
+@pytest.mark.parametrize("fmt", g.FORMATS)
+@pytest.mark.parametrize("arch", ["sm_120a", "sm_121a"])
+def test_heuristic_picks_only_proven_tiles(fmt: str, arch: str) -> None:
+    target = parse_target(arch)
+    for rows, experts in [(4, 32), (64, 32), (4000, 32), (32768, 32), (100000, 8)]:
+        order = g.heuristic(rows, experts, fmt, target)
+        assert order and set(order) == set(g.PROVEN[arch][fmt])

@@ -1,0 +1,58 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Rung 2 in CI: one mm_fp4 config per (schedule x format family) compiled for sm_120a and sm_121a,
+with the native block-scaled MMA in SASS, no spills and shared memory <= 101,376 B. The full menu is
+scripts/compile_sweep.py (docs/compile_proofs.md)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.jit.compile_proof import SM120_SMEM_CAPACITY, CompileReport, compile_proof
+from flashinfer_sm12x.kernels.family import Tactic
+from flashinfer_sm12x.kernels.mm_fp4 import FAMILY
+
+pytestmark = [pytest.mark.compile_proof, pytest.mark.slow]
+
+SUBSET = [
+    ("sm_120a", "mxfp4", torch.bfloat16, Tactic("pingpong", 128, 128, 128)),
+    ("sm_121a", "mxfp4", torch.bfloat16, Tactic("pingpong", 128, 64, 128)),
+    ("sm_121a", "mxfp4", torch.float16, Tactic("cooperative", 128, 128, 128)),
+    ("sm_121a", "mxfp4", torch.bfloat16, Tactic("streamk", 128, 128, 128)),
+    ("sm_120a", "nvfp4", torch.bfloat16, Tactic("cooperative", 128, 128, 128)),
+    ("sm_121a", "mxfp8_mxfp4", torch.bfloat16, Tactic("cooperative", 128, 128, 128)),
+    ("sm_120a", "mxfp8_mxfp4", torch.bfloat16, Tactic("pingpong", 128, 128, 128)),
+    ("sm_121a", "nvfp4", torch.bfloat16, Tactic("pingpong", 128, 32, 128, swap_ab=True)),
+    ("sm_120a", "mxfp4", torch.bfloat16, Tactic("pingpong", 64, 128, 128)),  # our 64-row mainloop
+    ("sm_121a", "nvfp4", torch.float16, Tactic("pingpong", 64, 128, 128)),
+]
+IDS = [f"{a}-{f}-{str(o).split('.')[-1]}-{t.name}" for a, f, o, t in SUBSET]
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict[str, CompileReport | Exception]:
+    def prove(item: tuple) -> CompileReport | Exception:
+        arch, fmt, out, tactic = item
+        try:
+            return compile_proof(FAMILY.spec(parse_target(arch), fmt, tactic, out))
+        except Exception as exc:  # reported by the test of that config
+            return exc
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two CUTLASS TUs at a time: ~11 GB of host memory
+        return dict(zip(IDS, pool.map(prove, SUBSET), strict=True))
+
+
+@pytest.mark.parametrize(("arch", "fmt", "out", "tactic"), SUBSET, ids=IDS)
+def test_config_compiles_with_native_mma(reports: dict, arch: str, fmt: str, out: torch.dtype,
+                                         tactic: Tactic) -> None:
+    report = reports[IDS[SUBSET.index((arch, fmt, out, tactic))]]
+    if isinstance(report, Exception):
+        raise report
+    instruction = FAMILY.required_instruction(fmt, parse_target(arch))
+    kernel = report.require(instruction=instruction, no_mainloop_spills=True, max_smem=SM120_SMEM_CAPACITY)
+    assert report.dynamic_smem and report.stages and report.stages >= 2
+    assert kernel.count(instruction) >= 1
+    assert kernel.count("HMMA") == 0  # nothing emulated in a native build

@@ -1,0 +1,30 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Rung 3 for the fused MoE: the whole op (routing, padding, both grouped MXFP4 GEMMs through the emulated MMA
+atom, bias, swiglu_oai, re-quantization, finalize) on an H100 against the float64 GPT-OSS reference, at GPT-OSS
+sizes (hidden = intermediate = 2880, padded to 2944 inside), E in {32, 128}, top-4, T in {1, 3, 64, 1000, 8192};
+skewed routing; CUDA graphs."""
+
+from __future__ import annotations
+
+import pytest
+
+from flashinfer_sm12x.testing.moe_cases import check_cuda_graph_capture_and_replay, check_skewed_routing, run_fused_case
+
+pytestmark = pytest.mark.emulation
+@pytest.fixture(autouse=True)
+def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+
+
+@pytest.mark.parametrize(("num_e", "num_t"), [(32, 1), (32, 3), (32, 64), (32, 1000), (32, 8192), (128, 1), (128, 3),
+                                              (128, 64), (128, 1000), (128, 8192)])
+def test_fused_moe_matches_reference(num_e: int, num_t: int) -> None:
+    run_fused_case(num_e, num_t)
+
+
+def test_skewed_routing_one_expert_gets_every_token() -> None:
+    check_skewed_routing()
+
+
+def test_cuda_graph_capture_and_replay() -> None:
+    check_cuda_graph_capture_and_replay()
