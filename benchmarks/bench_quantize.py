@@ -137,7 +137,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help=f"M {QUICK_MS}, K {QUICK_KS}")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--formats", default=",".join(FORMATS))
-    parser.add_argument("--out", default=str(RESULTS), help="folder for the CSV and PNG")
+    parser.add_argument("--csv", default="", help="CSV path (default: results/bench_quantize_<gpu>_<date>.csv)")
+    parser.add_argument("--png", default="", help="PNG path (default: beside the CSV)")
     parser.add_argument("--skip-flashinfer", action="store_true",
                         help="do not try FlashInfer's quantizers (their first call may JIT-build for minutes)")
     args = parser.parse_args()
@@ -200,25 +201,25 @@ def main() -> int:
               f"  {r.note}")
     print("kernels / host us: one eager call at M = 1 (host us = time for the call to return).")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    stem = out / f"bench_quantize_{slug}_{datetime.date.today().isoformat()}"
-    with open(f"{stem}.csv", "w", newline="") as fh:
+    csv_path = Path(args.csv or RESULTS / f"bench_quantize_{slug}_{datetime.date.today().isoformat()}.csv")
+    png_path = Path(args.png) if args.png else csv_path.with_suffix(".png")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["device", "format", "m", "k", "backend", "time_us", "bytes", "gb_per_s", "copy_gb_per_s",
                          "share_of_copy", "kernels_per_call", "host_us_per_call", "note"])
         for r in rows:
             writer.writerow([name, r.fmt, r.m, r.k, r.backend, r.us, r.bytes_moved, r.gbs, r.copy_gbs,
                              r.copy_share, r.kernels, r.host_us, r.note])
-    print(f"wrote {stem}.csv")
+    print(f"wrote {csv_path}")
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for r in rows:
         if r.gbs is None:
             continue
         for fmt in formats if r.fmt == "copy" else [r.fmt]:
             panels.setdefault(fmt, {}).setdefault(f"{r.backend} K={r.k}", []).append((r.m, r.gbs))
-    plot_panels(panels, Path(f"{stem}.png"), f"Quantizers on {name} (bf16 input)", "M (rows)", "GB/s", log_y=True)
+    plot_panels(panels, png_path, f"Quantizers on {name} (bf16 input)", "M (rows)", "GB/s", log_y=True)
     return 0
 
 
