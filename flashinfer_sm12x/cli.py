@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Command line: `flashinfer-sm12x doctor | cache list | cache clear | prebuild` (also `python -m flashinfer_sm12x`)."""
+"""Command line: `flashinfer-sm12x doctor | cache list | cache clear | prebuild` (also `python -m flashinfer_sm12x`).
+
+Only the commands that need torch or FlashInfer import them, so `--help` and `cache` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,11 @@ import argparse
 import datetime
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from functools import partial
 
-from .errors import Sm12xError
-
-if TYPE_CHECKING:
-    from .jit.module import ModuleSpec
+from .errors import ConfigError, Sm12xError
+from .jit.arch import Target, parse_target
+from .registry import ACTIVATIONS, DEFAULT_MAX_NUM_TOKENS, MODELS, PREBUILD
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -57,33 +58,56 @@ def _cache_clear(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(text: str) -> list[Target]:
+    # No silent suffix correction here: a deployment names exactly what it builds (sm_90 is not sm_90a).
+    return [parse_target(name, correct_suffix=False) for name in text.split(",") if name.strip()]
+
+
 def _prebuild(args: argparse.Namespace) -> int:
-    from .jit.arch import parse_target
-    from .jit.module import build_module
-    from .registry import PREBUILD
+    from .jit import cache, prebuild
+    from .registry import DEPLOYMENT, Deployment
 
-    ops = args.ops.split(",") if args.ops else list(PREBUILD)
-    unknown = [op for op in ops if op not in PREBUILD]
-    if unknown:
-        raise SystemExit(f"unknown op(s) {unknown}; known: {sorted(PREBUILD)}")
-    specs = [spec for a in args.arch.split(",") for op in ops for spec in PREBUILD[op](parse_target(a))]
-    if args.parallel < 1:
-        raise SystemExit("--parallel must be at least 1")
-
-    def one(item: tuple[int, ModuleSpec]) -> None:
-        i, spec = item
-        print(f"[{i}/{len(specs)}] {spec.name}", flush=True)
-        build_module(spec)
-
-    # Modules build independently (each with its own lock), so a big machine can build several at once.
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        list(pool.map(one, enumerate(specs, 1)))
-    print(f"prebuilt {len(specs)} module(s)")
-    return 0
+    targets = _targets(args.arch)
+    if not targets:
+        raise ConfigError("--arch names no target")
+    cache.ensure_private_dir(cache.default_root())  # a cache others can write to: refused once, before any build
+    if args.model:
+        if args.max_num_tokens < 1:
+            raise ConfigError(f"--max-num-tokens must be at least 1, got {args.max_num_tokens}")
+        deployment = Deployment(MODELS[args.model], args.act, args.max_num_tokens)
+        families = {op: partial(modules_of, deployment=deployment) for op, modules_of in DEPLOYMENT.items()}
+        what = f"--model {args.model} --act {args.act} --arch {args.arch}"
+    else:
+        ops = [op for op in args.ops.split(",") if op] if args.ops else list(PREBUILD)
+        unknown = [op for op in ops if op not in PREBUILD]
+        if unknown:
+            raise ConfigError(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(PREBUILD)}")
+        families = {op: PREBUILD[op] for op in ops}
+        what = f"--ops {','.join(ops)} --arch {args.arch}"
+    items = prebuild.make_plan(targets, families, what)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+        items = items[:args.limit]
+    budget = prebuild.job_budget(args.jobs)
+    units = sum(len(item.translation_units) for item in items)
+    print(f"prebuild: {len(items)} module(s), {units} translation unit(s) for {args.arch}; "
+          f"builds at once: {budget.why}", flush=True)
+    summary = prebuild.run_plan(items, budget, echo=lambda line: print(line, flush=True))
+    if summary.interrupted:
+        print(f"prebuild: interrupted; stopped the running builds ({len(summary.built)} built, "
+              f"{len(summary.cached)} cached before that)", file=sys.stderr)
+        return 130
+    print(summary.render())
+    for name, error in summary.failed:
+        print(f"\nFAILED {name}:\n{error}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flashinfer-sm12x", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="flashinfer-sm12x", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"ops: {', '.join(PREBUILD)}\nmodels (prebuild --model): {', '.join(sorted(MODELS))}")
     sub = parser.add_subparsers(dest="command", required=True)
     doctor = sub.add_parser("doctor", help="what this machine can build/run; known problems and their fixes")
     doctor.add_argument("--no-selftest", action="store_true", help="skip building the JIT self-test module")
@@ -97,11 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--arch", help="every module of one target, e.g. sm_120a")
     which.add_argument("--all", action="store_true", help="everything")
     clear.set_defaults(func=_cache_clear)
-    prebuild = sub.add_parser("prebuild", help="build modules ahead of time (no GPU needed)")
-    prebuild.add_argument("--arch", required=True, help="comma-separated targets, e.g. sm_120a,sm_121a")
-    prebuild.add_argument("--ops", default="", help="comma-separated ops (default: all)")
-    prebuild.add_argument("--parallel", type=int, default=1,
-                          help="modules built at once (each uses MAX_JOBS jobs; mind ~5.5 GB per CUTLASS TU)")
+    prebuild = sub.add_parser(
+        "prebuild", help="build modules ahead of time (no GPU needed)",
+        description="Build JIT modules ahead of time: every module of some ops (--ops), or exactly what one model "
+                    "deployment loads (--model). Builds run in parallel within the cores and memory available "
+                    "(~5.5 GB per CUTLASS translation unit).")
+    prebuild.add_argument("--arch", required=True,
+                          help="comma-separated targets with their suffix, e.g. sm_120a,sm_121a (sm_90a: emulation)")
+    what = prebuild.add_mutually_exclusive_group()
+    what.add_argument("--ops", default="", help=f"comma-separated ops (default: all): {', '.join(PREBUILD)}")
+    what.add_argument("--model", choices=sorted(MODELS),
+                      help="build only what this model's deployment loads (with --act, --max-num-tokens)")
+    prebuild.add_argument("--act", choices=ACTIVATIONS, default="mxfp8",
+                          help="with --model: the activation format, mxfp8 (W4A8) or mxfp4 (W4A4); default mxfp8")
+    prebuild.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS,
+                          help=f"with --model: the largest batch in tokens (default {DEFAULT_MAX_NUM_TOKENS})")
+    prebuild.add_argument("--jobs", "--parallel", dest="jobs", type=int, default=None,
+                          help="modules built at once (default: MAX_JOBS, else the CPU count; fewer when "
+                               "MemAvailable cannot hold them)")
+    prebuild.add_argument("--limit", type=int, default=None, help="build only the first N modules of the plan")
     prebuild.set_defaults(func=_prebuild)
     return parser
 
@@ -113,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Sm12xError as exc:
         print(f"flashinfer-sm12x: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("flashinfer-sm12x: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

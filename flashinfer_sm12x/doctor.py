@@ -3,23 +3,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
 import time
 from dataclasses import dataclass, field
 
-from . import env
+from . import env, paths
 from ._version import __version__
-from .errors import Sm12xError
+from .errors import ArchError, Sm12xError
 from .jit import arch, cache, toolchain
 
 MIN_CUDNN_MXFP4 = 91400  # FlashInfer's cuDNN MXFP4 GEMM backend (the baseline we compare with)
+# FlashInfer releases the test suite runs against: vLLM 0.33's pin, and the newest 0.7.
+TESTED_FLASHINFER = ("0.7.2.post1", "0.7.4")
 
 
 @dataclass
 class Report:
     facts: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     can: list[str] = field(default_factory=list)
     cannot: list[str] = field(default_factory=list)
 
@@ -77,6 +82,24 @@ def _suffix_problems(report: Report) -> None:
                 )
 
 
+def _arch_variable(report: Report) -> None:
+    """FLASHINFER_SM12X_ARCH must name supported targets: anything else makes every kernel call raise."""
+    value = os.environ.get(env.ARCH, "")
+    for token in value.replace(";", " ").replace(",", " ").split():
+        try:
+            arch.parse_target(token, correct_suffix=False)
+        except ArchError as exc:
+            bare = token.lower().removeprefix("sm_")
+            if bare in ("12.0", "12.1", "120", "121"):
+                continue  # the missing suffix is reported by _suffix_problems
+            if bare in ("90", "9.0"):
+                report.warnings.append(f"{env.ARCH} has {token!r}: it is taken as sm_90a (the emulation target); "
+                                       "write sm_90a.")
+                continue
+            report.problems.append(f"{env.ARCH}={value!r} is not usable: {exc} Every kernel call raises until "
+                                   f"it is fixed or unset.")
+
+
 def _nvcc(report: Report, cc: tuple[int, int] | None) -> toolchain.Nvcc | None:
     try:
         nvcc = toolchain.find_nvcc()
@@ -104,7 +127,9 @@ def _target(report: Report, cc: tuple[int, int] | None) -> None:
     if cc is None:
         return
     try:
-        target = arch.target_for_device(cc)
+        # parse_target explains a corrected suffix on stderr; the report already says it once.
+        with contextlib.redirect_stderr(io.StringIO()):
+            target = arch.target_for_device(cc)
         report.fact("kernel target", f"{target.name}{' (emulated MMA: correctness only)' if target.emulated else ''}")
     except Sm12xError as exc:
         report.problems.append(str(exc))  # e.g. SM120-only binaries requested on a 12.1 GPU
@@ -114,7 +139,13 @@ def _libraries(report: Report) -> None:
     try:
         from importlib.metadata import version
 
-        report.fact("FlashInfer", version("flashinfer-python"))
+        flashinfer_version = version("flashinfer-python")
+        report.fact("FlashInfer", flashinfer_version)
+        if flashinfer_version not in TESTED_FLASHINFER:
+            report.warnings.append(
+                f"FlashInfer {flashinfer_version} is not a tested version ({' and '.join(TESTED_FLASHINFER)}): "
+                "the integrations follow FlashInfer's signatures, which may have changed. "
+                f"Fix: pip install flashinfer-python=={TESTED_FLASHINFER[-1]}")
     except Exception:
         report.fact("FlashInfer", "not installed")
         report.problems.append("flashinfer-python is not installed: pip install flashinfer-python==0.7.2.post1")
@@ -171,9 +202,11 @@ def _cache(report: Report, selftest: bool) -> None:
 def diagnose(selftest: bool = True) -> Report:
     report = Report()
     report.fact("flashinfer_sm12x", f"{__version__} (Python {platform.python_version()})")
+    report.fact("kernel sources", f"{paths.layout()} ({paths.source_base()})")
     cc = _gpu(report)
     nvcc = _nvcc(report, cc)
     _suffix_problems(report)
+    _arch_variable(report)
     _target(report, cc)
     _libraries(report)
     _cache(report, selftest)
@@ -187,6 +220,9 @@ def diagnose(selftest: bool = True) -> Report:
                              + (" (FLASHINFER_SM12X_EMULATE=1 runs the emulated path)" if cc == (9, 0) else ""))
     else:
         report.can.append("run the native SM12x kernels and tests/sm12x")
+    # Two checks can find one cause (an env variable read twice): say each problem once.
+    report.problems = list(dict.fromkeys(report.problems))
+    report.warnings = list(dict.fromkeys(report.warnings))
     return report
 
 
@@ -196,6 +232,8 @@ def render_report(report: Report) -> str:
     lines += ["", "Can do here:"] + [f"  + {c}" for c in report.can]
     if report.cannot:
         lines += ["Cannot do here:"] + [f"  - {c}" for c in report.cannot]
+    if report.warnings:
+        lines += ["", "Warnings:"] + [f"  ? {w}" for w in report.warnings]
     lines += ["", "Problems:" if report.problems else "Problems: none found"]
     lines += [f"  ! {p}" for p in report.problems]
     return "\n".join(lines)

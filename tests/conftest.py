@@ -36,6 +36,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs nvcc (CI sets FLASHINFER_SM12X_REQUIRE_NVCC=1)"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_device_targets() -> None:
+    """Tests set FLASHINFER_SM12X_EMULATE / _ARCH per test: the ops' per-device target cache must re-read them."""
+    from flashinfer_sm12x.jit.arch import clear_device_targets
+
+    clear_device_targets()
+
+
 @pytest.fixture
 def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh private JIT cache for one test."""

@@ -103,3 +103,11 @@ def test_repository_refers_only_to_itself() -> None:
         text = path.read_text()
         hits += [f"{path.relative_to(ROOT)}: {n}" for n in needles if n in text]
     assert not hits, hits
+
+
+def test_registry_names_every_kernel_family() -> None:
+    """The command line lists families by name without importing them; the names must be the families."""
+    from flashinfer_sm12x import registry
+    from flashinfer_sm12x.kernels import FAMILIES
+
+    assert set(registry.FAMILY_NAMES) == set(FAMILIES) == set(registry.PREBUILD)

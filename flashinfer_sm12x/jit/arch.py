@@ -74,6 +74,9 @@ def parse_target(text: str, *, correct_suffix: bool = True) -> Target:
     major, minor, suffix = int(match.group(1)), int(match.group(2)), match.group(3)
     if not suffix:
         fixed = Target(major, minor, "a")
+        if not correct_suffix and major == 9:
+            raise ArchError(f"{text!r} has no suffix: the SM90 build of the SM12x templates (emulation) is "
+                            f"{fixed.name}; name it so.")
         if not correct_suffix:
             raise ArchError(
                 f"{text!r} has no 'a'/'f' suffix: the block-scaled MMA and cvt.e2m1x2 exist only for "
@@ -163,18 +166,23 @@ def _say(message: str) -> None:
         print(f"[flashinfer_sm12x] {message}", file=sys.stderr)
 
 
-_DEVICE_TARGETS: dict[tuple, Target] = {}
+_DEVICE_TARGETS: dict[int | None, Target] = {}
 
 
 def device_target(device: object) -> Target:
-    """target_for_device for a torch CUDA device, cached per (device, the environment variables that choose it):
-    the hot path of every op asks this on each call."""
+    """target_for_device for a torch CUDA device, cached per device: the hot path of every op asks this on each
+    call. The environment variables that choose the target are read on a device's first call; after changing them
+    in a running process, call `clear_device_targets()`."""
     index = getattr(device, "index", None)
-    key = (index, os.environ.get(env.ARCH), os.environ.get(env.CUDA_ARCH_LIST), os.environ.get(EMULATE))
-    target = _DEVICE_TARGETS.get(key)
+    target = _DEVICE_TARGETS.get(index)
     if target is None:
         import torch
 
         cc = torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())
-        target = _DEVICE_TARGETS[key] = target_for_device(cc)
+        target = _DEVICE_TARGETS[index] = target_for_device(cc)
     return target
+
+
+def clear_device_targets() -> None:
+    """Forget the cached per-device targets (after changing FLASHINFER_SM12X_ARCH / _EMULATE in a process)."""
+    _DEVICE_TARGETS.clear()

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,7 @@ from ..errors import BuildError
 from .progress import Heartbeat, say
 
 ARTIFACT = "module.so"
+HEARTBEAT_SECONDS = 15.0  # how often a running build says what it compiles
 
 
 @dataclass(frozen=True)
@@ -72,26 +76,109 @@ def write_ninja(plan: BuildPlan, staging: Path) -> Path:
     return path
 
 
+# Build processes now running (ninja, each in its own process group with its nvcc/c++ children), so that an
+# interrupted prebuild can stop them all promptly: terminate_builds().
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def stop_new_builds() -> None:
+    """Make every later run_ninja() fail at once (an interrupted prebuild starts nothing new)."""
+    _stopping.set()
+
+
+def allow_new_builds() -> None:
+    _stopping.clear()
+
+
+def terminate_builds(grace_seconds: float = 3.0) -> int:
+    """Stop every running build's process group (SIGTERM, then SIGKILL after `grace_seconds`).
+
+    Returns
+    -------
+    int
+        How many builds were running.
+    """
+    with _running_lock:
+        procs = list(_running)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + grace_seconds
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if all(p.poll() is not None for p in procs):
+            break
+    return len(procs)
+
+
+def _step_names(plan: BuildPlan) -> list[str]:
+    """ninja's description of each compile step, in the order the build.ninja lists them."""
+    return [f"{'nvcc' if src.suffix == '.cu' else 'c++'} {src.name}" for src in plan.sources]
+
+
+def describe_progress(module: str, pending: list[str], elapsed: float) -> str:
+    """The heartbeat line: which translation units are still compiling (or the link), and the time so far.
+
+    Parameters
+    ----------
+    module
+        The module's name.
+    pending
+        ninja's descriptions ("nvcc mm_fp4.cu") of the compile steps not finished yet.
+    elapsed
+        Seconds since the build started.
+
+    Returns
+    -------
+    str
+        e.g. "building mm_fp4_...: compiling mm_fp4.cu (nvcc) (45 s elapsed)".
+    """
+    units = [f"{step.split(' ', 1)[1]} ({step.split(' ', 1)[0]})" for step in pending]
+    step = f"compiling {', '.join(units)}" if units else "linking"
+    return f"building {module}: {step} ({elapsed:.0f} s elapsed)"
+
+
 def run_ninja(ninja: str, plan: BuildPlan, staging: Path) -> float:
     """Build; print which TU is compiling and the elapsed time. Returns the build's seconds."""
+    if _stopping.is_set():
+        raise BuildError(f"building {plan.module}: interrupted before it started")
     write_ninja(plan, staging)
-    n_units = len(plan.sources)
-    say(f"building {plan.module}: {n_units} translation unit(s), {plan.jobs} job(s)")
-    current = {"step": "starting"}
+    pending = _step_names(plan)
+    say(f"building {plan.module}: {', '.join(src.name for src in plan.sources)} ({plan.jobs} job(s))")
     start = time.monotonic()
     env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
+    # Its own process group: terminate_builds() can stop ninja and the compilers it started, all at once.
     proc = subprocess.Popen(
         [ninja, "-C", str(staging), "-j", str(plan.jobs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
+    with _running_lock:
+        _running.add(proc)
+        if _stopping.is_set():  # stopped between the check above and the start
+            os.killpg(proc.pid, signal.SIGKILL)
     output: list[str] = []
-    with Heartbeat(lambda t: f"building {plan.module}: {current['step']} ({t:.0f} s elapsed)"):
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("[") and "] " in line:
-                current["step"] = line.strip()
-        proc.wait()
+    try:
+        # ninja writing to a pipe reports a step when it finishes, so what is still pending is what compiles now.
+        with Heartbeat(lambda t: describe_progress(plan.module, list(pending), t), period=HEARTBEAT_SECONDS):
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                output.append(line)
+                if line.startswith("[") and "] " in line:
+                    done = line.split("] ", 1)[1].strip()
+                    if done in pending:
+                        pending.remove(done)
+            proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted while reading: do not leave the compilers running
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with _running_lock:
+            _running.discard(proc)
     seconds = time.monotonic() - start
     if proc.returncode != 0:
         raise BuildError(f"building {plan.module} failed after {seconds:.0f} s:\n{''.join(output)[-20000:]}")

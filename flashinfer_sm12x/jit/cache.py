@@ -209,8 +209,9 @@ class CacheEntry:
 def list_entries(root: Path | None = None) -> list[CacheEntry]:
     root = root or default_root()
     entries: list[CacheEntry] = []
-    if not root.is_dir():
+    if not os.path.lexists(root):
         return entries
+    check_private_dir(root)  # a cache others can write to is refused here too, as every other command does
     for version_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
         for arch_dir in sorted(p for p in version_dir.iterdir() if p.is_dir() and not p.is_symlink()):
             for module_dir in sorted(p for p in arch_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -39,25 +39,49 @@ class Problem:
     out: torch.Tensor
 
 
+def _mxfp4_hint(sf: torch.Tensor, fmt: str, padded_rows: int, kb: int) -> str:
+    """FlashInfer's defaults (use_nvfp4=True, block_size=16) read MXFP4 data as NVFP4: E8M0 scales, or half as many
+    scale columns as NVFP4 has, are MXFP4's. Only computed for an error message."""
+    mxfp4_numel = padded_rows * round_up(kb // 2, 4)
+    looks_mxfp4 = fmt == "nvfp4" and (sf.dtype == torch.float8_e8m0fnu or sf.numel() == mxfp4_numel)
+    return (" These look like MXFP4 scales: MXFP4 is block_size=32, use_nvfp4=False (FlashInfer's defaults "
+            "use_nvfp4=True, block_size=16 mean NVFP4)." if looks_mxfp4 else "")
+
+
 def _check_scales(name: str, sf: torch.Tensor, rows: int, kb: int, fmt: str, transposed: bool) -> torch.Tensor:
     """128x4-layout scales: [round_up(rows,128), round_up(kb,4)] (FlashInfer passes b's transposed) or flat."""
     allowed = (torch.float8_e4m3fn, torch.uint8) if fmt == "nvfp4" else (torch.uint8, torch.float8_e8m0fnu)
-    if sf.dtype not in allowed:
-        raise TypeError(f"{name} must be one of {allowed} for {fmt}, got {sf.dtype}")
     shape = (round_up(rows, 128), round_up(kb, 4))
+    if sf.dtype not in allowed:
+        raise TypeError(f"{name} must be one of {allowed} for {fmt}, got {sf.dtype}."
+                        + _mxfp4_hint(sf, fmt, shape[0], kb))
     if sf.ndim == 2 and transposed:
         sf = sf.T
     if sf.ndim == 2 and tuple(sf.shape) != shape:
         raise ValueError(f"{name} must hold {shape} scales in the 128x4 layout (rows padded to 128, scale "
-                         f"columns to a multiple of 4), got {tuple(sf.shape)}{' (transposed)' if transposed else ''}")
+                         f"columns to a multiple of 4), got {tuple(sf.shape)}{' (transposed)' if transposed else ''}."
+                         + _mxfp4_hint(sf, fmt, shape[0], kb))
     if sf.ndim not in (1, 2) or sf.numel() != shape[0] * shape[1]:
-        raise ValueError(f"{name} must have {shape[0] * shape[1]} elements (128x4 layout), got {sf.numel()}")
+        raise ValueError(f"{name} must have {shape[0] * shape[1]} elements (128x4 layout), got {sf.numel()}."
+                         + _mxfp4_hint(sf, fmt, shape[0], kb))
     if not sf.is_contiguous():
         raise ValueError(f"{name} must be contiguous in the 128x4 layout" + (" after .T" if transposed else ""))
-    return sf.view(torch.uint8)
+    return sf if sf.dtype == torch.uint8 else sf.view(torch.uint8)
 
 
 _FP4_DTYPES = (torch.uint8, getattr(torch, "float4_e2m1fn_x2", torch.uint8))
+
+
+def _column_major_a(a: torch.Tensor, b: torch.Tensor, fp8_a: bool) -> str | None:
+    """The error text for a column-major `a` (its transpose is contiguous), else None."""
+    if a.is_contiguous() or not a.T.is_contiguous():
+        return None
+    row = "[m, k]" if fp8_a else "[m, k/2]"
+    transposed_k = a.shape[0] * (1 if fp8_a else 2)
+    fix = (f"a.T is that operand (K={transposed_k}), pass a.T" if transposed_k == b.shape[0] * 2
+           else "pass a.contiguous()")
+    return (f"a is column-major (shape {tuple(a.shape)}, strides {tuple(a.stride())}); mm_fp4 takes a row-major "
+            f"{row} a: {fix}")
 
 
 def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dtype: Any, out: Any,
@@ -85,7 +109,8 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
         raise ValueError(f"a and b must be 2-D, got {tuple(a.shape)} and {tuple(b.shape)}")
     k = a.shape[1] * (1 if fp8_a else 2)
     if b.shape[0] * 2 != k:
-        raise ValueError(f"K mismatch: a gives K={k}, b (shape [k/2, n]) gives K={b.shape[0] * 2}")
+        raise ValueError(_column_major_a(a, b, fp8_a)
+                         or f"K mismatch: a gives K={k}, b (shape [k/2, n]) gives K={b.shape[0] * 2}")
     m, n = a.shape[0], b.shape[1]
     if m == 0 or n == 0 or k == 0:
         raise ValueError(f"empty problem m={m}, n={n}, k={k}")
@@ -97,8 +122,9 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
     if n % 8:
         raise ValueError(f"N={n} must be a multiple of 8 (16-byte rows of the bf16/fp16 output for TMA)")
     if not a.is_contiguous():
-        raise ValueError("a must be contiguous (row-major [m, k/2])")
-    if not b.T.is_contiguous():
+        raise ValueError(_column_major_a(a, b, fp8_a) or "a must be contiguous (row-major [m, k/2])")
+    w = b.T  # the kernel reads the weight [n, k/2] K-major
+    if not w.is_contiguous():
         raise ValueError("b must be the transpose of a contiguous [n, k/2] weight (pass w.T, column-major)")
     device = a.device
     if not (b.device == device and a_descale.device == device and b_descale.device == device):
@@ -126,7 +152,9 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
         raise ValueError(f"mm_fp4 runs on CUDA tensors, got {device}")
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=device)
-    return Problem(fmt, m, n, k, a.view(torch.uint8), b.T.view(torch.uint8), sfa, sfb, alpha, out)
+    # Byte views only where the dtype is not uint8 already (each view costs host time on every call).
+    return Problem(fmt, m, n, k, a if a.dtype == torch.uint8 else a.view(torch.uint8),
+                   w if w.dtype == torch.uint8 else w.view(torch.uint8), sfa, sfb, alpha, out)
 
 
 @dataclass(frozen=True)
@@ -134,6 +162,7 @@ class Plan:
     tactic: Tactic
     module: Any
     workspace_bytes: int
+    pdl: bool  # programmatic dependent launch is allowed (not in the emulated SM90 builds)
 
 
 _PLANS: dict[tuple, Plan] = {}
@@ -153,7 +182,7 @@ def plan(p: Problem, tactic: Tactic | None = None, *, batch_invariant: bool = Fa
     if tactic is None:
         tactic = BATCH_INVARIANT_TACTIC if batch_invariant else heuristic(p.m, p.n, p.k, p.fmt, target)[0]
     module = load_module(FAMILY.spec(target, p.fmt, tactic, p.out.dtype))
-    found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)))
+    found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)), not target.emulated)
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     _PLANS[key] = found
@@ -169,8 +198,7 @@ def run(p: Problem, pl: Plan, enable_pdl: bool = True) -> torch.Tensor:
         workspace = _NO_WORKSPACE.get(device)
         if workspace is None:
             workspace = _NO_WORKSPACE[device] = torch.empty(1, dtype=torch.uint8, device=device)
-    emulated = device_target(device).emulated
-    pl.module.run(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and not emulated))
+    pl.module.run(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and pl.pdl))
     return p.out
 
 

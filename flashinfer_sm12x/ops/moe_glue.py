@@ -33,8 +33,7 @@ from .grouped_mm_fp4 import grouped_mm_fp4_launcher
 
 GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # activation format -> grouped GEMM format
 LAYOUT_CODE = {"interleaved": 0, "gate_first": 1, "up_first": 2}
-_TARGETS: dict[int, Target] = {}
-_MODULES: dict[tuple[int, str], Any] = {}
+_MODULES: dict[tuple[Target, str], Any] = {}
 
 
 @dataclass(frozen=True)
@@ -107,20 +106,16 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_format: str, ta
 
 
 def target_of(device: torch.device) -> Target:
-    """The build target of a CUDA device (cached per device index)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    target = _TARGETS.get(index)
-    if target is None:
-        target = _TARGETS[index] = device_target(torch.device("cuda", index))
-    return target
+    """The build target of a CUDA device (jit.arch.device_target: cached per device)."""
+    return device_target(device)
 
 
 def glue_module(device: torch.device, act_format: str) -> Any:
-    """The loaded glue module for `act_format` on `device` (built on first use, then cached)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    module = _MODULES.get((index, act_format))
+    """The loaded glue module for `act_format` on `device` (built on first use, then cached per target)."""
+    target = device_target(device)
+    module = _MODULES.get((target, act_format))
     if module is None:
-        module = _MODULES[(index, act_format)] = load_module(moe_glue_spec(target_of(device), act_format))
+        module = _MODULES[(target, act_format)] = load_module(moe_glue_spec(target, act_format))
     return module
 
 

@@ -14,7 +14,6 @@ are cached, so a repeated call costs a few dictionary lookups and two allocation
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from ..errors import ArchError
 from ..formats import quantize as reference
 from ..formats.e8m0 import RECIPES, Recipe
 from ..formats.scale_layout import SfLayout, as_sf_layout, swizzled_sf_size
-from ..jit.arch import EMULATE, Target, target_for_device
+from ..jit.arch import Target, device_target
 from ..jit.module import load_module
 from ..kernels.quantize import BLOCK, quantize_spec
 
@@ -32,7 +31,6 @@ _MAX_CHUNKS = 1 << 31  # the kernel indexes 8-element chunks with 32-bit integer
 # The reference's "not given" marker for nvfp4_4over6 (FlashInfer reads the environment when it is not given).
 _UNSET: Any = inspect.signature(reference.nvfp4_quantize).parameters["nvfp4_4over6"].default
 
-_TARGETS: dict[tuple[int, str, str], Target | None] = {}
 _MODULES: dict[tuple[str, str], Any] = {}
 
 
@@ -41,15 +39,12 @@ def _round_up(x: int, y: int) -> int:
 
 
 def _target(device: torch.device) -> Target | None:
-    """The build target for `device`, or None when no quantizer kernel runs there (the reference does)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (index, os.environ.get(EMULATE, ""), os.environ.get("FLASHINFER_SM12X_ARCH", ""))
-    if key not in _TARGETS:
-        try:
-            _TARGETS[key] = target_for_device(torch.cuda.get_device_capability(index))
-        except ArchError:
-            _TARGETS[key] = None
-    return _TARGETS[key]
+    """The build target for `device` (cached per device by device_target), or None when no quantizer kernel runs
+    there: the reference serves those GPUs, as it did before the kernels existed."""
+    try:
+        return device_target(device)
+    except ArchError:
+        return None
 
 
 def _module(target: Target, fmt: str) -> Any:
@@ -280,7 +275,7 @@ def nvfp4_quantize(
         return run_reference()
     x = _rows_view(a)
     rows, k = x.shape
-    gs = torch.as_tensor(a_global_sf, dtype=torch.float32).to(device=a.device, dtype=torch.float32).reshape(-1)
+    gs = torch.as_tensor(a_global_sf, dtype=torch.float32).to(device=a.device, dtype=torch.float32).detach().reshape(-1)
     if gs.numel() not in (1, rows):
         return run_reference()  # raises the reference's ValueError
     if not gs.is_contiguous():

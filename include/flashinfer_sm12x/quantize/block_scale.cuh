@@ -175,16 +175,16 @@ FIS_D float e8m0_value(uint32_t code) {
 }
 
 // ------------------------------------------------------------------------------------------------- E2M1
-// Exact software E2M1 magnitude (0..7) of |v|: RNE on the code, satfinite, NaN -> 7.
+// Exact software E2M1 magnitude of |v| in the low 3 bits of the result (higher bits are not zero: mask them):
+// RNE on the code, satfinite, NaN -> 7. Float-pipe only: the code is 2a on [0, 2), a + 2 on [2, 4) and
+// a / 2 + 4 on [4, 6]; adding 2^23 (plus that offset) to the exactly scaled a rounds it to an integer, ties to
+// even, in one correctly rounded operation, and the integer lands in the mantissa bits 2^23 leaves zero.
 FIS_D uint32_t e2m1_magnitude_software(float v) {
-  const uint32_t b = abs_bits(v);
-  // |v| < 1: the codes 0, 1, 2 are multiples of 0.5; adding 2^22 (whose ulp is 0.5) rounds to one of them, RNE.
-  const uint32_t below_one = __float_as_uint(__fadd_rn(__uint_as_float(b), 0x1p22f)) - 0x4A800000u;
-  // |v| >= 1: round the float's 23-bit fraction to 1 bit, RNE in the integer domain; bits >> 22 is then
-  // 2 * exponent + mantissa bit, and 1.0 (exponent 127) is code 2. Saturates to 7 (inf and NaN too).
-  const uint32_t rounded = (b + 0x1FFFFFu + ((b >> 22) & 1u)) >> 22;
-  const uint32_t at_least_one = min(rounded, 259u) - 252u;
-  return b < 0x3F800000u ? below_one : at_least_one;
+  const float a = fminf(fabsf(v), 6.0f);  // satfinite; fminf returns 6 for a NaN
+  const float below_two = __fmaf_rn(a, 2.0f, 0x1p23f);
+  const float below_four = __fadd_rn(a, 0x1p23f + 2.0f);
+  const float up_to_six = __fmaf_rn(a, 0.5f, 0x1p23f + 4.0f);
+  return __float_as_uint(a < 2.0f ? below_two : (a < 4.0f ? below_four : up_to_six));
 }
 
 // Two elements -> one byte, `lo` in the low nibble. Signs come from the inputs (NaN blocks are patched by the
@@ -198,7 +198,7 @@ FIS_D uint32_t e2m1x2(float lo, float hi) {
       : "f"(hi), "f"(lo));
   const uint32_t magnitudes = static_cast<uint32_t>(pair) & 0x77u;
 #else
-  const uint32_t magnitudes = e2m1_magnitude_software(lo) | (e2m1_magnitude_software(hi) << 4);
+  const uint32_t magnitudes = (e2m1_magnitude_software(lo) & 0x7u) | ((e2m1_magnitude_software(hi) & 0x7u) << 4);
 #endif
   // Signs forced from the inputs: -0 and negatives rounding to zero keep theirs, whatever the hardware does.
   const uint32_t signs = ((__float_as_uint(lo) >> 31) << 3) | ((__float_as_uint(hi) >> 31) << 7);
@@ -257,8 +257,13 @@ FIS_D uint32_t e4m3x4(const float (&v)[4]) {
 #endif
 }
 
-// Exact E4M3 decode; 0x7F / 0xFF -> NaN.
+// Exact E4M3 decode; 0x7F / 0xFF -> NaN. Every E4M3 value is an fp16 value, so the native path is exact.
 FIS_D float e4m3_value(uint32_t code) {
+#if FLASHINFER_SM12X_NATIVE_E4M3
+  uint32_t halves;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(static_cast<uint16_t>(code & 0xFFu)));
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(halves & 0xFFFFu)));
+#else
   const uint32_t exp = (code >> 3) & 0xFu, man = code & 0x7u;
   float mag;
   if (exp == 0xF && man == 0x7) {
@@ -269,6 +274,7 @@ FIS_D float e4m3_value(uint32_t code) {
     mag = __uint_as_float(((exp + 120u) << 23) | (man << 20));  // (1 + man/8) * 2^(exp - 7)
   }
   return (code & 0x80u) ? -mag : mag;
+#endif
 }
 
 // NVFP4 block: code = e4m3_rn(gs * (amax * fl32(1/6))) (0x7F when amax is NaN/inf); returns the element

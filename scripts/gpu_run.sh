@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# The rungs that need a GPU but no SM12x chip, on an SM90 machine (H100/H200), in one or two device calls:
+#   atom       the emulated block-scaled MMA atoms alone against their host references (tests/cpp/*_test.cu)
+#   prebuild   the sm_90a modules of the families in PREBUILD_OPS, in parallel (the tests then only load them)
+#   emulation  pytest -m "emulation or cuda": every GEMM candidate through the emulated atom against float64
+#              references, the fused MoE end to end, CUDA graphs; the native SM90 kernels (quantizers, MoE glue)
+#              bit-exact against the torch oracle
+#   sanitizer  compute-sanitizer memcheck of mm_fp4; memcheck and racecheck of the fused MoE and the glue kernels
+#   sweep      the compile sweep of every family for sm_120a/sm_121a (CPU work, beside the GPU stages)
+#   bench      benchmarks: host time per call, quantizers and MoE glue (native H200 kernels, against the copy
+#              bandwidth measured in the same run), reduced mm_fp4 / MoE benchmarks (emulated: correctness only)
+# Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
+# and tools/util/include). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
+# (the device tool returns few files). Usage: bash scripts/gpu_run.sh [stage ...]
+# EMULATION_K: a pytest -k expression, EMULATION_PATHS: test paths (default tests), to run part of the GPU tests
+# within a call's budget.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+stages=${*:-"atom emulation sanitizer sweep bench"}
+RESULTS=/tmp/gpu-results/$(echo "$stages" | tr ' ' '_')
+mkdir -p "$OUT" "$RESULTS"
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+
+if [[ ! -d /tmp/site/tvm_ffi ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/*.whl || exit 1
+fi
+[[ -d /tmp/cutlass/cutlass ]] || { mkdir -p /tmp/cutlass && tar -C /tmp/cutlass -xJf .carry/cutlass.tar.xz; } || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export FLASHINFER_SM12X_CUTLASS_DIR=/tmp/cutlass/cutlass
+export FLASHINFER_SM12X_CACHE_DIR=$PWD/.jit-cache
+export FLASHINFER_SM12X_EMULATE=1 FLASHINFER_SM12X_QUIET=1 MAX_JOBS=2
+mkdir -p "$FLASHINFER_SM12X_CACHE_DIR" && chmod 700 "$FLASHINFER_SM12X_CACHE_DIR"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RESULTS/device.txt"
+nvcc --version | tail -2
+
+sweep_pid=""
+if [[ " $stages " == *" sweep "* ]]; then  # CPU-only work: runs beside the GPU stages
+  ( python3 scripts/compile_sweep.py --candidates --arch sm_120a,sm_121a --parallel 6 \
+      --csv "$RESULTS/compile_sweep.csv" > "$RESULTS/compile_sweep.log" 2>&1 ) &
+  sweep_pid=$!
+fi
+
+if [[ " $stages " == *" atom "* ]]; then
+  for test in tests/cpp/*_test.cu; do
+    name=$(basename "$test" .cu)
+    echo "== [$(elapsed) s] $name"
+    nvcc -std=c++17 --expt-relaxed-constexpr -O2 -I include -I /tmp/cutlass/cutlass/include \
+      -gencode=arch=compute_90a,code=sm_90a -o "/tmp/$name" "$test" && "/tmp/$name" 2>&1 | tee "$RESULTS/$name.log" | tail -5
+  done
+fi
+
+if [[ " $stages " == *" prebuild "* ]]; then  # PREBUILD_OPS: the families the tests load without prebuilding
+  echo "== [$(elapsed) s] prebuild --arch sm_90a --ops ${PREBUILD_OPS:-grouped_mm_fp4}"
+  python3 -m flashinfer_sm12x prebuild --arch sm_90a --ops "${PREBUILD_OPS:-grouped_mm_fp4}" --jobs 16 2>&1 \
+    | tee "$RESULTS/prebuild.log" | tail -3
+fi
+
+if [[ " $stages " == *" emulation "* ]]; then
+  echo "== [$(elapsed) s] pytest -m 'emulation or cuda' (fixtures build the sm_90a modules, 8 at a time)"
+  FLASHINFER_SM12X_PREBUILD_PARALLEL=${PREBUILD_PARALLEL:-12} python3 -m pytest -q -ra -p no:cacheprovider \
+    ${EMULATION_PATHS:-tests} \
+    -m "emulation or cuda" ${EMULATION_K:+-k "$EMULATION_K"} 2>&1 | tee "$RESULTS/emulation.log" | tail -40
+fi
+
+if [[ " $stages " == *" sanitizer "* ]]; then
+  echo "== [$(elapsed) s] compute-sanitizer memcheck (mm_fp4 subset)"
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_mm_fp4.py 2>&1 \
+    | tee "$RESULTS/sanitizer_mm_fp4.log" | tail -4
+  for tool in memcheck racecheck; do
+    echo "== [$(elapsed) s] compute-sanitizer $tool (fused MoE and its glue kernels)"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 scripts/sanitize_moe.py 2>&1 \
+      | tee "$RESULTS/sanitizer_moe_$tool.log" | tail -4
+  done
+fi
+
+if [[ " $stages " == *" bench "* ]]; then
+  for bench in benchmarks/bench_host.py benchmarks/bench_quantize.py benchmarks/bench_moe_glue.py; do
+    [[ -f $bench ]] || continue
+    name=$(basename "$bench" .py)
+    echo "== [$(elapsed) s] $name"
+    python3 "$bench" --csv "$RESULTS/$name.csv" --png "$RESULTS/$name.png" 2>&1 | tee "$RESULTS/$name.log" | tail -40
+  done
+fi
+
+if [[ -n $sweep_pid ]]; then
+  echo "== [$(elapsed) s] waiting for the compile sweep"
+  wait "$sweep_pid"
+  tail -5 "$RESULTS/compile_sweep.log"
+fi
+echo "== done in $(elapsed) s"
+tar -C "$RESULTS" -czf "$OUT/gpu_results_$(basename "$RESULTS").tgz" .
