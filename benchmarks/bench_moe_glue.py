@@ -110,6 +110,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="1,64,1024,8192")
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--csv", type=Path, default=None, help="CSV path (default: benchmarks/results/<name>.csv)")
+    parser.add_argument("--png", type=Path, default=None, help="PNG path (default: next to the CSV)")
     args = parser.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
     dev = torch.device("cuda")
@@ -131,16 +133,17 @@ def main() -> None:
     if any("glue_chain_us_T1" in r for r in rows):
         print(f"glue chain latency at T = 1 (4 kernels, GEMMs excluded): "
               f"{next(r['glue_chain_us_T1'] for r in rows if 'glue_chain_us_T1' in r)} us")
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
     stem = f"bench_moe_glue_{name.replace(' ', '_').lower()}_{datetime.date.today().isoformat()}"
+    csv_path = args.csv or Path(__file__).resolve().parent / "results" / f"{stem}.csv"
+    png_path = args.png or csv_path.with_suffix(".png")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("device", "T"), k))
-    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+    with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {out_dir / f'{stem}.csv'}")
-    plot_panels({**panels_us, **panels_frac}, out_dir / f"{stem}.png",
+    print(f"wrote {csv_path}")
+    plot_panels({**panels_us, **panels_frac}, png_path,
                 f"MoE glue kernels on {name} (E={NUM_E}, top-{TOP_K}, H=I={H})", "tokens T", "", log_y=False)
 
 
