@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from ..checks import check_tensor, require_tensor, round_up
-from ..errors import ArchError
 from ..jit.arch import device_target
 from ..jit.module import load_module
 from ..kernels.family import OUT_DTYPE_NAMES, Tactic
@@ -63,7 +62,7 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     Raises
     ------
     TypeError, ValueError
-        Bad input, before any launch. ArchError for W4A8 on the emulated SM90 build.
+        Bad input, before any launch.
     """
     require_tensor("a", a, _FN)
     fmt = _FORMAT_OF_A.get(a.dtype)
@@ -95,8 +94,6 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         raise ValueError(f"{_FN}: all tensors must be on one CUDA device, got {sorted(map(str, devices))}")
     target = device_target(a.device)
-    if fmt == "mxfp8_mxfp4" and target.emulated:
-        raise ArchError(f"{_FN}: W4A8 runs only on SM120/SM121 (no emulated SM90 build)")
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
 
