@@ -11,6 +11,9 @@
 //  2. The tile scheduler: the default non-grouped SM120 scheduler (PersistentTileSchedulerSm100) uses
 //     CLC instructions that SM90 lacks, so tags below select PersistentTileSchedulerSm90(/StreamK).
 //  3. Host side only: the fp4 A/B TMA descriptors are re-encoded as UINT8 (gemm/mainloops/byte_tma.cuh).
+//  W4A8 (kind::mxf8f6f4, e4m3 x e2m1) has its own atom, SM90_EMU_16x8x32_TN_E4M3_E2M1 (below), and its e2m1 operand
+//  reaches registers through SM90_EMU_SU4_DU8x16_x4_LDSM_N from a packed smem image that
+//  gemm/mainloops/w4a8_emulated.cuh loads (SM90 has neither the 16U4_ALIGN16B TMA type nor the unpacking ldmatrix).
 //
 // Why the bf16 emulation is exact per k-block (fragment facts from mma_traits_sm120.hpp):
 //  lane = 4g + t. The m16n8k64 A fragment holds a0 = A[g][8t..8t+7], a1 = A[g+8][8t..], a2 = A[g][32+8t..],
