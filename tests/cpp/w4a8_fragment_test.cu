@@ -11,7 +11,7 @@
 // ldmatrix + fp4_shift_B leave code(n, k) << 2 in that byte (the container kind::mxf8f6f4 takes).
 // Covers the shipped W4A8 tile widths: N = 32, 64, 128 (TileM 128, TileK 128), Pingpong and Cooperative.
 //
-// Build: nvcc -std=c++17 --expt-relaxed-constexpr -O2 -I include -I $CUTLASS/include -I $CUTLASS/tools/util/include
+// Build: nvcc -std=c++17 --expt-relaxed-constexpr -O2 -I include -I $CUTLASS/include
 //          -gencode=arch=compute_90a,code=sm_90a -o w4a8_fragment_test tests/cpp/w4a8_fragment_test.cu
 // Run:   ./w4a8_fragment_test            (exit code 0 = PASS, 1 = FAIL)
 #include <cstdint>
@@ -24,7 +24,6 @@
 #include "cute/tensor.hpp"
 #include "cutlass/arch/barrier.h"
 #include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/util/packed_stride.hpp"  // tools/util/include
 #include "flashinfer_sm12x/emulation/blockscaled_mma_sm90.cuh"
 #include "flashinfer_sm12x/gemm/mainloops/w4a8_emulated.cuh"
 
@@ -99,6 +98,7 @@ __global__ void fragment_kernel(CUTE_GRID_CONSTANT TmaB const tma_b, int n_exten
     copy(smem_tiled_copy_B, tCsB(_, _, k_block, LoadStage{}), tCrB_copy_view(_, _, k_block));
     fp4_shift_B(MMAOp{}, tCrB_copy_view(_, _, k_block));
   });
+  CUTE_UNROLL
   for (int i = 0; i < size(tCrB); ++i) out[tid * size(tCrB) + i] = tCrB(i);
 }
 
@@ -119,7 +119,7 @@ static bool run(char const* name, unsigned seed) {
   void* dB;
   CHECK_CUDA(cudaMalloc(&dB, packed.size()));
   CHECK_CUDA(cudaMemcpy(dB, packed.data(), packed.size(), cudaMemcpyHostToDevice));
-  auto stride_b = cutlass::make_cute_packed_stride(typename Mainloop::StrideB{}, make_shape(N, K, 1));
+  const typename Mainloop::StrideB stride_b{int64_t(K), _1{}, int64_t(N) * K};  // [N, K] K-major, one batch
   auto tma_b = Mainloop::make_b_tma(static_cast<ElementB const*>(dB), make_shape(N, K, 1), stride_b);
 
   constexpr int threads = size(typename Mainloop::TiledMma{});
