@@ -185,3 +185,13 @@ def test_w4a8_emulated_spec_uses_the_emulated_w4a8_mainloop(tactic) -> None:
     assert "byte_tma.cuh" not in text
     native = FAMILY.spec(parse_target("sm_120a"), "mxfp8_mxfp4", tactic, torch.bfloat16).sources[0].text
     assert "emulation/" not in native and "w4a8_emulated.cuh" not in native
+
+
+def test_family_without_an_emulated_build_of_a_format_refuses_it() -> None:
+    import dataclasses
+
+    from flashinfer_sm12x.errors import ArchError
+
+    family = dataclasses.replace(FAMILY, emulated_formats=("mxfp4",))
+    with pytest.raises(ArchError, match="no emulated"):
+        family.spec(parse_target("sm_90a"), "nvfp4", family.shipped("nvfp4")[0], torch.bfloat16)
