@@ -21,8 +21,9 @@ from ..jit.module import ModuleSpec, Source
 from ..jit.render import Menu, render
 
 OUT_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
-# The SASS instruction a GEMM's compile proof must find: the native block-scaled MMA, or the emulation's bf16 MMA.
-EMULATED_MMA = "HMMA.16816.F32.BF16"
+# The SASS instruction a GEMM's compile proof must find: the native block-scaled MMA, or the emulation's MMA (bf16
+# on decoded e2m1 for W4A4/NVFP4; f16 for W4A8, whose e4m3 operand converts to f16 exactly).
+EMULATED_MMA = {"mxfp4": "HMMA.16816.F32.BF16", "nvfp4": "HMMA.16816.F32.BF16", "mxfp8_mxfp4": "HMMA.16816.F32"}
 NATIVE_MMA = {"mxfp4": "OMMA.SF", "nvfp4": "OMMA.SF", "mxfp8_mxfp4": "QMMA.SF"}
 
 
@@ -97,8 +98,7 @@ class GemmFamily:
     def spec(self, target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype) -> ModuleSpec:
         """The JIT module of one (format, tactic, output dtype) on `target`; values are checked against the menu."""
         if target.emulated and fmt not in self.emulated_formats:
-            raise ArchError(f"{self.name}: {fmt} has no emulated (SM90) build yet: its FP4 operand is unpacked by a "
-                            "TMA type and an ldmatrix that only SM100/SM12x have")
+            raise ArchError(f"{self.name}: {fmt} has no emulated (SM90) build")
         out_name = OUT_DTYPE_NAMES.get(out_dtype, str(out_dtype))
         params: dict[str, Any] = {"format": fmt, "out_dtype": out_name, "tile_m": tactic.tile_m,
                                   "tile_n": tactic.tile_n, "tile_k": tactic.tile_k, "schedule": tactic.schedule,
@@ -112,7 +112,7 @@ class GemmFamily:
                           sources=(Source(f"{self.name}.cu", text),), uses_cutlass=True)
 
     def required_instruction(self, fmt: str, target: Target) -> str:
-        return EMULATED_MMA if target.emulated else NATIVE_MMA[fmt]
+        return EMULATED_MMA[fmt] if target.emulated else NATIVE_MMA[fmt]
 
     def formats_for(self, target: Target) -> tuple[str, ...]:
         return self.emulated_formats if target.emulated else self.formats

@@ -17,7 +17,7 @@ from ..jit.arch import Target
 from .family import GemmFamily, Tactic
 
 FORMATS = ("mxfp4", "mxfp8_mxfp4")
-EMULATED_FORMATS = ("mxfp4",)
+EMULATED_FORMATS = ("mxfp4", "mxfp8_mxfp4")
 MENU = {
     "format": FORMATS,
     "out_dtype": ("bfloat16", "float16"),

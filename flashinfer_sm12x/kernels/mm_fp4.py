@@ -14,8 +14,8 @@ from ..jit.arch import Target
 from .family import GemmFamily, Tactic
 
 FORMATS = ("mxfp4", "nvfp4", "mxfp8_mxfp4")
-# W4A8's FP4 operand is loaded unpacked (SM100 LDSM/TMA types SM90 lacks): no emulated build yet.
-EMULATED_FORMATS = ("mxfp4", "nvfp4")
+# Every format has an emulated SM90 build (docs/emulation.md); W4A8's swaps its FP4 operand's smem path too.
+EMULATED_FORMATS = ("mxfp4", "nvfp4", "mxfp8_mxfp4")
 BLOCK_SIZE = {"mxfp4": 32, "nvfp4": 16, "mxfp8_mxfp4": 32}
 MENU = {
     "format": FORMATS,

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from ..checks import check_tensor, require_tensor, round_up
-from ..errors import ArchError
 from ..jit.arch import device_target
 from ..jit.module import load_module
 from ..kernels.family import OUT_DTYPE_NAMES, Tactic
@@ -65,7 +64,7 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     Raises
     ------
     TypeError, ValueError
-        Bad input, before any launch. ArchError for W4A8 on the emulated SM90 build.
+        Bad input, before any launch.
     """
     module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_dtype, enable_pdl)
     module.run(*args)
@@ -148,8 +147,6 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         raise ValueError(f"{_FN}: all tensors must be on one CUDA device, got {sorted(map(str, devices))}")
     target = device_target(a.device)
-    if fmt == "mxfp8_mxfp4" and target.emulated:
-        raise ArchError(f"{_FN}: W4A8 runs only on SM120/SM121 (no emulated SM90 build)")
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
 

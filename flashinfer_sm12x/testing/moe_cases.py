@@ -13,6 +13,7 @@ import math
 import torch
 
 from ..formats import SfLayout, mxfp4_dequantize, mxfp4_quantize, mxfp8_dequantize, mxfp8_quantize
+from ..integrations.flashinfer_cutlass_fused_moe import cutlass_fused_moe
 from ..moe.fused_moe import fused_moe
 from ..moe.reference import gpt_oss_moe_reference
 from ..moe.weights import prepare_gpt_oss_weights
@@ -190,3 +191,20 @@ def check_cuda_graph_capture_and_replay() -> None:
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(captured, fused_moe(hidden, logits, w, top_k=4), rtol=0, atol=0)
+
+
+def check_cutlass_fused_moe_compat(num_t: int) -> None:
+    """cutlass_fused_moe in FlashInfer's calling convention (as vLLM uses it on SM100): W4A8, MXFP8 activations
+    quantized by the caller, gate/up halves not interleaved, up first, per-expert swiglu constants."""
+    raw, w = weights(32, "mxfp8", interleaved=False, up_first=True)
+    hidden, logits = make_inputs(num_t, H, 32)
+    hidden, logits = hidden.cuda(), logits.cuda()
+    ids = torch.topk(logits, 4, dim=1).indices.to(torch.int32)
+    scales = torch.softmax(logits.gather(1, ids.long()), dim=1)
+    xq, xsf = mxfp8_quantize(torch.nn.functional.pad(hidden.float(), (0, w.hidden_size_padded - H)), True, 32)
+    per_e = {n: torch.full((32,), v, device="cuda") for n, v in (("swiglu_alpha", 1.702), ("swiglu_beta", 1.0),
+                                                                  ("swiglu_limit", 7.0))}
+    got = cutlass_fused_moe(xq, ids, scales, w.w13, w.w2, torch.bfloat16, w.flashinfer_quant_scales(), w.w13_bias,
+                            w.w2_bias, xsf, use_mxfp8_act_scaling=True, **per_e)
+    ref = gpt_oss_moe_reference(hidden, (ids, scales), **raw, act_quant="mxfp8")
+    assert got.isfinite().all() and rel_l2(got[:, :H], ref) < TOL

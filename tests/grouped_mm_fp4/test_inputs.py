@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashinfer_sm12x.errors import ArchError
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.kernels import grouped_mm_fp4 as g
 from flashinfer_sm12x.kernels.family import Tactic
@@ -42,9 +41,14 @@ def test_w4a8_shape_rules() -> None:
         _w4a8()  # all valid, but on the CPU
 
 
-def test_w4a8_has_no_emulated_build() -> None:
-    with pytest.raises(ArchError, match="no emulated"):
-        g.FAMILY.spec(parse_target("sm_90a"), "mxfp8_mxfp4", g.W4A8_CANDIDATES[0], torch.bfloat16)
+@pytest.mark.parametrize("tactic", g.PROVEN["sm_120a"]["mxfp8_mxfp4"], ids=lambda t: t.name)
+def test_w4a8_emulated_build_uses_its_mainloop(tactic: Tactic) -> None:
+    spec = g.FAMILY.spec(parse_target("sm_90a"), "mxfp8_mxfp4", tactic, torch.bfloat16)
+    text = spec.sources[0].text
+    assert "emulation/blockscaled_mma_sm90.cuh" in text and "mainloops/w4a8_emulated.cuh" in text
+    assert "grouped_collective.cuh" not in text
+    native = g.FAMILY.spec(parse_target("sm_120a"), "mxfp8_mxfp4", tactic, torch.bfloat16).sources[0].text
+    assert "w4a8_emulated.cuh" not in native and "grouped_collective.cuh" in native
 
 
 @pytest.mark.parametrize("fmt", g.FORMATS)

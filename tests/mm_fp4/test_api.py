@@ -11,6 +11,7 @@ import torch
 import flashinfer_sm12x as fs
 from flashinfer_sm12x.formats import mxfp4_quantize, mxfp8_quantize
 from flashinfer_sm12x.integrations.flashinfer_mm_fp4 import mm_fp4
+from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.kernels.mm_fp4 import FAMILY, FORMATS, heuristic
 from flashinfer_sm12x.ops.mm_fp4 import mm_mxfp8_mxfp4
 
@@ -173,3 +174,24 @@ def test_autotuner_runner_is_a_flashinfer_tunable_runner(operands: dict[str, tor
     assert runner.get_valid_tactics(inputs) == list(range(len(FAMILY.shipped("mxfp4"))))
     with pytest.raises(ValueError, match="CUDA"):  # validated like the public API, before any launch
         runner.forward(inputs, tactic=0)
+
+
+@pytest.mark.parametrize("tactic", FAMILY.shipped("mxfp8_mxfp4", parse_target("sm_90a")), ids=lambda t: t.name)
+def test_w4a8_emulated_spec_uses_the_emulated_w4a8_mainloop(tactic) -> None:
+    """The emulated W4A8 build (sm_120a's W4A8 menu) includes the emulated atom and the W4A8 mainloop; the native
+    one includes neither."""
+    text = FAMILY.spec(parse_target("sm_90a"), "mxfp8_mxfp4", tactic, torch.bfloat16).sources[0].text
+    assert "emulation/blockscaled_mma_sm90.cuh" in text and "mainloops/w4a8_emulated.cuh" in text
+    assert "byte_tma.cuh" not in text
+    native = FAMILY.spec(parse_target("sm_120a"), "mxfp8_mxfp4", tactic, torch.bfloat16).sources[0].text
+    assert "emulation/" not in native and "w4a8_emulated.cuh" not in native
+
+
+def test_family_without_an_emulated_build_of_a_format_refuses_it() -> None:
+    import dataclasses
+
+    from flashinfer_sm12x.errors import ArchError
+
+    family = dataclasses.replace(FAMILY, emulated_formats=("mxfp4",))
+    with pytest.raises(ArchError, match="no emulated"):
+        family.spec(parse_target("sm_90a"), "nvfp4", family.shipped("nvfp4")[0], torch.bfloat16)

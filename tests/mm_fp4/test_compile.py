@@ -56,3 +56,15 @@ def test_config_compiles_with_native_mma(reports: dict, arch: str, fmt: str, out
     assert report.dynamic_smem and report.stages and report.stages >= 2
     assert kernel.count(instruction) >= 1
     assert kernel.count("HMMA") == 0  # nothing emulated in a native build
+
+
+def test_w4a8_emulated_build_compiles_for_sm90a() -> None:
+    """W4A8 for sm_90a: the f16 MMA of the emulated atom, e4m3 -> f16 conversions and the emulated unpacking ldmatrix
+    (16-bit shared loads) in SASS, no block-scaled MMA, shared memory within the SM120 budget."""
+    target = parse_target("sm_90a")
+    report = compile_proof(FAMILY.spec(target, "mxfp8_mxfp4", Tactic("cooperative", 128, 128, 128), torch.bfloat16))
+    kernel = report.require(instruction=FAMILY.required_instruction("mxfp8_mxfp4", target), no_mainloop_spills=False,
+                            max_smem=SM120_SMEM_CAPACITY)
+    assert kernel.count("HMMA.16816.F32") >= 1 and kernel.count("HMMA.16816.F32.BF16") == 0
+    assert kernel.count("F2FP.F16.E4M3") >= 1 and kernel.count("LDS.U16") >= 1
+    assert kernel.count("QMMA") == 0 and kernel.count("OMMA") == 0

@@ -1,23 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """Rung 4 for the MoE: the grouped GEMM (W4A4 and W4A8), the fused MoE and the FlashInfer-compatible
 cutlass_fused_moe natively on an SM120/SM121 GPU, with the same checks the SM90 emulation runs
-(flashinfer_sm12x.testing); W4A8, which SM90 cannot emulate yet, runs here only. Skipped without such a GPU (and
-then not counted as passing)."""
+(flashinfer_sm12x.testing), W4A8 included. Skipped without such a GPU (and then not counted as passing)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import flashinfer_sm12x
-from flashinfer_sm12x.formats import mxfp8_quantize
 from flashinfer_sm12x.jit.arch import device_target
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, FAMILY, W4A8_CANDIDATES
-from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import check_bad_inputs_rejected_before_launch as check_errors
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_grouped_case as check_grouped
-from flashinfer_sm12x.testing.moe_cases import TOL, H, make_inputs, rel_l2, weights
 from flashinfer_sm12x.testing.moe_cases import check_cuda_graph_capture_and_replay as check_graph
+from flashinfer_sm12x.testing.moe_cases import check_cutlass_fused_moe_compat as check_cutlass_compat
 from flashinfer_sm12x.testing.moe_cases import check_skewed_routing as check_skew
 from flashinfer_sm12x.testing.moe_cases import run_fused_case as check_fused
 
@@ -60,18 +56,7 @@ def test_fused_moe_w4a8_matches_reference(num_e: int, num_t: int) -> None:
 @pytest.mark.parametrize("num_t", [1, 64, 1000])
 def test_cutlass_fused_moe_compat_matches_reference(num_t: int) -> None:
     """FlashInfer's calling convention (as vLLM uses it on SM100), run by our kernels."""
-    raw, w = weights(32, "mxfp8", interleaved=False, up_first=True)
-    hidden, logits = make_inputs(num_t, H, 32)
-    hidden, logits = hidden.cuda(), logits.cuda()
-    ids = torch.topk(logits, 4, dim=1).indices.to(torch.int32)
-    scales = torch.softmax(logits.gather(1, ids.long()), dim=1)
-    xq, xsf = mxfp8_quantize(torch.nn.functional.pad(hidden.float(), (0, w.hidden_size_padded - H)), True, 32)
-    per_e = {n: torch.full((32,), v, device="cuda") for n, v in (("swiglu_alpha", 1.702), ("swiglu_beta", 1.0),
-                                                                  ("swiglu_limit", 7.0))}
-    got = flashinfer_sm12x.cutlass_fused_moe(xq, ids, scales, w.w13, w.w2, torch.bfloat16, w.flashinfer_quant_scales(),
-                                             w.w13_bias, w.w2_bias, xsf, use_mxfp8_act_scaling=True, **per_e)
-    ref = gpt_oss_moe_reference(hidden, (ids, scales), **raw, act_quant="mxfp8")
-    assert got.isfinite().all() and rel_l2(got[:, :H], ref) < TOL
+    check_cutlass_compat(num_t)
 
 
 def test_fused_moe_skewed_routing() -> None:

@@ -22,7 +22,8 @@
 //   e2m1, same register/fragment interface), the tile scheduler (the SM120 default uses CLC
 //   instructions; the SM90 persistent one is used) and the fp4 TMA element type (Blackwell's packed
 //   16U4 TMA type -> UINT8 with half the K extent, producer side only). Build for sm_90a.
-//   MXFP4 and NVFP4 only (W4A8 would also need SM90 copies for its unpacked-fp4 smem path).
+//   W4A8 additionally swaps its e2m1 operand's smem path (16U4_ALIGN16B TMA and unpacking ldmatrix -> a packed byte
+//   image and an emulated ldmatrix: gemm/mainloops/w4a8_emulated.cuh).
 // - Measured (nvcc 13.0, 128x128x128, bf16 out): MXFP4 Pingpong/Cooperative 5 stages, 97,280 B;
 //   NVFP4 4 stages, 83,968 B; W4A8 only 2 stages, 77,824 B (fp4 is unpacked to 8 bit in smem and the
 //   16U4_ALIGN16B TMA box must be 128 wide in K) - prefer a narrower N tile for W4A8.
@@ -119,13 +120,16 @@ struct MaybeEmulatedAtom {
 //   Collective        CUTLASS's SM120 collective as built (native dense 128/256-row tiles);
 //   ByteTma           the same with packed e2m1 A/B through byte TMA (emulated 128-row tiles; native grouped W4A4);
 //   GroupedCollective CUTLASS's collective with a per-M-tile expert batch (grouped W4A8);
-//   M64Pingpong       our 64-row mainloop (MXFP4 / NVFP4 64-row Pingpong tiles, dense and grouped).
+//   M64Pingpong       our 64-row mainloop (MXFP4 / NVFP4 64-row Pingpong tiles, dense and grouped);
+//   EmulatedW4A8      the W4A8 collective with its e2m1 operand through a packed byte image (emulated, dense and
+//                     grouped).
 // Each kind but the first is specialised in its header under gemm/mainloops/.
-enum class MainloopKind { Collective, ByteTma, GroupedCollective, M64Pingpong };
+enum class MainloopKind { Collective, ByteTma, GroupedCollective, M64Pingpong, EmulatedW4A8 };
 
 template <bool Emulated, bool M64, bool Grouped, bool PackedFp4>
 constexpr MainloopKind mainloop_kind() {
   if (M64) return MainloopKind::M64Pingpong;
+  if (Emulated && !PackedFp4) return MainloopKind::EmulatedW4A8;
   if (Grouped && !PackedFp4) return MainloopKind::GroupedCollective;
   if (Emulated || Grouped) return MainloopKind::ByteTma;
   return MainloopKind::Collective;
@@ -163,8 +167,6 @@ template <class Format, class ElementD_, int TileM, int TileN, int TileK, class 
 struct MmFp4Config {
   static_assert(!(Grouped && (SwapAB || cute::is_same_v<Schedule, StreamK>)),
                 "grouped GEMMs: unswapped, Pingpong or Cooperative");
-  static_assert(!(Emulated && cute::is_same_v<Format, Mxfp8Mxfp4>),
-                "W4A8 is native only: SM90 lacks its unpacking TMA type and ldmatrix (see emulated_blockscaled_mma.cuh)");
   static_assert(!(SwapAB && cute::is_same_v<Format, Mxfp8Mxfp4>), "W4A8 has distinct A/B formats: no swap");
   static_assert(cute::is_same_v<ElementD_, cutlass::bfloat16_t> || cute::is_same_v<ElementD_, cutlass::half_t>,
                 "D must be bf16 or fp16");
