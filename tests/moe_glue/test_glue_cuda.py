@@ -54,12 +54,16 @@ def test_plan_from_logits_matches_route_and_permute(num_e: int, num_t: int, dtyp
     got_ids = workspace_part(views, plan, "ids").view(num_t, k)
     assert torch.equal(got_ids, ids)
     torch.testing.assert_close(workspace_part(views, plan, "weights").view(num_t, k), weights, rtol=2.5e-7, atol=0)
-    _check_rows(plan, views, ids)
+    _check_rows(plan, views, ids, glue_module(logits.device, "mxfp4"))
 
 
-def _check_rows(plan: RowPlan, views: GlueViews, ids: torch.Tensor, fmt: str = "mxfp4") -> None:
+def _check_rows(plan: RowPlan, views: GlueViews, ids: torch.Tensor, module: object, fmt: str = "mxfp4") -> None:
     r = plan_expert_rows(ids, plan.num_experts, fmt, plan.tactic, ids.device, validate_ids=False)
     want_dest = r.dest[r.inverse.long()]  # padded row of expanded pair j = t*k + slot
+    # The plan kernel ranks the pairs; the scatter kernel turns ranks into padded rows (dest) as it gathers.
+    hp = views.x.shape[1] * (2 if fmt == "mxfp4" else 1)
+    module.scatter(torch.zeros(plan.num_tokens, hp, device="cuda"), views.workspace, views.x, views.x_sf,
+                   plan.top_k, plan.num_experts, hp, plan.tactic.tile_m, plan.bound)
     assert torch.equal(workspace_part(views, plan, "dest").long(), want_dest.long())
     counts = torch.bincount(ids.reshape(-1).long(), minlength=plan.num_experts)
     assert torch.equal(workspace_part(views, plan, "counts").long(), counts)
@@ -82,7 +86,7 @@ def test_plan_from_ids_clamps_flags_and_zeroes_foreign_experts() -> None:
     assert torch.equal(workspace_part(views, plan, "ids").view(num_t, k).long(), local.clamp(0, num_e - 1))
     assert torch.equal(workspace_part(views, plan, "weights").view(num_t, k), torch.where(mine, w, 0.0))
     assert int(state[1]) == 1
-    _check_rows(plan, views, local.clamp(0, num_e - 1).to(torch.int32), "mxfp8_mxfp4")
+    _check_rows(plan, views, local.clamp(0, num_e - 1).to(torch.int32), module, "mxfp8_mxfp4")
 
 
 @pytest.mark.parametrize("act", ["mxfp4", "mxfp8"])
