@@ -65,15 +65,19 @@ if [[ " $stages " == *" emulation "* ]]; then
     -m "emulation or cuda" ${EMULATION_K:+-k "$EMULATION_K"} 2>&1 | tee "$RESULTS/emulation.log" | tail -40
 fi
 
-if [[ " $stages " == *" sanitizer "* ]]; then
-  echo "== [$(elapsed) s] compute-sanitizer memcheck (mm_fp4 subset)"
-  compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_mm_fp4.py 2>&1 \
-    | tee "$RESULTS/sanitizer_mm_fp4.log" | tail -4
-  for tool in memcheck racecheck; do
-    echo "== [$(elapsed) s] compute-sanitizer $tool (fused MoE and its glue kernels)"
-    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 scripts/sanitize_moe.py 2>&1 \
-      | tee "$RESULTS/sanitizer_moe_$tool.log" | tail -4
-  done
+if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per run (default 600)
+  limit=${SANITIZER_TIMEOUT:-600}
+  run_sanitizer() {  # tool, log name, script and its arguments
+    local tool=$1 name=$2
+    shift 2
+    echo "== [$(elapsed) s] compute-sanitizer $tool: $*"
+    timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 python3 "$@" 2>&1 \
+      | tee "$RESULTS/sanitizer_${name}_$tool.log" | tail -4
+  }
+  run_sanitizer memcheck quantize scripts/sanitize_quantize.py
+  run_sanitizer memcheck moe scripts/sanitize_moe.py
+  run_sanitizer racecheck moe_glue scripts/sanitize_moe.py --glue-only
+  [[ -n ${SANITIZE_MM_FP4:-} ]] && run_sanitizer memcheck mm_fp4 scripts/sanitize_mm_fp4.py
 fi
 
 if [[ " $stages " == *" bench "* ]]; then
