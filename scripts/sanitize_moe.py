@@ -27,7 +27,7 @@ def glue_workload() -> None:
         module = glue_module(dev, act)
         for num_t, num_e in ((1, 8), (300, 8), (129, 64)):
             plan = row_plan(num_t, 4, num_e, "mxfp4", tactic, None)
-            v = glue_views(dev, plan, 320, 192, act)
+            v = glue_views(dev, plan, 384, 256, act)  # H = 320, I = 192 padded to 128 multiples
             hidden, logits = make_inputs(num_t, 320, num_e)
             module.plan_logits(logits.cuda(), v.workspace, 4, tactic.tile_m, plan.tiles)
             module.scatter(hidden.cuda(), v.workspace, v.x, v.x_sf, 4, num_e, 384, tactic.tile_m, plan.bound)
