@@ -159,15 +159,46 @@ def fused_moe(
     out_dtype: torch.dtype = torch.bfloat16,
     impl: Impl | None = None,
 ) -> torch.Tensor:
-    """hidden [T, H] bf16/fp16/fp32 on CUDA; routing = router logits [T, E] (softmax top-k, renormalised, as
-    GPT-OSS) or (topk_ids [T, k] int, topk_weights [T, k] float); weights from prepare_gpt_oss_weights: act="mxfp4"
-    runs W4A4, act="mxfp8" W4A8 (activations are quantized to that format before each GEMM). Returns [T, H].
+    """GPT-OSS mixture-of-experts layer on SM120/SM121: routing, both grouped MXFP4 GEMMs and the glue between.
 
-    validate_ids=True checks precomputed ids on the host (one sync; ValueError on an id outside [0, E)).
-    validate_ids=False is for CUDA-graph capture: ids are clamped on the device, nothing syncs.
+    Parameters
+    ----------
+    hidden : torch.Tensor
+        [T, H] bf16/fp16/fp32 on CUDA (H unpadded, as the model's hidden size).
+    routing : torch.Tensor or tuple of torch.Tensor
+        Router logits [T, E] (top-k, softmax over the k chosen, as GPT-OSS), or (topk_ids [T, k] int,
+        topk_weights [T, k] float) used as given.
+    weights : PreparedMoEWeights
+        From `prepare_gpt_oss_weights`: act="mxfp4" runs W4A4, act="mxfp8" W4A8 (activations are quantized to that
+        format before each GEMM).
+    top_k : int, optional
+        k, required with router logits.
+    activation : {"swiglu_oai", "swiglu"}
+        GPT-OSS's clamped SwiGLU, (up + beta) * g * sigmoid(alpha * g) with g = min(gate, limit) and up clamped to
+        [-limit, limit]; or plain silu(gate) * up.
+    alpha, beta, limit : float
+        swiglu_oai's parameters (GPT-OSS: 1.702, 1.0, 7.0); limit None: no clamping.
+    validate_ids : bool
+        Keyword-only. True checks precomputed ids on the host (one sync; ValueError on an id outside [0, E)); False
+        is for CUDA-graph capture: ids are clamped on the device and nothing syncs.
+    tactic : Tactic, optional
+        Keyword-only. The grouped GEMM tile (default: the heuristic's pick for T * k rows over E experts).
+    out_dtype : torch.dtype
+        Keyword-only. The output's dtype.
+    impl : {"kernels", "reference"}, optional
+        Keyword-only. "kernels" (the default on CUDA when E <= 512 and k <= 16) runs the glue kernels
+        (ops/moe_glue.py: six launches per forward); "reference" the device-side torch pipeline, kept as the oracle.
 
-    impl="kernels" (the default on CUDA when E <= 512 and k <= 16) runs the glue kernels (ops/moe_glue.py: six
-    launches per forward); impl="reference" the device-side torch pipeline, kept as the oracle."""
+    Returns
+    -------
+    torch.Tensor
+        [T, H] of `out_dtype`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, before any kernel launch.
+    """
     fn = "fused_moe"
     if not isinstance(weights, PreparedMoEWeights):
         raise TypeError(f"{fn}: weights must come from prepare_gpt_oss_weights, got {type(weights).__name__}")
