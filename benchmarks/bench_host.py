@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import our_kernels_mode, plot_panels  # noqa: E402
 from flashinfer_sm12x import mm_fp4  # noqa: E402
 from flashinfer_sm12x.formats import mxfp4_quantize  # noqa: E402
+from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
 
 SHAPES = [(1, 5760, 2880), (16, 5760, 2880), (128, 2880, 2880), (1, 2880, 4096)]  # GPT-OSS qkv/o-sized, decode
 
@@ -47,15 +48,8 @@ def host_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
 
 
 def kernels_per_call(fn: Callable[[], object]) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name
-               and "Memset" not in e.name)
+    fn()  # warm: JIT loads and allocations are not counted
+    return kernel_launches(fn)
 
 
 def calls_for(m: int, n: int, k: int, native: bool) -> dict[str, Callable[[], object]]:

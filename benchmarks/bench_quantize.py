@@ -36,6 +36,7 @@ from benchmarks._common import plot_panels, time_ms  # noqa: E402
 from flashinfer_sm12x.formats import quantize as reference  # noqa: E402
 from flashinfer_sm12x.formats import swizzled_sf_size  # noqa: E402
 from flashinfer_sm12x.ops import quantize as ops  # noqa: E402
+from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
 
 MS = [1, 16, 128, 4096, 16384]
 KS = [2880, 4096, 8192]
@@ -95,17 +96,6 @@ def flashinfer_call(fmt: str, x: torch.Tensor, gs: torch.Tensor) -> tuple[Callab
     except Exception as exc:
         return None, f"flashinfer {fmt}_quantize does not run here: {str(exc).splitlines()[0][:90]}"
     return fn, ""
-
-
-def count_kernels(fn: Callable[[], object]) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name
-               and "Memset" not in e.name)
 
 
 def host_us(fn: Callable[[], object], n: int = 200) -> float:
@@ -185,7 +175,7 @@ def main() -> int:
                         if not ours:
                             row.note = "eager timing"
                         if m == 1:
-                            per_call[(fmt, backend)] = (count_kernels(fn), host_us(fn))
+                            per_call[(fmt, backend)] = (kernel_launches(fn), host_us(fn))
                     rows.append(row)
     for row in rows:
         if (row.fmt, row.backend) in per_call:

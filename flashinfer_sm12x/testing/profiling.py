@@ -29,3 +29,8 @@ def device_launches(fn: Callable[[], Any]) -> list[str]:
         fn()
         torch.cuda.synchronize()
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def kernel_launches(fn: Callable[[], Any]) -> int:
+    """How many kernels one call of `fn` launches (memsets and copies not counted); see `device_launches`."""
+    return sum(1 for name in device_launches(fn) if "Memcpy" not in name and "Memset" not in name)
