@@ -63,8 +63,9 @@ def _family_prebuild(name: str) -> Callable[[Target], list[ModuleSpec]]:
 
 def _grouped_mm_fp4_for(target: Target, deployment: Deployment) -> list[ModuleSpec]:
     """The grouped GEMM modules fused_moe can load: the heuristic's pick for every batch size, as fused_moe calls
-    it (rows = tokens * top_k over the model's experts), in fused_moe's output dtype (bfloat16). Both MoE GEMMs
-    of a layer run the same tactic, and N/K are run-time arguments, so the GEMM shapes add no modules."""
+    it (rows = tokens * top_k over the model's experts), in fused_moe's output dtype (bfloat16), and GEMM1's build
+    with the activation fused into its epilogue where the tactic serves it (GPT-OSS checkpoints are interleaved).
+    Both MoE GEMMs of a layer run the same tactic, and N/K are run-time arguments, so the shapes add no modules."""
     import torch
 
     from .kernels.grouped_mm_fp4 import FAMILY, heuristic
@@ -76,7 +77,8 @@ def _grouped_mm_fp4_for(target: Target, deployment: Deployment) -> list[ModuleSp
         tactic = heuristic(tokens * model.top_k, model.num_experts, fmt, target)[0]
         if tactic not in tactics:
             tactics.append(tactic)
-    return [FAMILY.spec(target, fmt, tactic, torch.bfloat16) for tactic in tactics]
+    return [FAMILY.spec(target, fmt, tactic, torch.bfloat16, epilogue) for tactic in tactics
+            for epilogue in ("store", "swiglu_quantize") if FAMILY.serves(epilogue, fmt, tactic)]
 
 
 PREBUILD: dict[str, Callable[[Target], list[ModuleSpec]]] = {name: _family_prebuild(name) for name in FAMILY_NAMES}

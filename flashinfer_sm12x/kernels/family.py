@@ -80,6 +80,9 @@ class GemmFamily:
     prebuild_out_dtypes: tuple[torch.dtype, ...]
     emulation_menu_of: str = "sm_120a"  # the emulated SM90 build runs this target's menu
     describe: Callable[[str, Tactic], str] | None = None
+    # Epilogues beyond "store" (write D) and which tactics serve them: (epilogue, format, tactic) -> bool.
+    epilogues: tuple[str, ...] = ("store",)
+    epilogue_serves: Callable[[str, str, Tactic], bool] | None = None
 
     def candidates(self, fmt: str) -> tuple[Tactic, ...]:
         """Every tactic the compile sweep tries for `fmt`."""
@@ -95,21 +98,35 @@ class GemmFamily:
             return self.proven[name][fmt]
         return tuple(t for t in self.candidates(fmt) if all(t in menu[fmt] for menu in self.proven.values()))
 
-    def spec(self, target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype) -> ModuleSpec:
-        """The JIT module of one (format, tactic, output dtype) on `target`; values are checked against the menu."""
+    def serves(self, epilogue: str, fmt: str, tactic: Tactic) -> bool:
+        """Whether `tactic` can run `epilogue` for `fmt` ("store" always can)."""
+        if epilogue == "store":
+            return True
+        return epilogue in self.epilogues and self.epilogue_serves is not None and \
+            self.epilogue_serves(epilogue, fmt, tactic)
+
+    def spec(self, target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype,
+             epilogue: str = "store") -> ModuleSpec:
+        """The JIT module of one (format, tactic, output dtype, epilogue) on `target`; values are checked against
+        the menu."""
         if target.emulated and fmt not in self.emulated_formats:
             raise ArchError(f"{self.name}: {fmt} has no emulated (SM90) build")
+        if not self.serves(epilogue, fmt, tactic):
+            raise ValueError(f"{self.name}: the {epilogue!r} epilogue does not serve {fmt} {tactic.name}")
         out_name = OUT_DTYPE_NAMES.get(out_dtype, str(out_dtype))
         params: dict[str, Any] = {"format": fmt, "out_dtype": out_name, "tile_m": tactic.tile_m,
                                   "tile_n": tactic.tile_n, "tile_k": tactic.tile_k, "schedule": tactic.schedule,
-                                  "emulated": target.emulated, "swap_ab": tactic.swap_ab}
+                                  "emulated": target.emulated, "swap_ab": tactic.swap_ab, "epilogue": epilogue}
         if "swap_ab" not in self.menu:
             if tactic.swap_ab:
                 raise ValueError(f"{self.name} has no swapped-A/B tactics, got {tactic.name}")
             del params["swap_ab"]
+        if "epilogue" not in self.menu:
+            del params["epilogue"]
         text = render(f"{self.name}.cu.jinja", params, self.menu)
-        return ModuleSpec(op=self.name, group=f"{fmt}_{out_name}_{tactic.name}", target=target,
-                          sources=(Source(f"{self.name}.cu", text),), uses_cutlass=True)
+        group = f"{fmt}_{out_name}_{tactic.name}" + ("" if epilogue == "store" else f"_{epilogue}")
+        return ModuleSpec(op=self.name, group=group, target=target, sources=(Source(f"{self.name}.cu", text),),
+                          uses_cutlass=True)
 
     def required_instruction(self, fmt: str, target: Target) -> str:
         return EMULATED_MMA[fmt] if target.emulated else NATIVE_MMA[fmt]
@@ -118,8 +135,12 @@ class GemmFamily:
         return self.emulated_formats if target.emulated else self.formats
 
     def prebuild(self, target: Target) -> list[ModuleSpec]:
-        return [self.spec(target, fmt, tactic, out) for fmt in self.formats_for(target)
-                for out in self.prebuild_out_dtypes for tactic in self.shipped(fmt, target)]
+        plain = [self.spec(target, fmt, tactic, out) for fmt in self.formats_for(target)
+                 for out in self.prebuild_out_dtypes for tactic in self.shipped(fmt, target)]
+        fused = [self.spec(target, fmt, tactic, self.prebuild_out_dtypes[0], epilogue)
+                 for epilogue in self.epilogues if epilogue != "store" for fmt in self.formats_for(target)
+                 for tactic in self.shipped(fmt, target) if self.serves(epilogue, fmt, tactic)]
+        return plain + fused
 
     def proof_cases(self, target: Target, *, candidates: bool = False, formats: tuple[str, ...] | None = None,
                     out_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> list[ProofCase]:
@@ -134,4 +155,10 @@ class GemmFamily:
                     cases.append(ProofCase(label, self.spec(target, fmt, tactic, out),
                                            self.required_instruction(fmt, target),
                                            no_mainloop_spills=not target.emulated))
+                for epilogue in self.epilogues:
+                    if epilogue != "store" and self.serves(epilogue, fmt, tactic):
+                        cases.append(ProofCase(f"{self.name}/{fmt}/{epilogue}/{tactic.name}",
+                                               self.spec(target, fmt, tactic, out_dtypes[0], epilogue),
+                                               self.required_instruction(fmt, target),
+                                               no_mainloop_spills=not target.emulated))
         return cases

@@ -26,7 +26,12 @@ MENU = {
     "tile_k": (128,),
     "schedule": ("pingpong", "cooperative"),
     "emulated": (False, True),
+    "epilogue": ("store", "swiglu_quantize"),
 }
+# Epilogues: "store" writes D (bf16/fp16); "swiglu_quantize" is the MoE's GEMM1 with its activation fused
+# (gemm/epilogues/swiglu_quantize.cuh): fc1 bias + SwiGLU over interleaved gate/up columns + quantization to GEMM2's
+# activation format, so a tile must hold whole 32-output scale blocks (tile_n % 64 == 0).
+EPILOGUES = ("store", "swiglu_quantize")
 # K alignment: a 16-byte TMA row of packed e2m1 (32); W4A8's unpacked-e2m1 TMA box is 128 wide in K.
 K_ALIGN = {"mxfp4": 32, "mxfp8_mxfp4": 128}
 
@@ -55,6 +60,8 @@ FAMILY = GemmFamily(
     name="grouped_mm_fp4", formats=FORMATS, emulated_formats=EMULATED_FORMATS, menu=MENU,
     candidates_of={"mxfp4": CANDIDATES, "mxfp8_mxfp4": W4A8_CANDIDATES}, proven=PROVEN,
     prebuild_out_dtypes=(torch.bfloat16,),  # fused_moe's GEMMs write bf16
+    epilogues=EPILOGUES,
+    epilogue_serves=lambda epilogue, fmt, tactic: epilogue == "swiglu_quantize" and tactic.tile_n % 64 == 0,
 )
 
 

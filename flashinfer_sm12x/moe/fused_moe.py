@@ -35,6 +35,7 @@ from ..ops.grouped_mm_fp4 import grouped_mm_fp4
 from ..ops.moe_glue import (
     LAYOUT_CODE,
     ExpertParams,
+    fuses_activation,
     glue_module,
     glue_views,
     kernels_support,
@@ -158,6 +159,7 @@ def fused_moe(
     tactic: Tactic | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     impl: Impl | None = None,
+    fused_epilogue: bool | None = None,
 ) -> torch.Tensor:
     """GPT-OSS mixture-of-experts layer on SM120/SM121: routing, both grouped MXFP4 GEMMs and the glue between.
 
@@ -187,7 +189,13 @@ def fused_moe(
         Keyword-only. The output's dtype.
     impl : {"kernels", "reference"}, optional
         Keyword-only. "kernels" (the default on CUDA when E <= 512 and k <= 16) runs the glue kernels
-        (ops/moe_glue.py: six launches per forward); "reference" the device-side torch pipeline, kept as the oracle.
+        (ops/moe_glue.py: six launches per forward, five with GEMM1's fused epilogue); "reference" the device-side
+        torch pipeline, kept as the oracle.
+    fused_epilogue : bool, optional
+        Keyword-only, impl="kernels". GEMM1 runs fc1 bias + activation + quantization for GEMM2 in its epilogue
+        (gemm/epilogues/swiglu_quantize.cuh), so the [rows, 2I] intermediate never reaches memory. None (default):
+        wherever it applies (interleaved gate/up weights, a tactic with tile_n % 64 == 0); False: the unfused
+        pipeline (GEMM1 writes bf16, a separate activation kernel), bit-identical; True: fused or ValueError.
 
     Returns
     -------
@@ -234,7 +242,9 @@ def fused_moe(
         impl = "kernels" if hidden.is_cuda and kernels_support(num_e, k) else "reference"
     if impl == "kernels":
         return _fused_moe_kernels(hidden, routing, k, weights, activation, alpha, beta, limit, validate_ids, tactic,
-                                  out_dtype)
+                                  out_dtype, fused_epilogue)
+    if fused_epilogue:
+        raise ValueError(f"{fn}: fused_epilogue=True needs impl='kernels'")
     if isinstance(routing, torch.Tensor):
         ids, topk_weights = route(routing, top_k)
     elif not validate_ids:
@@ -260,7 +270,7 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch.Tensor, torch.Tensor], k: int,
                        w: PreparedMoEWeights, activation: Activation, alpha: Scalar, beta: Scalar,
                        limit: Scalar | None, validate_ids: bool, tactic: Tactic | None,
-                       out_dtype: torch.dtype) -> torch.Tensor:
+                       out_dtype: torch.dtype, fused_epilogue: bool | None = None) -> torch.Tensor:
     """fused_moe's kernel pipeline (arguments already checked for shape; dtypes, devices and limits here)."""
     fn = "fused_moe"
     num_e, num_t = w.num_experts, hidden.shape[0]
@@ -296,19 +306,23 @@ def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch
 
     device = hidden.device
     plan = row_plan(num_t, k, num_e, _GEMM_FORMAT[w.act], tactic, target_of(device))
-    module = glue_module(device, w.act)
+    params = ExpertParams(
+        w.w13, w.w13_sf, w.w13_bias, w.w2, w.w2_sf, w.w2_bias,
+        LAYOUT_CODE["interleaved" if w.interleaved else ("up_first" if w.up_first else "gate_first")],
+        activation == "swiglu_oai", _per_expert(alpha), _per_expert(beta), _per_expert(limit))
     hp, ip = w.hidden_size_padded, w.intermediate_size_padded
-    views = glue_views(device, plan, hp, ip, w.act)
+    fusable = fuses_activation(params, plan, _GEMM_FORMAT[w.act], ip)
+    if fused_epilogue and not fusable:
+        raise ValueError(f"{fn}: fused_epilogue=True needs interleaved gate/up weights and a tactic with tile_n % 64 "
+                         f"== 0; got interleaved={w.interleaved}, tactic {plan.tactic.name}")
+    module = glue_module(device, w.act)
+    views = glue_views(device, plan, hp, ip, w.act, fusable if fused_epilogue is None else fused_epilogue)
     tm = plan.tactic.tile_m
     if isinstance(routing, torch.Tensor):
         module.plan_logits(routing, views.workspace, k, tm, plan.tiles)
     else:
         module.plan_ids(routing[0], routing[1], views.workspace, num_e, tm, plan.tiles, 0, num_e, False)
     module.scatter(hidden, views.workspace, views.x, views.x_sf, k, num_e, hp, tm, plan.bound)
-    params = ExpertParams(
-        w.w13, w.w13_sf, w.w13_bias, w.w2, w.w2_sf, w.w2_bias,
-        LAYOUT_CODE["interleaved" if w.interleaved else ("up_first" if w.up_first else "gate_first")],
-        activation == "swiglu_oai", _per_expert(alpha), _per_expert(beta), _per_expert(limit))
     out = torch.empty(num_t, w.hidden_size, dtype=out_dtype, device=device)
     return run_pipeline(plan, views, module, params, out)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_tensor, require_tensor, round_up
+from ..checks import check_tensor, one_device, require_tensor, round_up
 from ..jit.arch import device_target
 from ..jit.module import load_module
 from ..kernels.family import OUT_DTYPE_NAMES, Tactic
@@ -115,8 +115,9 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
 
 def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
              expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor | None, out_dtype: torch.dtype,
-             enable_pdl: bool) -> tuple[Any, tuple]:
-    """Every check of grouped_mm_fp4, the module lookup and the workspace: (module, arguments of module.run)."""
+             enable_pdl: bool, epilogue: str = "store") -> tuple[Any, tuple]:
+    """Every check of grouped_mm_fp4, the module lookup and the workspace: (module, arguments of module.run).
+    With a fused epilogue `out` is not checked (the caller checks its own outputs) and not allocated."""
     require_tensor("a", a, _FN)
     fmt = _FORMAT_OF_A.get(a.dtype)
     if fmt is None:
@@ -140,20 +141,25 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
     check_tensor(expert_of_tile, "expert_of_tile", _FN, torch.int32, shape=(m // tactic.tile_m,))
     if out_dtype not in OUT_DTYPE_NAMES:
         raise ValueError(f"{_FN}: out_dtype must be bfloat16 or float16, got {out_dtype}")
-    if out is not None:
+    if epilogue != "store":
+        if not FAMILY.serves(epilogue, fmt, tactic):
+            raise ValueError(f"{_FN}: the {epilogue} epilogue needs tile_n % 64 == 0, got {tactic.name}")
+        if n % 64:
+            raise ValueError(f"{_FN}: the {epilogue} epilogue needs n = 2 * inter a multiple of 64, got {n}")
+    elif out is not None:
         check_tensor(out, "out", _FN, out_dtype, shape=(m, n))
     tensors = [a, a_descale, b, b_descale, expert_of_tile] + ([out] if out is not None else [])
     devices = {t.device for t in tensors}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         raise ValueError(f"{_FN}: all tensors must be on one CUDA device, got {sorted(map(str, devices))}")
     target = device_target(a.device)
-    if out is None:
+    if out is None and epilogue == "store":
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
 
-    key = (target, fmt, tactic, out_dtype)
+    key = (target, fmt, tactic, out_dtype, epilogue)
     entry = _MODULES.get(key)
     if entry is None:
-        entry = _MODULES[key] = (load_module(FAMILY.spec(target, fmt, tactic, out_dtype)), {})
+        entry = _MODULES[key] = (load_module(FAMILY.spec(target, fmt, tactic, out_dtype, epilogue)), {})
     module, workspace_sizes = entry
     size = workspace_sizes.get((m, n, k, experts))
     if size is None:
@@ -162,3 +168,142 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
     a_bytes = a.view(torch.uint8) if fmt == "mxfp8_mxfp4" else a
     return module, (a_bytes, b, a_descale.view(torch.uint8), b_descale.view(torch.uint8), expert_of_tile, out,
                     workspace, bool(enable_pdl and not target.emulated))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# GEMM1 of the MoE with its activation fused into the epilogue (epilogue "swiglu_quantize")
+
+_ACT_FORMAT_OF = {"mxfp4": "mxfp4", "mxfp8_mxfp4": "mxfp8"}  # GEMM format -> the format GEMM2 reads its A in
+_BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def swiglu_quantize_outputs(m_total: int, inter: int, gemm_format: str,
+                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buffers of `grouped_mm_fp4_swiglu_quantize`'s outputs: GEMM2's A (uint8 [m_total, inter/2] packed e2m1 for
+    W4A4, float8_e4m3fn [m_total, inter] for W4A8) and its E8M0 scales (uint8, 128x4 over round_up(m_total, 128)
+    rows)."""
+    sf = torch.zeros(round_up(m_total, 128) * round_up(inter // 32, 4), dtype=torch.uint8, device=device)
+    if gemm_format == "mxfp4":
+        return torch.empty(m_total, inter // 2, dtype=torch.uint8, device=device), sf
+    return torch.empty(m_total, inter, dtype=torch.float8_e4m3fn, device=device), sf
+
+
+def grouped_mm_fp4_swiglu_quantize_launcher(
+        a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
+        expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor, out_sf: torch.Tensor,
+        enable_pdl: bool = True) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """Validate once, then launch GEMM1 with the fused activation epilogue many times (the fused MoE's pipeline).
+
+    Parameters
+    ----------
+    a, a_descale, b, b_descale, expert_of_tile, tactic, enable_pdl
+        As for `grouped_mm_fp4`; b's rows (n = 2 * inter) interleaved gate/up (row 2i = gate_i, 2i+1 = up_i), and
+        tactic.tile_n a multiple of 64.
+    out, out_sf : torch.Tensor
+        GEMM2's activation operand and its scales, as `swiglu_quantize_outputs` allocates them.
+
+    Returns
+    -------
+    callable
+        ``launch(bias, swiglu_oai, g1, alpha_e, beta_e, limit_e, alpha, beta, limit, has_limit)`` runs the GEMM and
+        returns (out, out_sf): bias [E, n] float32/float16/bfloat16 or None; g1 / alpha_e / beta_e / limit_e
+        float32 [E] or None (None: the scalars alpha / beta / limit; has_limit False: no clamping). Those
+        arguments are checked by the binding; the caller validates them first.
+
+    Raises
+    ------
+    TypeError, ValueError, ArchError
+        Bad operands or outputs, before any launch.
+    """
+    fn = f"{_FN} swiglu_quantize"
+    require_tensor("out", out, fn)
+    module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, None, torch.bfloat16, enable_pdl,
+                            "swiglu_quantize")
+    a_bytes, _, a_sf, _, tiles, _, workspace, pdl = args
+    m, inter, fmt = a.shape[0], b.shape[1] // 2, _FORMAT_OF_A[a.dtype]
+    want_out, want_sf = (torch.uint8, inter // 2) if fmt == "mxfp4" else (torch.float8_e4m3fn, inter)
+    check_tensor(out, "out", fn, want_out, shape=(m, want_sf))
+    check_tensor(out_sf, "out_sf", fn, _SF_DTYPES, numel=round_up(m, 128) * round_up(inter // 32, 4))
+    one_device([a, out, out_sf], fn)
+    out_bytes, sf_bytes = out.view(torch.uint8), out_sf.view(torch.uint8)
+    b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
+    del args
+
+    def launch(bias: torch.Tensor | None, swiglu_oai: bool, g1: torch.Tensor | None, alpha_e: torch.Tensor | None,
+               beta_e: torch.Tensor | None, limit_e: torch.Tensor | None, alpha: float, beta: float, limit: float,
+               has_limit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        weights, scales = b_ref(), b_sf_ref()
+        if weights is None or scales is None:
+            raise RuntimeError(f"{fn}: the weights this launcher was built for have been freed")
+        module.run_swiglu_quantize(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out_bytes, sf_bytes,
+                                   workspace, bias, swiglu_oai, g1, alpha_e, beta_e, limit_e, alpha, beta, limit,
+                                   has_limit, pdl)
+        return out, out_sf
+
+    return launch
+
+
+def grouped_mm_fp4_swiglu_quantize(
+        a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
+        expert_of_tile: torch.Tensor, tactic: Tactic, *, bias: torch.Tensor | None = None,
+        activation: str = "swiglu_oai", alpha: float | torch.Tensor = 1.702, beta: float | torch.Tensor = 1.0,
+        limit: float | torch.Tensor | None = 7.0, g1: torch.Tensor | None = None,
+        enable_pdl: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MoE's GEMM1 with fc1 bias, SwiGLU and the quantization for GEMM2 fused into its epilogue.
+
+    Equal, bit for bit, to `grouped_mm_fp4` (bf16 out) followed by the activation kernel: h = bf16(A @ B^T);
+    gate, up = h[:, 0::2], h[:, 1::2] (+ g1[e] scaling and bias); a = (up + beta) * gate' * sigmoid(alpha * gate')
+    with gate' = min(gate, limit) and up clamped to [-limit, limit] ("swiglu_oai"), or silu(gate) * up ("swiglu");
+    then a quantized to MXFP4 (W4A4) or MXFP8 (W4A8) with E8M0 scales per 32 (the "rceil" recipe).
+
+    Parameters
+    ----------
+    a, a_descale, b, b_descale, expert_of_tile, tactic, enable_pdl
+        As for `grouped_mm_fp4`; b [E, 2I, K/2] with gate/up rows interleaved; tactic.tile_n % 64 == 0.
+    bias : torch.Tensor, optional
+        fc1 bias [E, 2I] (float32 / float16 / bfloat16), interleaved like b.
+    activation : {"swiglu_oai", "swiglu"}
+    alpha, beta, limit : float or torch.Tensor
+        Scalars or float32 [E] per expert; limit None: no clamping.
+    g1 : torch.Tensor, optional
+        float32 [E]: each expert's scale of GEMM1's product, applied before the bias.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        (act, act_sf): uint8 [m_total, I/2] packed e2m1 (W4A4) or float8_e4m3fn [m_total, I] (W4A8), and uint8
+        E8M0 scales in the 128x4 layout over round_up(m_total, 128) rows.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, before any launch.
+    """
+    fn = f"{_FN} swiglu_quantize"
+    if activation not in ("swiglu_oai", "swiglu"):
+        raise ValueError(f"{fn}: activation must be 'swiglu_oai' or 'swiglu', got {activation!r}")
+    require_tensor("a", a, fn)
+    require_tensor("b", b, fn)
+    fmt = _FORMAT_OF_A.get(a.dtype)
+    if fmt is None:
+        raise TypeError(f"{fn}: a must be uint8 (packed MXFP4) or float8_e4m3fn (MXFP8), got {a.dtype}")
+    if b.ndim != 3:
+        raise ValueError(f"{fn}: b must be 3-D [E, 2I, K/2], got {tuple(b.shape)}")
+    experts, n = b.shape[0], b.shape[1]
+    if bias is not None:
+        check_tensor(bias, "bias", fn, _BIAS_DTYPES, shape=(experts, n))
+    per_expert = {}
+    for name, v in (("g1", g1), ("alpha", alpha), ("beta", beta), ("limit", limit)):
+        if isinstance(v, torch.Tensor):
+            per_expert[name] = check_tensor(v, name, fn, torch.float32, shape=(experts,))
+        elif name == "g1" and v is not None:
+            raise TypeError(f"{fn}: g1 must be a float32 tensor [E] or None")
+    one_device([a, b, bias, *per_expert.values()], fn)
+    out, out_sf = swiglu_quantize_outputs(a.shape[0], n // 2, fmt, a.device)
+    launch = grouped_mm_fp4_swiglu_quantize_launcher(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_sf,
+                                                      enable_pdl)
+    scalar = {k: (0.0 if v is None or isinstance(v, torch.Tensor) else float(v))
+              for k, v in (("alpha", alpha), ("beta", beta), ("limit", limit))}
+    return launch(bias, activation == "swiglu_oai", per_expert.get("g1"), per_expert.get("alpha"),
+                  per_expert.get("beta"), per_expert.get("limit"), scalar["alpha"], scalar["beta"], scalar["limit"],
+                  limit is not None)

@@ -29,7 +29,7 @@ from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
 from ..kernels.grouped_mm_fp4 import heuristic
 from ..kernels.moe_glue import MAX_EXPERTS, MAX_TOP_K, TOKENS_PER_CHUNK, moe_glue_spec
-from .grouped_mm_fp4 import grouped_mm_fp4_launcher
+from .grouped_mm_fp4 import grouped_mm_fp4_launcher, grouped_mm_fp4_swiglu_quantize_launcher
 
 GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # activation format -> grouped GEMM format
 LAYOUT_CODE = {"interleaved": 0, "gate_first": 1, "up_first": 2}
@@ -126,7 +126,7 @@ class _Buffers:
         self.device = device
         self.store: dict[str, torch.Tensor] = {}
         self.retired: list[torch.Tensor] = []  # outgrown buffers, kept for CUDA graphs that captured them
-        self.views: dict[RowPlan, GlueViews] = {}
+        self.views: dict[tuple[RowPlan, bool], GlueViews] = {}
 
     def take(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
         buf = self.store.get(name)
@@ -150,7 +150,7 @@ class GlueViews:
     workspace: torch.Tensor  # int32 plan workspace
     x: torch.Tensor          # GEMM1 A as bytes: uint8 [bound, Hp/2] (MXFP4) or [bound, Hp] (MXFP8)
     x_sf: torch.Tensor       # uint8, 128x4 over sf_rows rows
-    h: torch.Tensor          # bf16 [bound, 2*Ip]
+    h: torch.Tensor | None   # bf16 [bound, 2*Ip] GEMM1 output (None when GEMM1's epilogue runs the activation)
     a: torch.Tensor          # GEMM2 A as bytes
     a_sf: torch.Tensor
     y: torch.Tensor          # bf16 [bound, Hp]
@@ -159,7 +159,8 @@ class GlueViews:
     a_gemm: torch.Tensor
 
 
-def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format: str) -> GlueViews:
+def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format: str,
+               fused_activation: bool = False) -> GlueViews:
     """The buffers of one forward, cached per (device, sizes, plan).
 
     Parameters
@@ -172,6 +173,8 @@ def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format
         Padded hidden and intermediate sizes (multiples of 32).
     act_format : str
         "mxfp4" or "mxfp8".
+    fused_activation : bool
+        GEMM1's epilogue runs the activation: no [bound, 2*Ip] intermediate is allocated.
 
     Returns
     -------
@@ -182,7 +185,7 @@ def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format
     bufs = _BUFFERS.get(key)
     if bufs is None:
         bufs = _BUFFERS[key] = _Buffers(device)
-    views = bufs.views.get(plan)
+    views = bufs.views.get((plan, fused_activation))
     if views is not None:
         return views
     per_byte = 2 if act_format == "mxfp4" else 1
@@ -191,7 +194,7 @@ def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format
     ws = bufs.take("workspace", plan.workspace_elements, torch.int32)
     x = bufs.take("x", bound * hp // per_byte, torch.uint8).view(bound, hp // per_byte)
     x_sf = bufs.take("x_sf", sf_rows * round_up(hp // 32, 4), torch.uint8)
-    h = bufs.take("h", bound * 2 * ip, torch.bfloat16).view(bound, 2 * ip)
+    h = None if fused_activation else bufs.take("h", bound * 2 * ip, torch.bfloat16).view(bound, 2 * ip)
     a = bufs.take("a", bound * ip // per_byte, torch.uint8).view(bound, ip // per_byte)
     a_sf = bufs.take("a_sf", sf_rows * round_up(ip // 32, 4), torch.uint8)
     y = bufs.take("y", bound * hp, torch.bfloat16).view(bound, hp)
@@ -199,7 +202,7 @@ def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format
     views = GlueViews(ws, x, x_sf, h, a, a_sf, y, ws[offset:offset + length], x.view(data_dtype), a.view(data_dtype))
     if len(bufs.views) > 256:
         bufs.views.clear()
-    bufs.views[plan] = views
+    bufs.views[(plan, fused_activation)] = views
     return views
 
 
@@ -235,8 +238,16 @@ def _scalar_or_tensor(v: float | torch.Tensor | None, default: float) -> tuple[f
     return (default if v is None else float(v)), None
 
 
+def fuses_activation(p: ExpertParams, plan: RowPlan, gemm_format: str, intermediate_padded: int) -> bool:
+    """Whether GEMM1's epilogue can run the activation: gate/up interleaved (a pair in adjacent columns) and a tile
+    of whole 32-output scale blocks (tile_n % 64 == 0)."""
+    return p.layout == LAYOUT_CODE["interleaved"] and (2 * intermediate_padded) % 64 == 0 and \
+        GROUPED.serves("swiglu_quantize", gemm_format, plan.tactic)
+
+
 def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, out: torch.Tensor) -> torch.Tensor:
-    """GEMM1 -> activation -> GEMM2 -> finalize, after the plan and scatter kernels ran on `views`.
+    """GEMM1 -> activation -> GEMM2 -> finalize, after the plan and scatter kernels ran on `views`; GEMM1 runs the
+    activation in its epilogue when `views` has no intermediate (glue_views(fused_activation=True)).
 
     Parameters
     ----------
@@ -254,16 +265,20 @@ def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, 
         `out`.
     """
     tactic, k, num_e = plan.tactic, plan.top_k, plan.num_experts
-    _gemm(views.x_gemm, views.x_sf, p.w13, p.w13_sf, views.expert_of_tile, tactic, views.h)
     alpha, alpha_e = _scalar_or_tensor(p.alpha, 1.0)
     beta, beta_e = _scalar_or_tensor(p.beta, 0.0)
     limit, limit_e = _scalar_or_tensor(p.limit, 0.0)
-    b1 = p.w13_bias
-    if b1 is not None and b1.data_ptr() % 16:
-        b1 = b1.clone()  # the activation kernel reads bias rows in 16-byte vectors
-    module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
-                      p.layout, p.swiglu_oai, p.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
-                      p.limit is not None)
+    if views.h is None:
+        _gemm1_fused(views, p.w13, p.w13_sf, tactic)(p.w13_bias, p.swiglu_oai, p.g1, alpha_e, beta_e, limit_e, alpha,
+                                                     beta, limit, p.limit is not None)
+    else:
+        _gemm(views.x_gemm, views.x_sf, p.w13, p.w13_sf, views.expert_of_tile, tactic, views.h)
+        b1 = p.w13_bias
+        if b1 is not None and b1.data_ptr() % 16:
+            b1 = b1.clone()  # the activation kernel reads bias rows in 16-byte vectors
+        module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
+                          p.layout, p.swiglu_oai, p.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
+                          p.limit is not None)
     _gemm(views.a_gemm, views.a_sf, p.w2, p.w2_sf, views.expert_of_tile, tactic, views.y)
     module.finalize(views.y, views.workspace, out, k, num_e, tactic.tile_m, p.g2, p.w2_bias)
     return out
@@ -272,7 +287,7 @@ def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, 
 # Validated GEMM launchers per (buffers, weights, tactic): a repeated forward skips grouped_mm_fp4's checks. A
 # launcher holds our buffers strongly (so their ids stay unique while it lives) and the weights weakly (checked by
 # identity on lookup, so a freed and reused id never hits).
-_LAUNCHERS: dict[tuple, tuple[weakref.ref, weakref.ref, Callable[[], torch.Tensor]]] = {}
+_LAUNCHERS: dict[tuple, tuple[weakref.ref, weakref.ref, Callable[..., Any]]] = {}
 
 
 def _gemm(a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.Tensor, expert_of_tile: torch.Tensor,
@@ -285,3 +300,17 @@ def _gemm(a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.Tens
         launch = grouped_mm_fp4_launcher(a, a_sf, b, b_sf, expert_of_tile, tactic, out)
         hit = _LAUNCHERS[key] = (weakref.ref(b), weakref.ref(b_sf), launch)
     return hit[2]()
+
+
+def _gemm1_fused(views: GlueViews, w13: torch.Tensor, w13_sf: torch.Tensor, tactic: Tactic) -> Callable[..., Any]:
+    """The cached launcher of GEMM1 with the activation in its epilogue, writing GEMM2's operand `views.a`."""
+    key = ("swiglu_quantize", id(views.x), id(views.x_sf), id(w13), id(w13_sf), id(views.expert_of_tile),
+           id(views.a), id(views.a_sf), tactic)
+    hit = _LAUNCHERS.get(key)
+    if hit is None or hit[0]() is not w13 or hit[1]() is not w13_sf:
+        if len(_LAUNCHERS) >= 1024:
+            _LAUNCHERS.clear()
+        launch = grouped_mm_fp4_swiglu_quantize_launcher(views.x_gemm, views.x_sf, w13, w13_sf, views.expert_of_tile,
+                                                         tactic, views.a_gemm, views.a_sf)
+        hit = _LAUNCHERS[key] = (weakref.ref(w13), weakref.ref(w13_sf), launch)
+    return hit[2]

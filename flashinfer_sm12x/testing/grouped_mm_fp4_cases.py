@@ -55,3 +55,64 @@ def check_bad_inputs_rejected_before_launch() -> None:
         grouped_mm_fp4(a, a_sf, b, b_sf[:1], tiles, tactic)
     with pytest.raises(ValueError, match="CUDA"):
         grouped_mm_fp4(a, a_sf, b, b_sf, tiles.cpu(), tactic)
+
+
+def _activation_workspace(expert_of_tile: torch.Tensor, num_e: int, tile_m: int) -> torch.Tensor:
+    """A glue plan workspace in which every row of every tile is routed (expert_of_tile sorted), so the standalone
+    activation kernel treats every row as the fused epilogue does."""
+    from ..ops.moe_glue import workspace_offsets
+    tiles = expert_of_tile.numel()
+    parts = workspace_offsets(1, 1, num_e, tiles)
+    ws = torch.zeros(max(a + n for a, n in parts.values()), dtype=torch.int32)
+    tile_counts = torch.bincount(expert_of_tile.long(), minlength=num_e)
+    counts = tile_counts * tile_m
+    starts = torch.cumsum(counts, 0) - counts
+    for name, value in (("expert_of_tile", expert_of_tile), ("counts", counts), ("padded_start", starts)):
+        at, n = parts[name]
+        ws[at:at + n] = value.to(torch.int32)
+    return ws.cuda()
+
+
+def run_swiglu_quantize_case(tactic, num_e: int, tiles: int, inter: int, k: int, act: str = "mxfp4", *,
+                             bias_dtype: torch.dtype | None = torch.bfloat16, activation: str = "swiglu_oai",
+                             per_expert: bool = False, g1: bool = False, limit: float | None = 7.0) -> None:
+    """GEMM1 with the fused activation epilogue against GEMM1 (bf16 out) followed by the standalone activation
+    kernel: the same bits (data and scales), and the 128x4 layout's padding scale columns zeroed."""
+    from ..formats import unswizzle_sf
+    from ..ops.grouped_mm_fp4 import grouped_mm_fp4_swiglu_quantize_launcher, swiglu_quantize_outputs
+    from ..ops.moe_glue import LAYOUT_CODE, glue_module
+
+    gen = torch.Generator().manual_seed(num_e * 1000 + inter + k)
+    m, n, tm = tiles * tactic.tile_m, 2 * inter, tactic.tile_m
+    x_in = (torch.randn(m, k, generator=gen) * 3).cuda()
+    a, a_sf = mxfp4_quantize(x_in) if act == "mxfp4" else mxfp8_quantize(x_in, True, 32)
+    b, b_sf = expert_weights(num_e, n, k, gen)
+    expert_of_tile = torch.sort(torch.randint(0, num_e, (tiles,), generator=gen, dtype=torch.int32)).values
+    expert_of_tile[-1] = num_e - 1
+    bias = None if bias_dtype is None else (torch.randn(num_e, n, generator=gen) * 2).to(bias_dtype).cuda()
+    per = (lambda lo, hi: (torch.rand(num_e, generator=gen) * (hi - lo) + lo).cuda()) if per_expert else None
+    alpha_e, beta_e = (per(1.0, 2.0), per(0.5, 1.5)) if per else (None, None)
+    limit_e = per(3.0, 8.0) if per and limit is not None else None
+    g1_e = (torch.rand(num_e, generator=gen) + 0.5).cuda() if g1 else None
+    scalars = (1.702, 1.0, 0.0 if limit is None else float(limit), limit is not None or limit_e is not None)
+    oai = activation == "swiglu_oai"
+
+    # Unfused: GEMM1 writes bf16, the activation kernel quantizes.
+    h = grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic)
+    want, want_sf = swiglu_quantize_outputs(m, inter, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", h.device)
+    glue_module(h.device, act).activation(h, _activation_workspace(expert_of_tile, num_e, tm), want.view(torch.uint8),
+                                          want_sf, 1, 1, num_e, tm, LAYOUT_CODE["interleaved"], oai, g1_e, bias,
+                                          alpha_e, beta_e, limit_e, *scalars)
+    # Fused: scales pre-filled with 0xFF, so unwritten padding columns show.
+    got, got_sf = swiglu_quantize_outputs(m, inter, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", h.device)
+    got_sf.fill_(0xFF)
+    launch = grouped_mm_fp4_swiglu_quantize_launcher(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, got, got_sf)
+    launch(bias, oai, g1_e, alpha_e, beta_e, limit_e, *scalars)
+    torch.cuda.synchronize()
+    kb = inter // 32
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), \
+        f"{int((got.view(torch.uint8) != want.view(torch.uint8)).sum())} data bytes differ"
+    got_s, want_s = unswizzle_sf(got_sf, m, -(-kb // 4) * 4), unswizzle_sf(want_sf, m, -(-kb // 4) * 4)
+    assert torch.equal(got_s[:, :kb], want_s[:, :kb]), f"{int((got_s[:, :kb] != want_s[:, :kb]).sum())} scales differ"
+    assert not got_s[:, kb:].any(), "padding scale columns must be zero"
+    assert (got_s[:, :kb] != 0xFF).all(), "finite inputs must give finite scales"

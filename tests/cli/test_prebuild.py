@@ -30,8 +30,13 @@ W8PP64, W8CO128, _ = W4A8_CANDIDATES
 
 
 def _groups(model: str, act: str, arch: str, max_num_tokens: int = 8192) -> list[str]:
+    """The preset's grouped GEMM modules, each tactic's GEMM1 build with the fused activation epilogue checked and
+    left out (every preset tactic here has tile_n % 64 == 0)."""
     deployment = registry.Deployment(registry.MODELS[model], act, max_num_tokens)
-    return [spec.group for spec in registry.DEPLOYMENT["grouped_mm_fp4"](parse_target(arch), deployment)]
+    groups = [spec.group for spec in registry.DEPLOYMENT["grouped_mm_fp4"](parse_target(arch), deployment)]
+    plain = groups[0::2]
+    assert groups[1::2] == [f"{g}_swiglu_quantize" for g in plain]
+    return plain
 
 
 def test_gpt_oss_120b_w4a4_preset_is_the_two_tactics_the_heuristic_picks() -> None:
@@ -64,12 +69,12 @@ def recorded_plan(monkeypatch: pytest.MonkeyPatch, cache_root: Path) -> list[lis
 def test_model_preset_builds_only_the_moe_modules(recorded_plan: list, capsys: pytest.CaptureFixture) -> None:
     assert main(["prebuild", "--model", "gpt-oss-120b", "--act", "mxfp4", "--arch", "sm_121a"]) == 0
     (items,) = recorded_plan
-    assert [item.family for item in items] == ["grouped_mm_fp4", "grouped_mm_fp4", "quantize", "moe_glue"]
+    assert [item.family for item in items] == ["grouped_mm_fp4"] * 4 + ["quantize", "moe_glue"]  # 2 tactics x 2
     assert all(item.spec.target.name == "sm_121a" for item in items)
     assert all(item.spec.uses_cutlass for item in items if item.family == "grouped_mm_fp4")
     assert [item.spec.group for item in items if item.family == "quantize"] == ["mxfp4"]  # the activation format
     assert [item.spec.group for item in items if item.family == "moe_glue"] == ["mxfp4"]
-    assert "prebuild: 4 module(s)" in capsys.readouterr().out
+    assert "prebuild: 6 module(s)" in capsys.readouterr().out
 
 
 def test_ops_plan_covers_grouped_gemm_and_dedupes(recorded_plan: list) -> None:
@@ -78,7 +83,8 @@ def test_ops_plan_covers_grouped_gemm_and_dedupes(recorded_plan: list) -> None:
     names = [item.spec.name for item in items]
     assert len(names) == len(set(names))
     # sm_121a ships 2 W4A4 and 3 W4A8 grouped tactics, in bf16 (what fused_moe runs); the probe has 3 K depths.
-    assert [item.family for item in items].count("grouped_mm_fp4") == 2 + 3
+    # ... plus GEMM1's fused-activation build of each tactic with tile_n % 64 == 0 (2 W4A4, 2 W4A8).
+    assert [item.family for item in items].count("grouped_mm_fp4") == 2 + 3 + 2 + 2
     assert [item.family for item in items].count("mma_probe") == 3
 
 

@@ -25,3 +25,19 @@ def test_grouped_config_compiles_with_native_mma(arch: str, fmt: str, tactic: Ta
     report = compile_proof(FAMILY.spec(parse_target(arch), fmt, tactic, torch.bfloat16))
     kernel = report.require(instruction=mma, no_mainloop_spills=True, max_smem=SM120_SMEM_CAPACITY)
     assert report.stages and report.stages >= 2 and kernel.count("HMMA") == 0
+
+
+@pytest.mark.parametrize(("arch", "fmt", "tactic", "mma"), [
+    ("sm_121a", "mxfp4", Tactic("pingpong", 64, 128, 128), "OMMA.SF"),
+    ("sm_120a", "mxfp8_mxfp4", Tactic("pingpong", 128, 64, 128), "QMMA.SF.16832.F32.E4M3.E2M1"),
+], ids=["sm_121a-m64", "sm_120a-w4a8-pingpong128x64"])
+def test_gemm1_with_fused_activation_epilogue_compiles(arch: str, fmt: str, tactic: Tactic, mma: str) -> None:
+    """GEMM1 with fc1 bias + SwiGLU + quantization in its epilogue: native MMA, no mainloop spills, the staging band
+    included in the shared memory, the conversion to GEMM2's format in SASS (F2FP for E2M1 / E4M3 pairs)."""
+    report = compile_proof(FAMILY.spec(parse_target(arch), fmt, tactic, torch.bfloat16, "swiglu_quantize"))
+    kernel = report.require(instruction=mma, no_mainloop_spills=True, max_smem=SM120_SMEM_CAPACITY)
+    assert report.stages and report.stages >= 2 and kernel.count("HMMA") == 0
+    assert kernel.count("F2FP") > 0, sorted(op for op in kernel.instructions if op.startswith("F2"))
+    print(f"{arch} {fmt} {tactic.name} swiglu_quantize: {report.stages} stages, "
+          f"{kernel.static_smem + (report.dynamic_smem or 0)} B smem, {kernel.registers} registers, "
+          f"spills {kernel.spill_stores} B stored / {kernel.spill_loads} B loaded (outside the mainloop)")

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The fused MoE's kernel pipeline (impl="kernels": four glue kernels + two grouped GEMMs) on an H100/H200 with the
-emulated MMA atom: against impl="reference" (the torch pipeline: same quantization points, so the two agree far
-closer than either agrees with float64), against the float64 GPT-OSS reference, in every weight layout, and at most
-six device launches per forward at every T. (tests/moe/test_fused_moe_emulated.py runs the default impl, which is
+"""The fused MoE's kernel pipeline (impl="kernels": glue kernels + two grouped GEMMs, GEMM1 with the activation in its
+epilogue where the weights allow) on an H100/H200 with the emulated MMA atom: against impl="reference" (the torch
+pipeline: same quantization points, so the two agree far closer than either agrees with float64), against the float64
+GPT-OSS reference, in every weight layout; the fused epilogue bit-identical to the unfused pipeline; at most six
+device launches per forward at every T, five with the fused epilogue. (tests/moe/test_fused_moe_emulated.py runs the default impl, which is
 "kernels" on CUDA, over the GPT-OSS shapes, skewed routing and CUDA graphs.)"""
 
 from __future__ import annotations
@@ -75,13 +76,35 @@ def test_out_of_range_ids_raise_on_the_host_or_clamp_when_unchecked() -> None:
 
 
 @pytest.mark.parametrize("num_t", [1, 64, 8192])
-def test_at_most_six_launches_per_forward(num_t: int) -> None:
+@pytest.mark.parametrize(("fused", "most"), [(True, 5), (False, 6)], ids=["fused", "unfused"])
+def test_launches_per_forward(num_t: int, fused: bool, most: int) -> None:
     _, w = weights(32)
     hidden, logits = make_inputs(num_t, H, 32)
     hidden, logits = hidden.cuda(), logits.cuda()
-    fused_moe(hidden, logits, w, top_k=4)  # build, allocate the buffers
-    launches = device_launches(lambda: fused_moe(hidden, logits, w, top_k=4))
-    assert len(launches) <= 6, launches
+    fused_moe(hidden, logits, w, top_k=4, fused_epilogue=fused)  # build, allocate the buffers
+    launches = device_launches(lambda: fused_moe(hidden, logits, w, top_k=4, fused_epilogue=fused))
+    assert len(launches) <= most, launches
+
+
+@pytest.mark.parametrize(("num_e", "num_t", "act"), [(32, 1, "mxfp4"), (32, 3, "mxfp8"), (32, 64, "mxfp4"),
+                                                     (128, 64, "mxfp8"), (32, 1000, "mxfp8"), (128, 1000, "mxfp4"),
+                                                     (32, 8192, "mxfp4")])
+def test_fused_epilogue_is_bit_identical_to_the_unfused_pipeline(num_e: int, num_t: int, act: str) -> None:
+    raw, w = weights(num_e, act=act)
+    hidden, logits = make_inputs(num_t, H, num_e)
+    hidden, logits = hidden.cuda(), logits.cuda()
+    fused = fused_moe(hidden, logits, w, top_k=4, fused_epilogue=True)
+    unfused = fused_moe(hidden, logits, w, top_k=4, fused_epilogue=False)
+    assert torch.equal(fused, unfused)
+    ref = gpt_oss_moe_reference(hidden, logits, **raw, top_k=4, act_quant=act)
+    assert rel_l2(fused, ref) < TOL
+
+
+def test_fused_epilogue_needs_interleaved_weights() -> None:
+    _, w = weights(32, interleaved=False, up_first=True)
+    hidden, logits = make_inputs(4, H, 32)
+    with pytest.raises(ValueError, match="interleaved"):
+        fused_moe(hidden.cuda(), logits.cuda(), w, top_k=4, fused_epilogue=True)
 
 
 def test_cuda_graph_replays_the_kernel_pipeline() -> None:

@@ -52,6 +52,10 @@ struct Mxfp4 {};       // e2m1 x e2m1, ue8m0 scale per 32 (kind::mxf4nvf4, scale
 struct Nvfp4 {};       // e2m1 x e2m1, ue4m3 scale per 16 (kind::mxf4nvf4, scale_vec::4X)
 struct Mxfp8Mxfp4 {};  // W4A8: A e4m3, B e2m1, ue8m0 per 32 (kind::mxf8f6f4, FP8 rate)
 
+// Epilogues: what GEMM writes.
+struct StoreD {};          // CUTLASS's TMA epilogue: D = alpha * acc in bf16 / fp16
+struct SwigluQuantize {};  // MoE GEMM1: fc1 bias + SwiGLU + quantization for GEMM2 (gemm/epilogues/swiglu_quantize.cuh)
+
 struct Pingpong {};
 struct Cooperative {};
 struct StreamK {};     // Cooperative kernel + stream-K tile scheduler
@@ -116,6 +120,14 @@ struct MaybeEmulatedAtom {
   using type = Collective;
 };
 
+// The collective epilogue of an epilogue kind: CUTLASS's (built from the config) for StoreD, else specialised in the
+// kind's header under gemm/epilogues/.
+template <class Kind, class Format, int TileM, int TileN, class BuilderEpilogue>
+struct EpilogueOf {
+  static_assert(cute::is_same_v<Kind, StoreD>, "this config's epilogue header (gemm/epilogues/*.cuh) is not included");
+  using type = BuilderEpilogue;
+};
+
 // Which mainloop runs the collective CUTLASS built:
 //   Collective        CUTLASS's SM120 collective as built (native dense 128/256-row tiles);
 //   ByteTma           the same with packed e2m1 A/B through byte TMA (emulated 128-row tiles; native grouped W4A4);
@@ -162,9 +174,11 @@ constexpr int m64_stages(int epilogue_bytes) {
 // SwapAB computes D^T = B * A^T: the weights fill the 128-row M tile and the few activation rows of a decode
 // step land in a narrow N tile. D^T in column-major is D in row-major, so the caller's output is unchanged.
 // Grouped: rows are expert-contiguous and B is batched per expert (grouped_mm_fp4.cuh); the MoE GEMMs.
+// Epilogue: StoreD, or a fused epilogue kind (grouped configs only).
 template <class Format, class ElementD_, int TileM, int TileN, int TileK, class Schedule, bool Emulated,
-          bool SwapAB = false, bool Grouped = false>
+          bool SwapAB = false, bool Grouped = false, class Epilogue = StoreD>
 struct MmFp4Config {
+  static_assert(cute::is_same_v<Epilogue, StoreD> || Grouped, "fused epilogues are the MoE GEMMs' (grouped)");
   static_assert(!(Grouped && (SwapAB || cute::is_same_v<Schedule, StreamK>)),
                 "grouped GEMMs: unswapped, Pingpong or Cooperative");
   static_assert(!(SwapAB && cute::is_same_v<Format, Mxfp8Mxfp4>), "W4A8 has distinct A/B formats: no swap");
@@ -195,12 +209,13 @@ struct MmFp4Config {
                                                cutlass::epilogue::TmaWarpSpecialized,
                                                cutlass::epilogue::TmaWarpSpecializedCooperative>;
 
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+  using BuilderEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       ArchTag, OpClass, TileShape, ClusterShape, cutlass::epilogue::collective::EpilogueTileAuto,
       ElementAccumulator, ElementCompute,
       ElementC, LayoutD, AlignmentD,
       ElementD, LayoutD, AlignmentD,
       EpilogueSchedule>::CollectiveOp;
+  using CollectiveEpilogue = typename detail::EpilogueOf<Epilogue, Format, TileM, TileN, BuilderEpilogue>::type;
 
   using NativeMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       ArchTag, OpClass,
@@ -230,6 +245,7 @@ struct MmFp4Config {
   static constexpr bool kEmulated = Emulated;
   static constexpr bool kSwapAB = SwapAB;
   static constexpr bool kGrouped = Grouped;
+  static constexpr bool kFusedEpilogue = !cute::is_same_v<Epilogue, StoreD>;
 };
 
 }  // namespace flashinfer_sm12x::mm_fp4

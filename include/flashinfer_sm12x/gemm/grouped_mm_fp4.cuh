@@ -16,7 +16,11 @@
 
 namespace flashinfer_sm12x::mm_fp4 {
 
-template <class Format, class ElementD, int TileM, int TileN, int TileK, class Schedule, bool Emulated>
-using GroupedMmFp4Config = MmFp4Config<Format, ElementD, TileM, TileN, TileK, Schedule, Emulated, false, true>;
+// Epilogue: StoreD writes D; SwigluQuantize (gemm/epilogues/swiglu_quantize.cuh) is the MoE's GEMM1 with its
+// activation fused.
+template <class Format, class ElementD, int TileM, int TileN, int TileK, class Schedule, bool Emulated,
+          class Epilogue = StoreD>
+using GroupedMmFp4Config = MmFp4Config<Format, ElementD, TileM, TileN, TileK, Schedule, Emulated, false, true,
+                                       Epilogue>;
 
 }  // namespace flashinfer_sm12x::mm_fp4

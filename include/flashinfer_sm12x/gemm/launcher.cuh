@@ -24,6 +24,8 @@ struct Problem {
   // uses batch b_batch_of_m_tile[i] (device memory, ceil(m / TileM) entries).
   const int32_t* b_batch_of_m_tile = nullptr;
   int num_b_batches = 1;
+  // Fused-epilogue configs only: the epilogue's Arguments (host memory, read while the arguments are built).
+  const void* epilogue_args = nullptr;
 };
 
 template <class Config>
@@ -79,13 +81,17 @@ typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem) {
   }
 
   typename Epilogue::Arguments epi{};
-  epi.thread.alpha = 1.0f;
-  epi.thread.beta = 0.0f;
-  epi.thread.alpha_ptr = p.alpha;  // read on device; nullptr -> scalar alpha (1)
-  epi.ptr_C = nullptr;
-  epi.ptr_D = static_cast<decltype(epi.ptr_D)>(p.d);
-  epi.dD = cutlass::make_cute_packed_stride(typename Epilogue::StrideD{}, cute::make_shape(p.m, p.n, 1));
-  epi.dC = epi.dD;
+  if constexpr (Config::kFusedEpilogue) {
+    epi = *static_cast<typename Epilogue::Arguments const*>(p.epilogue_args);
+  } else {
+    epi.thread.alpha = 1.0f;
+    epi.thread.beta = 0.0f;
+    epi.thread.alpha_ptr = p.alpha;  // read on device; nullptr -> scalar alpha (1)
+    epi.ptr_C = nullptr;
+    epi.ptr_D = static_cast<decltype(epi.ptr_D)>(p.d);
+    epi.dD = cutlass::make_cute_packed_stride(typename Epilogue::StrideD{}, cute::make_shape(p.m, p.n, 1));
+    epi.dC = epi.dD;
+  }
 
   cutlass::KernelHardwareInfo hw{};
   cudaGetDevice(&hw.device_id);
@@ -125,6 +131,7 @@ cudaError_t run(Problem const& p, void* workspace, cudaStream_t stream, bool ena
   if (p.m <= 0 || p.n <= 0 || p.k <= 0 || !p.a || !p.b || !p.sfa || !p.sfb || !p.d)
     return cudaErrorInvalidValue;
   if (Config::kGrouped && (!p.b_batch_of_m_tile || p.num_b_batches <= 0)) return cudaErrorInvalidValue;
+  if (Config::kFusedEpilogue && !p.epilogue_args) return cudaErrorInvalidValue;
   auto args = detail::make_arguments<Config>(p);
   typename Config::Gemm gemm;
   cutlass::Status s = gemm.can_implement(args);

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "flashinfer_sm12x/moe/activation.cuh"
 #include "flashinfer_sm12x/moe/routing.cuh"
 #include "flashinfer_sm12x/quantize/block_scale.cuh"
 
@@ -23,35 +24,10 @@ namespace flashinfer_sm12x::moe {
 
 namespace q = flashinfer_sm12x::quantize;
 
-enum class ActFormat : int { kMxfp4 = 0, kMxfp8 = 1 };
 enum class GateUpLayout : int { kInterleaved = 0, kGateFirst = 1, kUpFirst = 2 };
 
 constexpr int kRowThreads = 128;
-constexpr int kElems = 8;  // per thread; 4 lanes share a 32-element block
-
-template <ActFormat F>
-constexpr int64_t row_bytes(int64_t cols) {
-  return F == ActFormat::kMxfp4 ? cols / 2 : cols;
-}
-
-// Quantizes this thread's 8 values (all lanes of the warp call convergently) and stores them at column `col` of
-// `row`; the first lane of each 4-lane group stores the block's scale.
-template <ActFormat F>
-__device__ __forceinline__ void quantize_store(const float (&v)[kElems], bool active, int64_t row, int col, int64_t cols,
-                                               uint8_t* data, uint8_t* sf) {
-  const int64_t sf_cols = cols / 32;
-  uint32_t code;
-  if constexpr (F == ActFormat::kMxfp4) {
-    uint32_t packed[1];
-    code = q::mxfp4_quantize_segment<kElems>(v, q::ScaleRecipe::kRceil, packed);
-    if (active) *reinterpret_cast<uint32_t*>(data + row * (cols / 2) + col / 2) = packed[0];
-  } else {
-    uint32_t packed[2];
-    code = q::mxfp8_quantize_segment<kElems>(v, q::ScaleRecipe::kRceil, packed);
-    if (active) *reinterpret_cast<uint2*>(data + row * cols + col) = make_uint2(packed[0], packed[1]);
-  }
-  if (active && (col & 31) == 0) sf[q::sf_offset_128x4(row, col / 32, sf_cols)] = static_cast<uint8_t>(code);
-}
+constexpr int kElems = kQuantElems;  // per thread; 4 lanes share a 32-element block
 
 // Zero scale columns [cols/32, padded) of `row` (the 128x4 layout pads columns to a multiple of 4).
 __device__ __forceinline__ void zero_sf_pad_cols(int64_t row, int64_t cols, uint8_t* sf) {
@@ -151,20 +127,11 @@ struct ActivationParams {
   int tile_m = 0, bound = 0, sf_rows = 0;
   int inter = 0;                     // Ip (output columns), a multiple of 32
   GateUpLayout layout = GateUpLayout::kInterleaved;
-  bool oai = true;                   // swiglu_oai (alpha, beta, limit) or plain swiglu
-  const float* g1 = nullptr;         // [E] or null
+  SwigluArgs act;                    // g1, swiglu_oai or plain swiglu, alpha / beta / limit (moe/activation.cuh)
   const void* b1 = nullptr;          // [E, 2 * inter] or null
-  const float* alpha_e = nullptr;    // per-expert [E] (else the scalar)
-  const float* beta_e = nullptr;
-  const float* limit_e = nullptr;
-  float alpha = 1.f, beta = 0.f, limit = 0.f;
-  bool has_limit = false;
   uint8_t* out = nullptr;            // [bound, row_bytes(inter)]
   uint8_t* out_sf = nullptr;         // 128x4 over sf_rows rows
 };
-
-// torch's sigmoid in float32: 1 / (1 + exp(-x)).
-__device__ __forceinline__ float sigmoid_rn(float x) { return __fdiv_rn(1.f, __fadd_rn(1.f, expf(-x))); }
 
 template <ActFormat F, class BiasT>
 __global__ void __launch_bounds__(kRowThreads) activation_kernel(const ActivationParams p) {
@@ -177,10 +144,7 @@ __global__ void __launch_bounds__(kRowThreads) activation_kernel(const Activatio
   const int64_t width = 2 * static_cast<int64_t>(p.inter);
   const __nv_bfloat16* hrow = p.h + r * width;
   const BiasT* brow = p.b1 ? static_cast<const BiasT*>(p.b1) + e * width : nullptr;
-  const float g1 = p.g1 ? p.g1[e] : 1.f;
-  const float alpha = p.alpha_e ? p.alpha_e[e] : p.alpha;
-  const float beta = p.beta_e ? p.beta_e[e] : p.beta;
-  const float limit = p.limit_e ? p.limit_e[e] : p.limit;
+  const ExpertSwiglu act = ExpertSwiglu::of(p.act, e);
   const int64_t gate_off = p.layout == GateUpLayout::kUpFirst ? p.inter : 0;
   const int64_t up_off = p.layout == GateUpLayout::kUpFirst ? 0 : p.inter;
   zero_sf_pad_cols(r, p.inter, p.out_sf);
@@ -218,27 +182,7 @@ __global__ void __launch_bounds__(kRowThreads) activation_kernel(const Activatio
     }
     float a[kElems];
 #pragma unroll
-    for (int i = 0; i < kElems; ++i) {
-      float x = gate[i], y = up[i];
-      if (p.g1) {
-        x = __fmul_rn(x, g1);
-        y = __fmul_rn(y, g1);
-      }
-      if (brow) {
-        x = __fadd_rn(x, bg[i]);
-        y = __fadd_rn(y, bu[i]);
-      }
-      if (p.oai) {
-        if (p.has_limit) {  // torch.clamp keeps NaN
-          x = x > limit ? limit : x;
-          y = y > limit ? limit : (y < -limit ? -limit : y);
-        }
-        a[i] = __fmul_rn(__fmul_rn(__fadd_rn(y, beta), x), sigmoid_rn(__fmul_rn(alpha, x)));
-      } else {
-        a[i] = __fmul_rn(__fmul_rn(x, sigmoid_rn(x)), y);
-      }
-      if (!active) a[i] = 0.f;
-    }
+    for (int i = 0; i < kElems; ++i) a[i] = active ? act(gate[i], up[i], brow != nullptr, bg[i], bu[i]) : 0.f;
     quantize_store<F>(a, active, r, col, p.inter, p.out, p.out_sf);
   }
 }

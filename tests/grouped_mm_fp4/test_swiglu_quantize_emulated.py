@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Rung 3 for GEMM1's fused activation epilogue (grouped_mm_fp4, epilogue "swiglu_quantize"): the sm_90a build with
+the emulated MMA atom on an H100/H200, against GEMM1 (bf16 out) followed by the standalone activation kernel - the
+same bits, data and scales - for every tactic that serves the epilogue, W4A4 and W4A8, with an N residue (2I not a
+multiple of the tile), padding scale columns, every bias dtype, both activations, per-expert parameters and g1."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.jit.module import build_module
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY
+from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_swiglu_quantize_case
+
+_SM90 = parse_target("sm_90a")
+FUSED = {fmt: tuple(t for t in FAMILY.shipped(fmt, _SM90) if FAMILY.serves("swiglu_quantize", fmt, t))
+         for fmt in ("mxfp4", "mxfp8_mxfp4")}
+_ACT = {"mxfp4": "mxfp4", "mxfp8_mxfp4": "mxfp8"}
+_K = {"mxfp4": 2880, "mxfp8_mxfp4": 2944}  # W4A8's unpacked-e2m1 TMA box needs K % 128
+
+pytestmark = pytest.mark.emulation
+
+
+@pytest.fixture(autouse=True)
+def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prebuilt() -> None:
+    os.environ.setdefault("FLASHINFER_SM12X_EMULATE", "1")
+    specs = [FAMILY.spec(_SM90, fmt, t, torch.bfloat16, epilogue)
+             for fmt, tactics in FUSED.items() for t in tactics for epilogue in ("store", "swiglu_quantize")]
+    with ThreadPoolExecutor(int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))) as pool:
+        list(pool.map(build_module, specs))
+
+
+def test_every_shipped_wide_tactic_serves_the_fused_epilogue() -> None:
+    assert len(FUSED["mxfp4"]) == len(FAMILY.shipped("mxfp4", _SM90))
+    assert all(t.tile_n % 64 == 0 for ts in FUSED.values() for t in ts) and FUSED["mxfp8_mxfp4"]
+
+
+@pytest.mark.parametrize(("fmt", "tactic"), [(f, t) for f, ts in FUSED.items() for t in ts],
+                         ids=lambda v: v if isinstance(v, str) else v.name)
+@pytest.mark.parametrize(("num_e", "tiles", "inter", "k"), [(4, 3, 160, 256), (3, 2, 2880, None)],
+                         ids=["residue", "gpt-oss"])
+def test_fused_epilogue_is_bit_identical_to_gemm_then_activation(fmt: str, tactic, num_e: int, tiles: int,
+                                                                  inter: int, k: int | None) -> None:
+    run_swiglu_quantize_case(tactic, num_e, tiles, inter, k or _K[fmt], _ACT[fmt])
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_mxfp4"])
+@pytest.mark.parametrize("variant", ["fp32-bias", "fp16-bias", "no-bias", "swiglu", "per-expert", "g1", "no-limit"])
+def test_fused_epilogue_variants(fmt: str, variant: str) -> None:
+    kwargs = {"fp32-bias": {"bias_dtype": torch.float32}, "fp16-bias": {"bias_dtype": torch.float16},
+              "no-bias": {"bias_dtype": None}, "swiglu": {"activation": "swiglu"}, "per-expert": {"per_expert": True},
+              "g1": {"g1": True}, "no-limit": {"limit": None}}[variant]
+    run_swiglu_quantize_case(FUSED[fmt][0], 5, 4, 192, 384, _ACT[fmt], **kwargs)
