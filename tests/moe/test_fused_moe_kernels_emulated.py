@@ -3,8 +3,8 @@
 epilogue where the weights allow) on an H100/H200 with the emulated MMA atom: against impl="reference" (the torch
 pipeline: same quantization points, so the two agree far closer than either agrees with float64), against the float64
 GPT-OSS reference, in every weight layout; the fused epilogue bit-identical to the unfused pipeline; at most six
-device launches per forward at every T, five with the fused epilogue. (tests/moe/test_fused_moe_emulated.py runs the default impl, which is
-"kernels" on CUDA, over the GPT-OSS shapes, skewed routing and CUDA graphs.)"""
+device launches per forward at every T, five with the fused epilogue. (tests/moe/test_fused_moe_emulated.py runs the
+default impl, which is "kernels" on CUDA, over the GPT-OSS shapes, skewed routing and CUDA graphs.)"""
 
 from __future__ import annotations
 
