@@ -8,6 +8,10 @@
 #              bit-exact against the torch oracle
 #   sanitizer  compute-sanitizer memcheck of mm_fp4; memcheck and racecheck of the fused MoE and the glue kernels
 #   sweep      the compile sweep of every family for sm_120a/sm_121a (CPU work, beside the GPU stages)
+#   w4a8       W4A8's closing runs (not in the default list): its modules built in parallel, then side by side
+#              compute-sanitizer memcheck of the dense W4A8 GEMM (every shipped tactic) and of the W4A8 grouped GEMM
+#              + fused_moe(act="mxfp8") + cutlass_fused_moe, and benchmarks/moe_accuracy.py (W4A4 vs W4A8 against
+#              unquantized activations); w4a8_summary.txt lists each run's exit status and last lines
 #   bench      benchmarks: host time per call, quantizers and MoE glue (native H200 kernels, against the copy
 #              bandwidth measured in the same run), reduced mm_fp4 / MoE benchmarks (emulated: correctness only)
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
@@ -78,6 +82,46 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
   run_sanitizer memcheck moe scripts/sanitize_moe.py
   run_sanitizer racecheck moe_glue scripts/sanitize_moe.py --glue-only
   [[ -n ${SANITIZE_MM_FP4:-} ]] && run_sanitizer memcheck mm_fp4 scripts/sanitize_mm_fp4.py
+fi
+
+if [[ " $stages " == *" w4a8 "* ]]; then
+  # W4A8_TIMEOUT: seconds per run (default: what is left of 570 s since the start, so that a 600 s device call
+  # still packs the results); W4A8_BUILD_JOBS: builds at once per workload (default 6)
+  w4a8_dense=(scripts/sanitize_mm_fp4.py --formats mxfp8_mxfp4)
+  w4a8_moe=(scripts/sanitize_moe.py --act mxfp8)
+  w4a8_accuracy=(benchmarks/moe_accuracy.py --csv "$RESULTS/moe_accuracy.csv")
+  echo "== [$(elapsed) s] w4a8: building the modules of the three workloads (a shared module is built once)"
+  pids=()
+  for name in dense moe accuracy; do
+    declare -n cmd="w4a8_$name"
+    MAX_JOBS=${W4A8_BUILD_JOBS:-6} python3 "${cmd[@]}" --build-only > "$RESULTS/w4a8_build_$name.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  w4a8_limit=${W4A8_TIMEOUT:-$(( 570 - $(elapsed) ))}
+  (( w4a8_limit >= 60 )) || w4a8_limit=60
+  grep -hE 'prebuild: .* built|FAILED' "$RESULTS"/w4a8_build_*.log | tee "$RESULTS/w4a8_summary.txt"
+  echo "== [$(elapsed) s] w4a8: memcheck of the dense and MoE workloads and the accuracy table, side by side" \
+    "(at most $w4a8_limit s each)"
+  w4a8_run() {  # log name, then the command; appends the exit status to the log
+    local log="$RESULTS/$1.log"
+    shift
+    timeout "$w4a8_limit" "$@" > "$log" 2>&1
+    echo "exit status $?" >> "$log"
+  }
+  sanitize=(compute-sanitizer --tool memcheck --error-exitcode 9 python3)
+  w4a8_run sanitizer_mm_w4a8_memcheck "${sanitize[@]}" "${w4a8_dense[@]}" &
+  pids=($!)
+  w4a8_run sanitizer_moe_w4a8_memcheck "${sanitize[@]}" "${w4a8_moe[@]}" &
+  pids+=($!)
+  w4a8_run moe_accuracy python3 "${w4a8_accuracy[@]}" &
+  pids+=($!)
+  wait "${pids[@]}"
+  for log in sanitizer_mm_w4a8_memcheck sanitizer_moe_w4a8_memcheck; do
+    { echo "-- $log"; grep -E 'ERROR SUMMARY|workload done|Error' "$RESULTS/$log.log" | tail -5
+      tail -n 1 "$RESULTS/$log.log"; } | tee -a "$RESULTS/w4a8_summary.txt"
+  done
+  { echo "-- moe_accuracy"; tail -n 14 "$RESULTS/moe_accuracy.log"; } | tee -a "$RESULTS/w4a8_summary.txt"
 fi
 
 if [[ " $stages " == *" bench "* ]]; then
