@@ -82,7 +82,8 @@ typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem) {
 
   typename Epilogue::Arguments epi{};
   if constexpr (Config::kFusedEpilogue) {
-    epi = *static_cast<typename Epilogue::Arguments const*>(p.epilogue_args);
+    // No arguments (a workspace-size query): the defaults; run() refuses to launch without them.
+    if (p.epilogue_args) epi = *static_cast<typename Epilogue::Arguments const*>(p.epilogue_args);
   } else {
     epi.thread.alpha = 1.0f;
     epi.thread.beta = 0.0f;
