@@ -130,9 +130,11 @@ def _validate_common(a: Any, b: Any, sfa: Any, sfb: Any, alpha: Any, out_dtype: 
     """The Problem for the common valid call (FP4 `a`; uint8 operands and scales; `b` = w.T of a contiguous weight;
     scales flat or FlashInfer's 128x4 shapes; every tensor on one CUDA device), else None: the caller then runs the
     full validation, which raises the typed error or accepts a rarer form. Reads each attribute once; no views."""
-    if (type(a) is not _Tensor or type(b) is not _Tensor or type(sfa) is not _Tensor or type(sfb) is not _Tensor
-            or a.dtype is not _U8 or b.dtype is not _U8 or sfa.dtype is not _U8 or sfb.dtype is not _U8
-            or use_8x4_sf_layout or a.ndim != 2 or b.ndim != 2 or not a.is_contiguous() or not a.is_cuda):
+    if not (isinstance(a, _Tensor) and isinstance(b, _Tensor) and isinstance(sfa, _Tensor)
+            and isinstance(sfb, _Tensor)):
+        return None
+    if (a.dtype is not _U8 or b.dtype is not _U8 or sfa.dtype is not _U8 or sfb.dtype is not _U8 or use_8x4_sf_layout
+            or a.ndim != 2 or b.ndim != 2 or not a.is_contiguous() or not a.is_cuda):
         return None
     block = 16 if use_nvfp4 else 32
     m, half_k = a.shape
@@ -158,14 +160,14 @@ def _validate_common(a: Any, b: Any, sfa: Any, sfb: Any, alpha: Any, out_dtype: 
             return None
     elif sfb_ndim != 1 or sfb.numel() != rows_b * scale_cols or not sfb.is_contiguous():
         return None
-    if alpha is not None and (type(alpha) is not _Tensor or alpha.dtype is not _F32 or alpha.numel() != 1
+    if alpha is not None and (not isinstance(alpha, _Tensor) or alpha.dtype is not _F32 or alpha.numel() != 1
                               or not alpha.is_cuda or alpha.get_device() != device):
         return None
     if out_dtype is not _BF16 and out_dtype is not _F16:
         return None
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
-    elif (type(out) is not _Tensor or out.dtype is not out_dtype or out.shape != (m, n) or not out.is_contiguous()
+    elif (not isinstance(out, _Tensor) or out.dtype is not out_dtype or out.shape != (m, n) or not out.is_contiguous()
           or not out.is_cuda or out.get_device() != device):
         return None
     return Problem("nvfp4" if use_nvfp4 else "mxfp4", m, n, k, a, b, sfa, sfb, alpha, out)
