@@ -9,7 +9,7 @@ depend on how fast the kernel runs, so it is a real figure on any GPU, also wher
 emulation (FLASHINFER_SM12X_EMULATE=1 on an H100/H200); the kernel's own time is not reported there.
 
 Rows: mm_fp4 allocating its output, with `out` given, and with `out` given but the activation at a new address on
-every call (16 buffers in turn, more than the module's launch cache holds: every call rebuilds the kernel
+every call (more buffers in turn than the module's launch cache holds: every call rebuilds the kernel
 parameters), next to torch.matmul in bf16. The `cache hit %` column is the module's launch-cache hit rate over the
 timed calls (near 100 in steady state, 0 for the moving activation).
 
@@ -58,17 +58,20 @@ def kernels_per_call(fn: Callable[[], object]) -> int:
     return kernel_launches(fn)
 
 
-ACTIVATION_BUFFERS = 16  # more than the launch cache's 8 entries: a fresh activation address every call misses
+def activation_buffers(module: object) -> int:
+    """More activation buffers than the module's launch cache holds: used in turn, every call misses (LRU)."""
+    capacity = getattr(module, "launch_cache_capacity", None)
+    return (capacity() if capacity is not None else 256) + 8
 
 
-def calls_for(m: int, n: int, k: int, native: bool) -> dict[str, Callable[[], object]]:
+def calls_for(m: int, n: int, k: int, native: bool, buffers: int) -> dict[str, Callable[[], object]]:
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(m, k, generator=gen).cuda(), torch.randn(n, k, generator=gen).cuda()
     a, a_sf = mxfp4_quantize(x)
     b, b_sf = mxfp4_quantize(w)
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     xb, wb = x.bfloat16(), w.bfloat16()
-    moving = itertools.cycle([a.clone() for _ in range(ACTIVATION_BUFFERS)])
+    moving = itertools.cycle([a.clone() for _ in range(buffers)])
     calls: dict[str, Callable[[], object]] = {
         "mm_fp4 cutlass_sm12x": lambda: mm_fp4(a, b.T, a_sf, b_sf.T, block_size=32, use_nvfp4=False,
                                                backend="cutlass_sm12x"),
@@ -105,7 +108,7 @@ def timed_with_hit_rate(fn: Callable[[], object], calls: int, module: object | N
     return us, round(100 * hits / max(hits + misses, 1), 1)
 
 
-def breakdown(m: int, n: int, k: int, calls: int) -> list[dict]:
+def breakdown(m: int, n: int, k: int, calls: int, buffers: int) -> list[dict]:
     """Where one mm_fp4 call's host time goes: validation, the plan lookup, the launch through tvm_ffi."""
     from flashinfer_sm12x.ops import mm_fp4 as op
 
@@ -116,7 +119,7 @@ def breakdown(m: int, n: int, k: int, calls: int) -> list[dict]:
     p = op.validate(a, b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False)
     pl = op.plan(p)
     moved = itertools.cycle([op.validate(a.clone(), b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False)
-                             for _ in range(ACTIVATION_BUFFERS)])
+                             for _ in range(buffers)])
     parts = {
         "validate": lambda: op.validate(a, b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False),
         "plan (cached)": lambda: op.plan(p),
@@ -142,12 +145,12 @@ def main() -> int:
     rows = []
     for m, n, k in SHAPES:
         module = our_module(m, n, k)
-        for label, fn in calls_for(m, n, k, native=mode == "native").items():
+        for label, fn in calls_for(m, n, k, native=mode == "native", buffers=activation_buffers(module)).items():
             us, hit_pct = timed_with_hit_rate(fn, args.calls, module if "cutlass_sm12x" in label or "(miss)" in label
                                               else None)
             rows.append({"m": m, "n": n, "k": k, "call": label, "host_us": round(us, 2),
                          "kernels": kernels_per_call(fn), "cache_hit_pct": hit_pct})
-    rows += breakdown(*SHAPES[0], args.calls)
+    rows += breakdown(*SHAPES[0], args.calls, activation_buffers(our_module(*SHAPES[0])))
     print("torch.Tensor.__dlpack_c_exchange_api__ (tvm_ffi's fast tensor path):",
           hasattr(torch.Tensor, "__dlpack_c_exchange_api__"))
     print(f"{'M':>5} {'N':>6} {'K':>6}  {'call':<34} {'host us':>8} {'kernels':>8} {'cache hit %':>12}")

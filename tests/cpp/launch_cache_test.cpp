@@ -28,9 +28,9 @@ LaunchKey key_with(uint64_t seed) {
   return key;
 }
 
-struct Value {
+struct alignas(64) Value {  // like CUTLASS Params: large, over-aligned (TMA descriptors are 64-byte aligned)
   int payload = 0;
-  char padding[500] = {};  // values are large (kernel parameters): copied whole
+  char padding[500] = {};
 };
 
 void test_hit_after_insert_and_miss_on_any_word() {
@@ -112,6 +112,25 @@ void test_concurrent_use_keeps_values_consistent() {
   expect(cache.size() == 8, "the cache stays at its capacity");
 }
 
+void test_default_capacity_holds_a_deep_model() {
+  // 200 layers of one shape: each its own weight addresses, all used once per forward pass.
+  LaunchCache<Value> cache;
+  expect(LaunchCache<Value>::capacity() >= 200, "the default capacity holds every layer of a deep model");
+  Value got;
+  int hits = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    for (int layer = 0; layer < 200; ++layer) {
+      if (cache.find(key_with(layer), got)) {
+        hits += got.payload == layer ? 1 : 0;
+      } else {
+        cache.insert(key_with(layer), Value{layer, {}});
+      }
+    }
+  }
+  expect(hits == 400, "after the first pass every layer hits");
+  expect(reinterpret_cast<uintptr_t>(&got) % alignof(Value) == 0, "values keep their alignment");
+}
+
 }  // namespace
 
 int main() {
@@ -120,6 +139,7 @@ int main() {
   test_least_recently_used_is_evicted();
   test_rotation_beyond_capacity_always_misses();
   test_concurrent_use_keeps_values_consistent();
+  test_default_capacity_holds_a_deep_model();
   if (failures == 0) std::printf("ok\n");
   return failures == 0 ? 0 : 1;
 }

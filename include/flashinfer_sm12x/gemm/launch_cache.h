@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// A small thread-safe LRU map from a launch key to a prepared kernel launch (plain C++17, no CUDA: unit-tested on
+// A bounded thread-safe LRU map from a launch key to a prepared kernel launch (plain C++17, no CUDA: unit-tested on
 // the host). gemm/cached_launch.cuh keys it by everything a GEMM's CUTLASS Params are computed from, so a repeated
 // call with the same shape and the same device addresses skips argument building and TMA descriptor encoding.
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <unordered_map>
 
 namespace flashinfer_sm12x::mm_fp4 {
 
@@ -19,57 +21,67 @@ struct LaunchKey {
   bool operator==(LaunchKey const& other) const { return words == other.words; }
 };
 
-// Fixed capacity, least-recently-used replacement. One mutex guards lookups and inserts: values are copied out
-// under the lock, so callers launch from their own copy and concurrent callers (any streams, any threads) never
-// see a half-written entry. Value must be default-constructible and copy-assignable.
-template <class Value, int kEntries = 8>
+struct LaunchKeyHash {
+  size_t operator()(LaunchKey const& key) const {
+    uint64_t h = 0;
+    for (uint64_t word : key.words) {  // splitmix64's finaliser per word: pointers' zero low bits get mixed in
+      h ^= word + 0x9E3779B97F4A7C15ull;
+      h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+      h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+      h ^= h >> 31;
+    }
+    return static_cast<size_t>(h);
+  }
+};
+
+// Bounded capacity, least-recently-used replacement. The default holds every layer of a deep model: layers of one
+// shape share a module (and so this cache) but each has its own weight addresses, and one forward pass touches them
+// all. One mutex guards lookups and inserts: values are copied out under the lock, so callers launch from their own
+// copy and concurrent callers (any threads, any streams) never see a half-written entry. Value must be
+// default-constructible and copy-assignable.
+template <class Value, int kEntries = 256>
 class LaunchCache {
   static_assert(kEntries > 0, "a cache holds at least one entry");
 
  public:
+  LaunchCache() { entries_.reserve(kEntries); }
+
   // Copies the value stored for `key` into `out` and marks it most recently used; false on a miss.
   bool find(LaunchKey const& key, Value& out) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (Slot& slot : slots_) {
-      if (slot.used && slot.key == key) {
-        slot.last_use = ++clock_;
-        out = slot.value;
-        ++hits_;
-        return true;
-      }
+    auto found = entries_.find(key);
+    if (found == entries_.end()) {
+      ++misses_;
+      return false;
     }
-    ++misses_;
-    return false;
+    found->second.last_use = ++clock_;
+    out = found->second.value;
+    ++hits_;
+    return true;
   }
 
-  // Stores `value` for `key`: over the same key if present (two threads missed at once), else into a free slot,
-  // else over the least recently used entry.
+  // Stores `value` for `key`: over the same key if present (two threads missed at once), else as a new entry,
+  // evicting the least recently used one when full (a linear scan: only on a miss, which rebuilds far more).
   void insert(LaunchKey const& key, Value const& value) {
     std::lock_guard<std::mutex> lock(mutex_);
-    Slot* target = nullptr;
-    for (Slot& slot : slots_) {
-      if (slot.used && slot.key == key) target = &slot;
-    }
-    for (Slot& slot : slots_) {
-      if (target == nullptr && !slot.used) target = &slot;
-    }
-    if (target == nullptr) {
-      target = &slots_[0];
-      for (Slot& slot : slots_) {
-        if (slot.last_use < target->last_use) target = &slot;
+    auto found = entries_.find(key);
+    if (found == entries_.end()) {
+      if (entries_.size() >= static_cast<size_t>(kEntries)) {
+        auto oldest = entries_.begin();
+        for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+          if (it->second.last_use < oldest->second.last_use) oldest = it;
+        }
+        entries_.erase(oldest);
       }
+      found = entries_.emplace(key, Entry{}).first;
     }
-    target->key = key;
-    target->value = value;
-    target->used = true;
-    target->last_use = ++clock_;
+    found->second.value = value;
+    found->second.last_use = ++clock_;
   }
 
   int size() {
     std::lock_guard<std::mutex> lock(mutex_);
-    int n = 0;
-    for (Slot const& slot : slots_) n += slot.used ? 1 : 0;
-    return n;
+    return static_cast<int>(entries_.size());
   }
 
   uint64_t hits() {
@@ -85,15 +97,13 @@ class LaunchCache {
   static constexpr int capacity() { return kEntries; }
 
  private:
-  struct Slot {
-    LaunchKey key;
+  struct Entry {
     Value value{};
     uint64_t last_use = 0;
-    bool used = false;
   };
 
   std::mutex mutex_;
-  std::array<Slot, kEntries> slots_{};
+  std::unordered_map<LaunchKey, Entry, LaunchKeyHash> entries_;
   uint64_t clock_ = 0;
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
