@@ -5,7 +5,7 @@
 // (cuTensorMapEncodeTiled per operand) and the scheduler parameters - is a pure function of the problem shape, the
 // device and the device addresses (operands, scales, alpha, output, workspace). A serving loop repeats the same few
 // shapes and torch's caching allocator hands the same addresses back, while the weights never move, so the
-// prepared Params are kept in a small per-configuration LRU cache (gemm/launch_cache.h) keyed by exactly those
+// prepared Params are kept in a bounded per-configuration LRU cache (gemm/launch_cache.h) keyed by exactly those
 // values. A hit re-runs only what is not pure - the workspace initialisation (stream-K zeroes its reduction flags
 // on every call; a no-op for the other schedulers) - and launches. A miss prepares as run<Config> does
 // (gemm/launcher.cuh) and stores the result.
