@@ -8,6 +8,11 @@ synchronisation between them; launches are asynchronous) divided by `calls`, med
 depend on how fast the kernel runs, so it is a real figure on any GPU, also where our GEMM runs through the SM90
 emulation (FLASHINFER_SM12X_EMULATE=1 on an H100/H200); the kernel's own time is not reported there.
 
+Rows: mm_fp4 allocating its output, with `out` given, and with `out` given but the activation at a new address on
+every call (more buffers in turn than the module's launch cache holds: every call rebuilds the kernel
+parameters), next to torch.matmul in bf16. The `cache hit %` column is the module's launch-cache hit rate over the
+timed calls (near 100 in steady state, 0 for the moving activation).
+
     python benchmarks/bench_host.py [--calls 200] [--csv PATH] [--png PATH]
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import statistics
 import sys
 import time
@@ -52,18 +58,27 @@ def kernels_per_call(fn: Callable[[], object]) -> int:
     return kernel_launches(fn)
 
 
-def calls_for(m: int, n: int, k: int, native: bool) -> dict[str, Callable[[], object]]:
+def activation_buffers(module: object) -> int:
+    """More activation buffers than the module's launch cache holds: used in turn, every call misses (LRU)."""
+    capacity = getattr(module, "launch_cache_capacity", None)
+    return (capacity() if capacity is not None else 256) + 8
+
+
+def calls_for(m: int, n: int, k: int, native: bool, buffers: int) -> dict[str, Callable[[], object]]:
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(m, k, generator=gen).cuda(), torch.randn(n, k, generator=gen).cuda()
     a, a_sf = mxfp4_quantize(x)
     b, b_sf = mxfp4_quantize(w)
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     xb, wb = x.bfloat16(), w.bfloat16()
+    moving = itertools.cycle([a.clone() for _ in range(buffers)])
     calls: dict[str, Callable[[], object]] = {
         "mm_fp4 cutlass_sm12x": lambda: mm_fp4(a, b.T, a_sf, b_sf.T, block_size=32, use_nvfp4=False,
                                                backend="cutlass_sm12x"),
         "mm_fp4 cutlass_sm12x, out given": lambda: mm_fp4(a, b.T, a_sf, b_sf.T, out=out, block_size=32,
                                                           use_nvfp4=False, backend="cutlass_sm12x"),
+        "mm_fp4 out given, a moves (miss)": lambda: mm_fp4(next(moving), b.T, a_sf, b_sf.T, out=out, block_size=32,
+                                                           use_nvfp4=False, backend="cutlass_sm12x"),
         "torch.matmul bf16": lambda: torch.matmul(xb, wb.T),
     }
     if native:  # backend="auto" never picks the emulated path
@@ -71,7 +86,29 @@ def calls_for(m: int, n: int, k: int, native: bool) -> dict[str, Callable[[], ob
     return calls
 
 
-def breakdown(m: int, n: int, k: int, calls: int) -> list[dict]:
+def our_module(m: int, n: int, k: int) -> object:
+    """The module mm_fp4 runs for this shape (its plan is cached after the first call)."""
+    from flashinfer_sm12x.ops import mm_fp4 as op
+
+    a = torch.zeros(m, k // 2, dtype=torch.uint8, device="cuda")
+    w = torch.zeros(n, k // 2, dtype=torch.uint8, device="cuda")
+    a_sf = torch.zeros(-(-m // 128) * 128 * (-(-k // 128) * 4), dtype=torch.uint8, device="cuda")
+    w_sf = torch.zeros(-(-n // 128) * 128 * (-(-k // 128) * 4), dtype=torch.uint8, device="cuda")
+    return op.plan(op.validate(a, w.T, a_sf, w_sf, None, torch.bfloat16, None, 32, False, False)).module
+
+
+def timed_with_hit_rate(fn: Callable[[], object], calls: int, module: object | None) -> tuple[float, float | None]:
+    """Host time per call and, for our calls, the module's launch-cache hit rate over the timed calls (%)."""
+    counters = getattr(module, "launch_cache_hits", None), getattr(module, "launch_cache_misses", None)
+    if module is None or None in counters:
+        return host_us(fn, calls), None
+    hits, misses = counters[0](), counters[1]()
+    us = host_us(fn, calls)
+    hits, misses = counters[0]() - hits, counters[1]() - misses
+    return us, round(100 * hits / max(hits + misses, 1), 1)
+
+
+def breakdown(m: int, n: int, k: int, calls: int, buffers: int) -> list[dict]:
     """Where one mm_fp4 call's host time goes: validation, the plan lookup, the launch through tvm_ffi."""
     from flashinfer_sm12x.ops import mm_fp4 as op
 
@@ -81,14 +118,17 @@ def breakdown(m: int, n: int, k: int, calls: int) -> list[dict]:
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     p = op.validate(a, b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False)
     pl = op.plan(p)
+    moved = itertools.cycle([op.validate(a.clone(), b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False)
+                             for _ in range(buffers)])
     parts = {
         "validate": lambda: op.validate(a, b.T, a_sf, b_sf.T, None, torch.bfloat16, out, 32, False, False),
         "plan (cached)": lambda: op.plan(p),
         "run (launch through tvm_ffi)": lambda: op.run(p, pl),
+        "run, a moves (cache miss)": lambda: op.run(next(moved), pl),
         "torch.empty of the output": lambda: torch.empty(m, n, dtype=torch.bfloat16, device="cuda"),
     }
-    return [{"m": m, "n": n, "k": k, "call": f"part: {name}", "host_us": round(host_us(fn, calls), 2), "kernels": 0}
-            for name, fn in parts.items()]
+    return [{"m": m, "n": n, "k": k, "call": f"part: {name}", "host_us": round(host_us(fn, calls), 2), "kernels": 0,
+             "cache_hit_pct": None} for name, fn in parts.items()]
 
 
 def main() -> int:
@@ -104,15 +144,19 @@ def main() -> int:
         return 1
     rows = []
     for m, n, k in SHAPES:
-        for label, fn in calls_for(m, n, k, native=mode == "native").items():
-            rows.append({"m": m, "n": n, "k": k, "call": label, "host_us": round(host_us(fn, args.calls), 2),
-                         "kernels": kernels_per_call(fn)})
-    rows += breakdown(*SHAPES[0], args.calls)
+        module = our_module(m, n, k)
+        for label, fn in calls_for(m, n, k, native=mode == "native", buffers=activation_buffers(module)).items():
+            us, hit_pct = timed_with_hit_rate(fn, args.calls, module if "cutlass_sm12x" in label or "(miss)" in label
+                                              else None)
+            rows.append({"m": m, "n": n, "k": k, "call": label, "host_us": round(us, 2),
+                         "kernels": kernels_per_call(fn), "cache_hit_pct": hit_pct})
+    rows += breakdown(*SHAPES[0], args.calls, activation_buffers(our_module(*SHAPES[0])))
     print("torch.Tensor.__dlpack_c_exchange_api__ (tvm_ffi's fast tensor path):",
           hasattr(torch.Tensor, "__dlpack_c_exchange_api__"))
-    print(f"{'M':>5} {'N':>6} {'K':>6}  {'call':<34} {'host us':>8} {'kernels':>8}")
+    print(f"{'M':>5} {'N':>6} {'K':>6}  {'call':<34} {'host us':>8} {'kernels':>8} {'cache hit %':>12}")
     for r in rows:
-        print(f"{r['m']:>5} {r['n']:>6} {r['k']:>6}  {r['call']:<34} {r['host_us']:>8.2f} {r['kernels']:>8}")
+        hit = "-" if r["cache_hit_pct"] is None else f"{r['cache_hit_pct']:.1f}"
+        print(f"{r['m']:>5} {r['n']:>6} {r['k']:>6}  {r['call']:<34} {r['host_us']:>8.2f} {r['kernels']:>8} {hit:>12}")
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -22,6 +22,25 @@ inline void check_cuda_contiguous(const TensorView& t, const char* name) {
   if (!t.IsContiguous()) TVM_FFI_THROW(ValueError) << name << " must be contiguous";
 }
 
+// The transpose of a contiguous 2-D tensor (column-major), as FlashInfer passes weights and their scales. Size-1
+// dimensions may carry any stride, as for contiguity.
+inline bool is_transposed_contiguous(const TensorView& t) {
+  return t.ndim() == 2 && (t.size(0) == 1 || t.stride(0) == 1) && (t.size(1) == 1 || t.stride(1) == t.size(0));
+}
+
+inline void check_cuda_transposed(const TensorView& t, const char* name) {
+  if (t.device().device_type != kDLCUDA) TVM_FFI_THROW(ValueError) << name << " must be a CUDA tensor";
+  if (!is_transposed_contiguous(t))
+    TVM_FFI_THROW(ValueError) << name << " must be the transpose of a contiguous tensor";
+}
+
+// Contiguous, or the transpose of a contiguous 2-D tensor: either way one dense block of memory from data_ptr().
+inline void check_cuda_dense(const TensorView& t, const char* name) {
+  if (t.device().device_type != kDLCUDA) TVM_FFI_THROW(ValueError) << name << " must be a CUDA tensor";
+  if (!t.IsContiguous() && !is_transposed_contiguous(t))
+    TVM_FFI_THROW(ValueError) << name << " must be contiguous or the transpose of a contiguous tensor";
+}
+
 inline void check_dtype(const TensorView& t, uint8_t code, uint8_t bits, const char* name) {
   if (t.dtype().code != code || t.dtype().bits != bits || t.dtype().lanes != 1)
     TVM_FFI_THROW(TypeError) << name << " has the wrong dtype";

@@ -4,7 +4,12 @@
 
 A call validates its inputs once (typed errors before anything is allocated or launched), then looks its plan up
 by shape: the loaded module, the tactic and the workspace size are computed on the first call of a shape and
-cached, so a repeated shape costs a dictionary lookup and the launch.
+cached, so a repeated shape costs a dictionary lookup and the launch. The module keeps the launch's kernel
+parameters (TMA descriptors) per shape and device addresses (include/flashinfer_sm12x/gemm/cached_launch.cuh).
+
+Host time: the common call (uint8 operands and scales in FlashInfer's layouts, one CUDA device) passes a fast check
+that reads each attribute once and makes no tensor views; anything it does not recognise takes the full validation,
+which raises the typed errors. Both return the same Problem for the same valid input.
 """
 
 from __future__ import annotations
@@ -23,18 +28,18 @@ from ..kernels.mm_fp4 import BATCH_INVARIANT_TACTIC, BLOCK_SIZE, FAMILY, heurist
 OURS = "cutlass_sm12x"  # this package's backend name among FlashInfer's
 
 
-@dataclass
+@dataclass(slots=True)
 class Problem:
-    """A validated GEMM: operands as the kernel reads them and the output to write."""
+    """A validated GEMM: operands as the module's `run` takes them and the output to write."""
 
     fmt: str
     m: int
     n: int
     k: int
-    a: torch.Tensor  # [m, k/2] uint8 (fp4) or [m, k] uint8 view of e4m3 (W4A8)
-    b: torch.Tensor  # [n, k/2] uint8, K-major (the transpose of FlashInfer's `b`)
-    sfa: torch.Tensor  # 128x4 layout, uint8 view, contiguous
-    sfb: torch.Tensor
+    a: torch.Tensor  # [m, k/2] uint8 (fp4) or [m, k] uint8 view of e4m3 (W4A8), contiguous
+    b: torch.Tensor  # FlashInfer's `b`: [k/2, n] uint8, the transpose of the contiguous K-major weight [n, k/2]
+    sfa: torch.Tensor  # 128x4 layout, uint8, contiguous (flat or [rows, scale columns])
+    sfb: torch.Tensor  # 128x4 layout, uint8, flat or transposed as FlashInfer passes it (one dense block)
     alpha: torch.Tensor | None
     out: torch.Tensor
 
@@ -49,22 +54,22 @@ def _mxfp4_hint(sf: torch.Tensor, fmt: str, padded_rows: int, kb: int) -> str:
 
 
 def _check_scales(name: str, sf: torch.Tensor, rows: int, kb: int, fmt: str, transposed: bool) -> torch.Tensor:
-    """128x4-layout scales: [round_up(rows,128), round_up(kb,4)] (FlashInfer passes b's transposed) or flat."""
+    """128x4-layout scales: [round_up(rows,128), round_up(kb,4)] (FlashInfer passes b's transposed) or flat.
+    Returns `sf` itself (uint8-viewed when needed): the module reads the dense block whichever way it is viewed."""
     allowed = (torch.float8_e4m3fn, torch.uint8) if fmt == "nvfp4" else (torch.uint8, torch.float8_e8m0fnu)
     shape = (round_up(rows, 128), round_up(kb, 4))
     if sf.dtype not in allowed:
         raise TypeError(f"{name} must be one of {allowed} for {fmt}, got {sf.dtype}."
                         + _mxfp4_hint(sf, fmt, shape[0], kb))
-    if sf.ndim == 2 and transposed:
-        sf = sf.T
-    if sf.ndim == 2 and tuple(sf.shape) != shape:
+    layout = sf.T if sf.ndim == 2 and transposed else sf
+    if layout.ndim == 2 and tuple(layout.shape) != shape:
+        got = f"{tuple(layout.shape)}{' (transposed)' if transposed else ''}"
         raise ValueError(f"{name} must hold {shape} scales in the 128x4 layout (rows padded to 128, scale "
-                         f"columns to a multiple of 4), got {tuple(sf.shape)}{' (transposed)' if transposed else ''}."
+                         f"columns to a multiple of 4), got {got}." + _mxfp4_hint(sf, fmt, shape[0], kb))
+    if layout.ndim not in (1, 2) or layout.numel() != shape[0] * shape[1]:
+        raise ValueError(f"{name} must have {shape[0] * shape[1]} elements (128x4 layout), got {layout.numel()}."
                          + _mxfp4_hint(sf, fmt, shape[0], kb))
-    if sf.ndim not in (1, 2) or sf.numel() != shape[0] * shape[1]:
-        raise ValueError(f"{name} must have {shape[0] * shape[1]} elements (128x4 layout), got {sf.numel()}."
-                         + _mxfp4_hint(sf, fmt, shape[0], kb))
-    if not sf.is_contiguous():
+    if not layout.is_contiguous():
         raise ValueError(f"{name} must be contiguous in the 128x4 layout" + (" after .T" if transposed else ""))
     return sf if sf.dtype == torch.uint8 else sf.view(torch.uint8)
 
@@ -86,11 +91,91 @@ def _column_major_a(a: torch.Tensor, b: torch.Tensor, fp8_a: bool) -> str | None
 
 def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dtype: Any, out: Any,
              block_size: int, use_8x4_sf_layout: bool, use_nvfp4: bool, fp8_a: bool = False) -> Problem:
-    """Every check that can fail, before anything is allocated or launched (TypeError / ValueError).
+    """Every check that can fail, before anything is allocated or launched.
 
-    Arguments are `flashinfer.mm_fp4`'s (`b` = w.T, `b_descale` transposed); `fp8_a` selects W4A8 (MXFP8 `a`).
-    Allocates `out` when it is None. Returns the Problem the kernel runs.
+    Parameters
+    ----------
+    a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout, use_nvfp4
+        `flashinfer.mm_fp4`'s arguments (`b` = w.T, `b_descale` transposed).
+    fp8_a : bool
+        W4A8: `a` is MXFP8 (float8_e4m3fn).
+
+    Returns
+    -------
+    Problem
+        What the kernel runs; `out` is allocated when None.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input, with the same messages whichever path checked it.
     """
+    if not fp8_a:
+        p = _validate_common(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout,
+                             use_nvfp4)
+        if p is not None:
+            return p
+    return _validate_full(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout,
+                          use_nvfp4, fp8_a)
+
+
+_Tensor = torch.Tensor
+_U8 = torch.uint8
+_F32 = torch.float32
+_BF16, _F16 = torch.bfloat16, torch.float16
+
+
+def _validate_common(a: Any, b: Any, sfa: Any, sfb: Any, alpha: Any, out_dtype: Any, out: Any, block_size: int,
+                     use_8x4_sf_layout: bool, use_nvfp4: bool) -> Problem | None:
+    """The Problem for the common valid call (FP4 `a`; uint8 operands and scales; `b` = w.T of a contiguous weight;
+    scales flat or FlashInfer's 128x4 shapes; every tensor on one CUDA device), else None: the caller then runs the
+    full validation, which raises the typed error or accepts a rarer form. Reads each attribute once; no views."""
+    if not (isinstance(a, _Tensor) and isinstance(b, _Tensor) and isinstance(sfa, _Tensor)
+            and isinstance(sfb, _Tensor)):
+        return None
+    if (a.dtype is not _U8 or b.dtype is not _U8 or sfa.dtype is not _U8 or sfb.dtype is not _U8 or use_8x4_sf_layout
+            or a.ndim != 2 or b.ndim != 2 or not a.is_contiguous() or not a.is_cuda):
+        return None
+    block = 16 if use_nvfp4 else 32
+    m, half_k = a.shape
+    b_rows, n = b.shape
+    if (block_size != block or b_rows != half_k or m <= 0 or half_k <= 0 or half_k % 16 or n <= 0 or n % 8
+            or b.stride() != (1, half_k)):
+        return None
+    device = a.get_device()
+    if (b.get_device() != device or sfa.get_device() != device or sfb.get_device() != device or not b.is_cuda
+            or not sfa.is_cuda or not sfb.is_cuda):
+        return None
+    k = 2 * half_k
+    scale_cols = -(-(k // block) // 4) * 4
+    rows_a = -(-m // 128) * 128
+    rows_b = -(-n // 128) * 128
+    sfa_ndim = sfa.ndim
+    if not sfa.is_contiguous() or not ((sfa_ndim == 2 and sfa.shape == (rows_a, scale_cols))
+                                       or (sfa_ndim == 1 and sfa.numel() == rows_a * scale_cols)):
+        return None
+    sfb_ndim = sfb.ndim
+    if sfb_ndim == 2:
+        if sfb.shape != (scale_cols, rows_b) or sfb.stride() != (1, scale_cols):
+            return None
+    elif sfb_ndim != 1 or sfb.numel() != rows_b * scale_cols or not sfb.is_contiguous():
+        return None
+    if alpha is not None and (not isinstance(alpha, _Tensor) or alpha.dtype is not _F32 or alpha.numel() != 1
+                              or not alpha.is_cuda or alpha.get_device() != device):
+        return None
+    if out_dtype is not _BF16 and out_dtype is not _F16:
+        return None
+    if out is None:
+        out = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    elif (not isinstance(out, _Tensor) or out.dtype is not out_dtype or out.shape != (m, n) or not out.is_contiguous()
+          or not out.is_cuda or out.get_device() != device):
+        return None
+    return Problem("nvfp4" if use_nvfp4 else "mxfp4", m, n, k, a, b, sfa, sfb, alpha, out)
+
+
+def _validate_full(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dtype: Any, out: Any,
+                   block_size: int, use_8x4_sf_layout: bool, use_nvfp4: bool, fp8_a: bool) -> Problem:
+    """Every check in the order the error messages assume (TypeError / ValueError); any accepted form."""
     for name, t in (("a", a), ("b", b), ("a_descale", a_descale), ("b_descale", b_descale)):
         require_tensor(name, t)
     fmt = "mxfp8_mxfp4" if fp8_a else ("nvfp4" if use_nvfp4 else "mxfp4")
@@ -123,8 +208,7 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
         raise ValueError(f"N={n} must be a multiple of 8 (16-byte rows of the bf16/fp16 output for TMA)")
     if not a.is_contiguous():
         raise ValueError(_column_major_a(a, b, fp8_a) or "a must be contiguous (row-major [m, k/2])")
-    w = b.T  # the kernel reads the weight [n, k/2] K-major
-    if not w.is_contiguous():
+    if not b.T.is_contiguous():  # the kernel reads the weight [n, k/2] K-major
         raise ValueError("b must be the transpose of a contiguous [n, k/2] weight (pass w.T, column-major)")
     device = a.device
     if not (b.device == device and a_descale.device == device and b_descale.device == device):
@@ -148,13 +232,13 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
             raise ValueError(f"out must have shape {(m, n)}, got {tuple(out.shape)}")
         if out.device != device or not out.is_contiguous():
             raise ValueError(f"out must be a contiguous tensor on {device}")
-    if device.type != "cuda":
+    if not a.is_cuda:
         raise ValueError(f"mm_fp4 runs on CUDA tensors, got {device}")
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=device)
     # Byte views only where the dtype is not uint8 already (each view costs host time on every call).
     return Problem(fmt, m, n, k, a if a.dtype == torch.uint8 else a.view(torch.uint8),
-                   w if w.dtype == torch.uint8 else w.view(torch.uint8), sfa, sfb, alpha, out)
+                   b if b.dtype == torch.uint8 else b.view(torch.uint8), sfa, sfb, alpha, out)
 
 
 @dataclass(frozen=True)
@@ -163,11 +247,11 @@ class Plan:
     module: Any
     workspace_bytes: int
     pdl: bool  # programmatic dependent launch is allowed (not in the emulated SM90 builds)
+    launch: Any = None  # module.run, looked up once
 
 
 _PLANS: dict[tuple, Plan] = {}
 _MAX_PLANS = 4096  # distinct (target, format, shape, dtype, tactic) seen; a serving process sees a few hundred
-_NO_WORKSPACE: dict[torch.device, torch.Tensor] = {}
 
 
 def plan(p: Problem, tactic: Tactic | None = None, *, batch_invariant: bool = False,
@@ -182,7 +266,8 @@ def plan(p: Problem, tactic: Tactic | None = None, *, batch_invariant: bool = Fa
     if tactic is None:
         tactic = BATCH_INVARIANT_TACTIC if batch_invariant else heuristic(p.m, p.n, p.k, p.fmt, target)[0]
     module = load_module(FAMILY.spec(target, p.fmt, tactic, p.out.dtype))
-    found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)), not target.emulated)
+    found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)), not target.emulated,
+                 getattr(module, "run", None))
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     _PLANS[key] = found
@@ -190,15 +275,13 @@ def plan(p: Problem, tactic: Tactic | None = None, *, batch_invariant: bool = Fa
 
 
 def run(p: Problem, pl: Plan, enable_pdl: bool = True) -> torch.Tensor:
-    """Launch `pl` on `p` (asynchronous on the current stream; no host synchronisation). Returns p.out."""
-    device = p.out.device
-    if pl.workspace_bytes:
-        workspace = torch.empty(pl.workspace_bytes, dtype=torch.uint8, device=device)
-    else:  # nothing is written: one shared placeholder per device
-        workspace = _NO_WORKSPACE.get(device)
-        if workspace is None:
-            workspace = _NO_WORKSPACE[device] = torch.empty(1, dtype=torch.uint8, device=device)
-    pl.module.run(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and pl.pdl))
+    """Launch `pl` on `p` (asynchronous on the current stream; no host synchronisation). Returns p.out.
+
+    Only stream-K tactics use a workspace (allocated per call from torch's stream-ordered caching allocator); the
+    others pass None."""
+    workspace = (torch.empty(pl.workspace_bytes, dtype=torch.uint8, device=p.out.device) if pl.workspace_bytes
+                 else None)
+    pl.launch(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and pl.pdl))
     return p.out
 
 

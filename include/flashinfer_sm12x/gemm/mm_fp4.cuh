@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // mm_fp4, the dense block-scaled GEMM for SM120/SM121:  D[M,N] = alpha * (A[M,K] . SFA) x (B[N,K] . SFB)^T.
 // Configurations: MmFp4Config<Format, ElementD, TileM, TileN, TileK, Schedule, Emulated, SwapAB> (gemm/config.cuh);
-// launch: run<Config>(Problem, workspace, stream, pdl) (gemm/launcher.cuh). A rendered source (jit/mm_fp4.cu.jinja)
-// adds the mainloop and emulation headers its configuration needs.
+// launch: run<Config>(Problem, workspace, stream, pdl) (gemm/launcher.cuh), or run_cached<Config> with the kernel
+// parameters cached per shape and addresses (gemm/cached_launch.cuh; what the binding uses). A rendered source
+// (jit/mm_fp4.cu.jinja) adds the mainloop and emulation headers its configuration needs.
 #pragma once
 
+#include "flashinfer_sm12x/gemm/cached_launch.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 #include "flashinfer_sm12x/gemm/launcher.cuh"
