@@ -12,7 +12,7 @@
 #              compute-sanitizer memcheck of the dense W4A8 GEMM (every shipped tactic) and of the W4A8 grouped GEMM
 #              + fused_moe(act="mxfp8") + cutlass_fused_moe, and benchmarks/moe_accuracy.py (W4A4 vs W4A8 against
 #              unquantized activations); w4a8_summary.txt lists each run's exit status and last lines
-#   bench      benchmarks: host time per call, quantizers and MoE glue (native H200 kernels, against the copy
+#   bench      benchmarks (BENCHES: a list of scripts to run instead): host time per call, quantizers and MoE glue (native H200 kernels, against the copy
 #              bandwidth measured in the same run), reduced mm_fp4 / MoE benchmarks (emulated: correctness only)
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
 # and tools/util/include). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
@@ -125,7 +125,7 @@ if [[ " $stages " == *" w4a8 "* ]]; then
 fi
 
 if [[ " $stages " == *" bench "* ]]; then
-  for bench in benchmarks/bench_host.py benchmarks/bench_quantize.py benchmarks/bench_moe_glue.py; do
+  for bench in ${BENCHES:-benchmarks/bench_host.py benchmarks/bench_quantize.py benchmarks/bench_moe_glue.py}; do
     [[ -f $bench ]] || continue
     name=$(basename "$bench" .py)
     echo "== [$(elapsed) s] $name"
