@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The fused MoE's kernel pipeline (impl="kernels": four glue kernels + two grouped GEMMs) on an H100/H200 with the
+"""The fused MoE's kernel pipeline (impl="kernels": the glue kernels + two grouped GEMMs) on an H100/H200 with the
 emulated MMA atom: against impl="reference" (the torch pipeline: same quantization points, so the two agree far
 closer than either agrees with float64), against the float64 GPT-OSS reference, in every weight layout, and at most
-six device launches per forward at every T. (tests/moe/test_fused_moe_emulated.py runs the default impl, which is
-"kernels" on CUDA, over the GPT-OSS shapes, skewed routing and CUDA graphs.)"""
+five device launches per forward at decode sizes (plan_scatter), six beyond. (tests/moe/test_fused_moe_emulated.py
+runs the default impl, which is "kernels" on CUDA, over the GPT-OSS shapes, skewed routing and CUDA graphs.)"""
 
 from __future__ import annotations
 
@@ -74,19 +74,20 @@ def test_out_of_range_ids_raise_on_the_host_or_clamp_when_unchecked() -> None:
     assert rel_l2(got, want.double()) < KERNELS_VS_TORCH
 
 
-@pytest.mark.parametrize("num_t", [1, 64, 8192])
-def test_at_most_six_launches_per_forward(num_t: int) -> None:
+@pytest.mark.parametrize(("num_t", "most"), [(1, 5), (64, 5), (65, 6), (8192, 6)])
+def test_five_launches_per_forward_at_decode_six_beyond(num_t: int, most: int) -> None:
     _, w = weights(32)
     hidden, logits = make_inputs(num_t, H, 32)
     hidden, logits = hidden.cuda(), logits.cuda()
     fused_moe(hidden, logits, w, top_k=4)  # build, allocate the buffers
     launches = device_launches(lambda: fused_moe(hidden, logits, w, top_k=4))
-    assert len(launches) <= 6, launches
+    assert len(launches) <= most, launches
 
 
-def test_cuda_graph_replays_the_kernel_pipeline() -> None:
+@pytest.mark.parametrize("num_t", [1, 64, 300])  # plan_scatter at T <= 64, plan + scatter beyond
+def test_cuda_graph_replays_the_kernel_pipeline(num_t: int) -> None:
     _, w = weights(32)
-    hidden, logits = make_inputs(64, H, 32)
+    hidden, logits = make_inputs(num_t, H, 32)
     hidden, logits = hidden.cuda(), logits.cuda()
     eager = fused_moe(hidden, logits, w, top_k=4, impl="kernels")
     graph = torch.cuda.CUDAGraph()
