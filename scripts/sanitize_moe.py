@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
 """A small fused-MoE workload for compute-sanitizer: both grouped GEMM tiles, the glue kernels (impl="kernels":
-plan from logits over one and several chunks, from int32/int64 ids with out-of-range ids clamped, pre-quantized
-MXFP8 scatter in both scale layouts) and the torch pipeline, skewed and empty experts.
+plan from logits over one and several chunks, from int64 ids with out-of-range ids clamped, pre-quantized MXFP8
+scatter in both scale layouts, each through plan + scatter and, at decode sizes, plan_scatter) and the torch
+pipeline, skewed and empty experts.
 
     FLASHINFER_SM12X_EMULATE=1 compute-sanitizer --tool memcheck python scripts/sanitize_moe.py
     FLASHINFER_SM12X_EMULATE=1 compute-sanitizer --tool racecheck python scripts/sanitize_moe.py --glue-only
@@ -16,7 +17,7 @@ from flashinfer_sm12x.formats.quantize import mxfp8_quantize
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
 from flashinfer_sm12x.moe.fused_moe import fused_moe
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan
+from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, plan_and_scatter, row_plan
 from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights
 
 
@@ -25,20 +26,22 @@ def glue_workload() -> None:
     dev = torch.device("cuda")
     for act, tactic in (("mxfp4", CANDIDATES[0]), ("mxfp8", CANDIDATES[1])):
         module = glue_module(dev, act)
-        for num_t, num_e in ((1, 8), (300, 8), (129, 64)):
+        for num_t, num_e in ((1, 8), (300, 8), (129, 64), (64, 64)):
             plan = row_plan(num_t, 4, num_e, "mxfp4", tactic, None)
             v = glue_views(dev, plan, 384, 256, act)  # H = 320, I = 192 padded to 128 multiples
             hidden, logits = make_inputs(num_t, 320, num_e)
-            module.plan_logits(logits.cuda(), v.workspace, 4, tactic.tile_m, plan.tiles)
-            module.scatter(hidden.cuda(), v.workspace, v.x, v.x_sf, 4, num_e, 384, tactic.tile_m, plan.bound)
             ids = torch.randint(-2, num_e + 2, (num_t, 4), dtype=torch.int64, device="cuda")
-            module.plan_ids(ids, torch.rand(num_t, 4, device="cuda"), v.workspace, num_e, tactic.tile_m, plan.tiles,
-                            0, num_e, False)
-            if act == "mxfp8":
-                for swizzled in (True, False):
-                    xq, xsf = mxfp8_quantize(torch.randn(num_t, 384, device="cuda"), swizzled, 32)
-                    module.scatter_prequantized(xq.view(torch.uint8), xsf.view(torch.uint8).reshape(-1), swizzled,
-                                                v.workspace, v.x, v.x_sf, 4, num_e, tactic.tile_m, plan.bound)
+            weights = torch.rand(num_t, 4, device="cuda")
+            # plan + scatter, and plan_scatter (one kernel) where the forward would use it
+            for fused in (False, True) if plan.fused_plan_scatter else (False,):
+                plan_and_scatter(module, plan, v, logits.cuda(), hidden.cuda(), 384, fused=fused)
+                plan_and_scatter(module, plan, v, (ids, weights), hidden.cuda(), 384, fused=fused)
+                if act == "mxfp8":
+                    for swizzled in (True, False):
+                        xq, xsf = mxfp8_quantize(torch.randn(num_t, 384, device="cuda"), swizzled, 32)
+                        plan_and_scatter(module, plan, v, (ids, weights), xq.view(torch.uint8), 384,
+                                         input_sf=xsf.view(torch.uint8).reshape(-1), swizzled_input_sf=swizzled,
+                                         fused=fused)
             v.h.normal_()
             module.activation(v.h, v.workspace, v.a, v.a_sf, num_t, 4, num_e, tactic.tile_m, 0, True, None, None,
                               None, None, None, 1.702, 1.0, 7.0, True)
