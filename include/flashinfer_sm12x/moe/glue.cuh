@@ -138,18 +138,62 @@ struct ScatterParams {
   uint8_t* out_sf = nullptr;         // 128x4 over sf_rows rows
 };
 
-// Token t's hidden row -> padded row `row` (gathered and quantized, or copied), with the row's 128x4 padding
-// columns zeroed. Shared by scatter_kernel and plan_scatter_kernel (kThreads threads, all of them call).
-template <ActFormat F, bool kCopy, class InT, int kThreads>
-__device__ __forceinline__ void scatter_row(const ScatterParams& p, int t, int64_t row) {
-  zero_sf_pad_cols<kThreads>(row, p.cols, p.out_sf);
+// Groups (8 elements) per thread whose loads are issued together before any of them is stored: several 16-byte
+// loads in flight per thread (a store in between would order the next load after it: the pointers may alias).
+constexpr int kLoadBatch = 4;
+
+// 16-byte loads of N consecutive elements (src 16-byte aligned), kept raw; widen_raw turns them into floats exactly
+// as quantize/block_scale.cuh's load_as_float does.
+template <class T, int N>
+struct RawVec {
+  static constexpr int kVectors = N * static_cast<int>(sizeof(T)) / 16;
+  uint4 v[kVectors];
+};
+template <class T, int N>
+__device__ __forceinline__ void load_raw(const T* src, RawVec<T, N>& raw) {
+#pragma unroll
+  for (int i = 0; i < RawVec<T, N>::kVectors; ++i) raw.v[i] = __ldg(reinterpret_cast<const uint4*>(src) + i);
+}
+template <class T, int N>
+__device__ __forceinline__ void widen_raw(const RawVec<T, N>& raw, float* out) {
+  constexpr int kPer = 16 / static_cast<int>(sizeof(T));
+#pragma unroll
+  for (int i = 0; i < RawVec<T, N>::kVectors; ++i) {
+    const T* elems = reinterpret_cast<const T*>(&raw.v[i]);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) out[i * kPer + j] = q::widen(elems[j]);
+  }
+}
+
+// Token t's hidden row -> its padded row (gathered and quantized, or copied), with the row's 128x4 padding columns
+// zeroed; returns the row. `row_of()` gives the row: it is called once, after the first loads of the hidden row are
+// issued, so the loads overlap the caller's index lookups. Shared by scatter_kernel and plan_scatter_kernel
+// (kThreads threads, all of them call).
+template <ActFormat F, bool kCopy, class InT, int kThreads, class RowOf>
+__device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, const RowOf& row_of) {
+  int64_t row = 0;
   if constexpr (kCopy) {
     const uint8_t* src = static_cast<const uint8_t*>(p.hidden) + static_cast<int64_t>(t) * p.cols;
-    uint8_t* dst = p.out + row * p.cols;
     if (p.vector_loads) {
-      for (int64_t i = threadIdx.x * 16; i < p.cols; i += kThreads * 16)
-        *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+      const int vecs = p.cols / 16;
+      for (int base = 0; base < vecs; base += kThreads * kLoadBatch) {
+        uint4 raw[kLoadBatch];
+#pragma unroll
+        for (int b = 0; b < kLoadBatch; ++b) {
+          const int i = base + b * kThreads + threadIdx.x;
+          raw[b] = i < vecs ? __ldg(reinterpret_cast<const uint4*>(src) + i) : make_uint4(0, 0, 0, 0);
+        }
+        if (base == 0) row = row_of();
+        uint4* dst = reinterpret_cast<uint4*>(p.out + row * p.cols);
+#pragma unroll
+        for (int b = 0; b < kLoadBatch; ++b) {
+          const int i = base + b * kThreads + threadIdx.x;
+          if (i < vecs) dst[i] = raw[b];
+        }
+      }
     } else {  // a caller's tensor that is not 16-byte aligned
+      row = row_of();
+      uint8_t* dst = p.out + row * p.cols;
       for (int64_t i = threadIdx.x; i < p.cols; i += kThreads) dst[i] = src[i];
     }
     const int sf_cols = p.cols / 32;
@@ -160,20 +204,31 @@ __device__ __forceinline__ void scatter_row(const ScatterParams& p, int t, int64
   } else {
     const InT* src = static_cast<const InT*>(p.hidden) + static_cast<int64_t>(t) * p.hidden_cols;
     const int groups = p.cols / kElems;
-    for (int base = 0; base < groups; base += kThreads) {  // uniform trip count: the warp stays converged
-      const int g = base + threadIdx.x;
-      const int col = g * kElems;
-      const bool active = g < groups;
-      float v[kElems];
-      if (active && p.vector_loads && col + kElems <= p.hidden_cols) {
-        q::load_as_float<InT, kElems>(src + col, v);
-      } else {
+    for (int base = 0; base < groups; base += kThreads * kLoadBatch) {  // uniform trip counts: warps stay converged
+      float v[kLoadBatch][kElems];
 #pragma unroll
-        for (int i = 0; i < kElems; ++i) v[i] = active && col + i < p.hidden_cols ? to_float(src[col + i]) : 0.f;
+      for (int b = 0; b < kLoadBatch; ++b) {
+        const int g = base + b * kThreads + threadIdx.x;
+        const int col = g * kElems;
+        const bool active = g < groups;
+        if (active && p.vector_loads && col + kElems <= p.hidden_cols) {
+          q::load_as_float<InT, kElems>(src + col, v[b]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kElems; ++i) v[b][i] = active && col + i < p.hidden_cols ? to_float(src[col + i]) : 0.f;
+        }
       }
-      quantize_store<F>(v, active, row, col, p.cols, p.out, p.out_sf);
+      if (base == 0) row = row_of();
+#pragma unroll
+      for (int b = 0; b < kLoadBatch; ++b) {
+        if (base + b * kThreads >= groups) break;  // block-uniform: no thread of the block has a group here
+        const int g = base + b * kThreads + threadIdx.x;
+        quantize_store<F>(v[b], g < groups, row, g * kElems, p.cols, p.out, p.out_sf);
+      }
     }
   }
+  zero_sf_pad_cols<kThreads>(row, p.cols, p.out_sf);
+  return row;
 }
 
 // Block j: pair j's row; then this CTA's warps share the zeroing of non-routed rows' scales.
@@ -181,10 +236,14 @@ template <ActFormat F, bool kCopy, class InT>
 __global__ void __launch_bounds__(kRowThreads) scatter_kernel(const ScatterParams p) {
   const int j = blockIdx.x;
   const int t = j / p.top_k;
-  const int e = p.ids[j];
-  const int64_t row = p.padded_start[e] + p.chunk_base[(t / kTokensPerChunk) * p.num_experts + e] + p.rank[j];
+  // Captures by value: no address of a kernel parameter or local is taken (that would put them in local memory).
+  const int32_t *ids = p.ids, *padded_start = p.padded_start, *rank = p.rank;
+  const int32_t* chunk_base = p.chunk_base + (t / kTokensPerChunk) * p.num_experts;
+  const int64_t row = scatter_row<F, kCopy, InT, kRowThreads>(p, t, [=] {
+    const int e = ids[j];
+    return int64_t(padded_start[e]) + chunk_base[e] + rank[j];
+  });
   if (threadIdx.x == 0) p.dest[j] = static_cast<int32_t>(row);
-  scatter_row<F, kCopy, InT, kRowThreads>(p, t, row);
   constexpr int kWarps = kRowThreads / 32;
   const RoutedRows routed{p.expert_of_tile, p.padded_start, p.counts, p.tile_m, p.bound};
   zero_padding_scales(p.sf_rows, p.cols, p.out_sf, int64_t(blockIdx.x) * kWarps + threadIdx.x / 32,
@@ -214,6 +273,9 @@ struct ActivationParams {
   uint8_t* out_sf = nullptr;         // 128x4 over sf_rows rows
 };
 
+// Groups per thread whose h and bias loads are issued together (I = 2880 -> 368 groups: one batch of 128 threads).
+constexpr int kActBatch = 3;
+
 // torch's sigmoid in float32: 1 / (1 + exp(-x)).
 __device__ __forceinline__ float sigmoid_rn(float x) { return __fdiv_rn(1.f, __fadd_rn(1.f, expf(-x))); }
 
@@ -229,66 +291,70 @@ __global__ void __launch_bounds__(kRowThreads) activation_kernel(const Activatio
   const float alpha = p.alpha_e ? p.alpha_e[e] : p.alpha;
   const float beta = p.beta_e ? p.beta_e[e] : p.beta;
   const float limit = p.limit_e ? p.limit_e[e] : p.limit;
+  const bool interleaved = p.layout == GateUpLayout::kInterleaved;
   const int64_t gate_off = p.layout == GateUpLayout::kUpFirst ? p.inter : 0;
   const int64_t up_off = p.layout == GateUpLayout::kUpFirst ? 0 : p.inter;
-  zero_sf_pad_cols<kRowThreads>(r, p.inter, p.out_sf);
   const int groups = p.inter / kElems;
-  for (int base = 0; base < groups; base += kRowThreads) {
-    const int g = base + threadIdx.x;
-    const bool active = g < groups;
-    const int col = active ? g * kElems : 0;
-    float gate[kElems], up[kElems];
-    float bg[kElems] = {}, bu[kElems] = {};
-    if (p.layout == GateUpLayout::kInterleaved) {
-      float v[2 * kElems];
-      q::load_as_float<__nv_bfloat16, 2 * kElems>(hrow + 2 * col, v);
+  for (int base = 0; base < groups; base += kRowThreads * kActBatch) {  // uniform trip counts
+    // Every load of the batch first: a group's 16 h values (and bias) are two 8-element halves, at 2*col and
+    // 2*col + 8 when gate/up interleave, else at gate_off + col and up_off + col. Idle threads read column 0.
+    RawVec<__nv_bfloat16, kElems> h_raw[kActBatch][2];
+    RawVec<BiasT, kElems> b_raw[kActBatch][2];
+#pragma unroll
+    for (int b = 0; b < kActBatch; ++b) {
+      const int g = base + b * kRowThreads + threadIdx.x;
+      const int64_t col = g < groups ? int64_t(g) * kElems : 0;
+      const int64_t half0 = interleaved ? 2 * col : gate_off + col;
+      const int64_t half1 = interleaved ? 2 * col + kElems : up_off + col;
+      load_raw(hrow + half0, h_raw[b][0]);
+      load_raw(hrow + half1, h_raw[b][1]);
+      if (brow) {
+        load_raw(brow + half0, b_raw[b][0]);
+        load_raw(brow + half1, b_raw[b][1]);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kActBatch; ++b) {
+      if (base + b * kRowThreads >= groups) break;  // block-uniform: no thread of the block has a group here
+      const int g = base + b * kRowThreads + threadIdx.x;
+      const bool active = g < groups;
+      const int col = active ? g * kElems : 0;
+      float hv[2 * kElems], bv[2 * kElems] = {};
+      widen_raw(h_raw[b][0], hv);
+      widen_raw(h_raw[b][1], hv + kElems);
+      if (brow) {
+        widen_raw(b_raw[b][0], bv);
+        widen_raw(b_raw[b][1], bv + kElems);
+      }
+      float a[kElems];
 #pragma unroll
       for (int i = 0; i < kElems; ++i) {
-        gate[i] = v[2 * i];
-        up[i] = v[2 * i + 1];
-      }
-      if (brow) {
-        float bv[2 * kElems];
-        q::load_as_float<BiasT, 2 * kElems>(brow + 2 * col, bv);
-#pragma unroll
-        for (int i = 0; i < kElems; ++i) {
-          bg[i] = bv[2 * i];
-          bu[i] = bv[2 * i + 1];
+        // interleaved: gate, up at 2i, 2i+1; else the first half is gate, the second up (selects on values: the
+        // indices stay compile-time constants, so hv and bv stay in registers)
+        float x = interleaved ? hv[2 * i] : hv[i], y = interleaved ? hv[2 * i + 1] : hv[kElems + i];
+        if (p.g1) {
+          x = __fmul_rn(x, g1);
+          y = __fmul_rn(y, g1);
         }
-      }
-    } else {
-      q::load_as_float<__nv_bfloat16, kElems>(hrow + gate_off + col, gate);
-      q::load_as_float<__nv_bfloat16, kElems>(hrow + up_off + col, up);
-      if (brow) {
-        q::load_as_float<BiasT, kElems>(brow + gate_off + col, bg);
-        q::load_as_float<BiasT, kElems>(brow + up_off + col, bu);
-      }
-    }
-    float a[kElems];
-#pragma unroll
-    for (int i = 0; i < kElems; ++i) {
-      float x = gate[i], y = up[i];
-      if (p.g1) {
-        x = __fmul_rn(x, g1);
-        y = __fmul_rn(y, g1);
-      }
-      if (brow) {
-        x = __fadd_rn(x, bg[i]);
-        y = __fadd_rn(y, bu[i]);
-      }
-      if (p.oai) {
-        if (p.has_limit) {  // torch.clamp keeps NaN
-          x = x > limit ? limit : x;
-          y = y > limit ? limit : (y < -limit ? -limit : y);
+        if (brow) {
+          x = __fadd_rn(x, interleaved ? bv[2 * i] : bv[i]);
+          y = __fadd_rn(y, interleaved ? bv[2 * i + 1] : bv[kElems + i]);
         }
-        a[i] = __fmul_rn(__fmul_rn(__fadd_rn(y, beta), x), sigmoid_rn(__fmul_rn(alpha, x)));
-      } else {
-        a[i] = __fmul_rn(__fmul_rn(x, sigmoid_rn(x)), y);
+        if (p.oai) {
+          if (p.has_limit) {  // torch.clamp keeps NaN
+            x = x > limit ? limit : x;
+            y = y > limit ? limit : (y < -limit ? -limit : y);
+          }
+          a[i] = __fmul_rn(__fmul_rn(__fadd_rn(y, beta), x), sigmoid_rn(__fmul_rn(alpha, x)));
+        } else {
+          a[i] = __fmul_rn(__fmul_rn(x, sigmoid_rn(x)), y);
+        }
+        if (!active) a[i] = 0.f;
       }
-      if (!active) a[i] = 0.f;
+      quantize_store<F>(a, active, r, col, p.inter, p.out, p.out_sf);
     }
-    quantize_store<F>(a, active, r, col, p.inter, p.out, p.out_sf);
   }
+  zero_sf_pad_cols<kRowThreads>(r, p.inter, p.out_sf);
   constexpr int kWarps = kRowThreads / 32;
   const RoutedRows routed{p.expert_of_tile, p.padded_start, p.counts, p.tile_m, p.bound};
   zero_padding_scales(p.sf_rows, p.inter, p.out_sf, int64_t(blockIdx.x) * kWarps + threadIdx.x / 32,

@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) plan_scatter_kernel(const Pl
   }
 
   // 4. The row, then this CTA's share of the non-routed rows' scales.
-  scatter_row<F, kCopy, InT, kFusedThreads>(p.scatter, t, row);
+  scatter_row<F, kCopy, InT, kFusedThreads>(p.scatter, t, [row] { return row; });
   const SharedRoutedRows routed{s_end, s_start, s_count, num_e, p.scatter.bound};
   zero_padding_scales(p.scatter.sf_rows, p.scatter.cols, p.scatter.out_sf,
                       int64_t(blockIdx.x) * kFusedWarps + warp, int64_t(gridDim.x) * kFusedWarps, routed);
