@@ -6,8 +6,8 @@
 //      pre-quantized MXFP8 input, its bytes and scales copied.
 //   K3 activation: GEMM1's bf16 row -> optional per-expert global scale g1, fc1 bias, SwiGLU (GPT-OSS's clamped
 //      variant or the plain one) over the gate/up pairs in the weights' layout -> the activation format.
-// Both grids are one CTA per routed pair (T*k): padding rows are not computed. What the GEMMs read there stays
-// defined and finite:
+// Both grids are one CTA per routed pair (T*k; at small T a few more CTAs that only zero scales, see
+// row_kernel_ctas): padding rows are not computed. What the GEMMs read there stays defined and finite:
 //   - data: the buffers are zero-filled when allocated and only ever hold zeros or bytes a quantizer / the copy
 //     wrote for some routed row, so a padding row's bytes are defined. A padding row's GEMM output is never read
 //     (K3 reads h at dest rows only, finalize reads y at dest rows only) and a row's GEMM output depends on that
@@ -231,19 +231,30 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
   return row;
 }
 
-// Block j: pair j's row; then this CTA's warps share the zeroing of non-routed rows' scales.
+// The grid of scatter_kernel / activation_kernel: one CTA per pair, and at least enough CTAs that no warp zeroes
+// more than one 512-byte scale tile (small T: each tile costs dependent table lookups before its store).
+inline int64_t row_kernel_ctas(int64_t pairs, int64_t sf_rows, int64_t cols) {
+  constexpr int64_t kWarps = kRowThreads / 32;
+  const int64_t tiles = sf_rows / 128 * ((cols / 32 + 3) / 4);
+  const int64_t zeroing = (tiles + kWarps - 1) / kWarps;
+  return pairs > zeroing ? pairs : zeroing;
+}
+
+// Block j < T*k: pair j's row; then every CTA's warps share the zeroing of non-routed rows' scales.
 template <ActFormat F, bool kCopy, class InT>
 __global__ void __launch_bounds__(kRowThreads) scatter_kernel(const ScatterParams p) {
   const int j = blockIdx.x;
-  const int t = j / p.top_k;
-  // Captures by value: no address of a kernel parameter or local is taken (that would put them in local memory).
-  const int32_t *ids = p.ids, *padded_start = p.padded_start, *rank = p.rank;
-  const int32_t* chunk_base = p.chunk_base + (t / kTokensPerChunk) * p.num_experts;
-  const int64_t row = scatter_row<F, kCopy, InT, kRowThreads>(p, t, [=] {
-    const int e = ids[j];
-    return int64_t(padded_start[e]) + chunk_base[e] + rank[j];
-  });
-  if (threadIdx.x == 0) p.dest[j] = static_cast<int32_t>(row);
+  if (j < p.num_tokens * p.top_k) {
+    const int t = j / p.top_k;
+    // Captures by value: no address of a kernel parameter or local is taken (that would put them in local memory).
+    const int32_t *ids = p.ids, *padded_start = p.padded_start, *rank = p.rank;
+    const int32_t* chunk_base = p.chunk_base + (t / kTokensPerChunk) * p.num_experts;
+    const int64_t row = scatter_row<F, kCopy, InT, kRowThreads>(p, t, [=] {
+      const int e = ids[j];
+      return int64_t(padded_start[e]) + chunk_base[e] + rank[j];
+    });
+    if (threadIdx.x == 0) p.dest[j] = static_cast<int32_t>(row);
+  }
   constexpr int kWarps = kRowThreads / 32;
   const RoutedRows routed{p.expert_of_tile, p.padded_start, p.counts, p.tile_m, p.bound};
   zero_padding_scales(p.sf_rows, p.cols, p.out_sf, int64_t(blockIdx.x) * kWarps + threadIdx.x / 32,
@@ -258,6 +269,7 @@ struct ActivationParams {
   const int32_t* expert_of_tile = nullptr;
   const int32_t* padded_start = nullptr;
   const int32_t* counts = nullptr;
+  int pairs = 0;                     // T*k
   int tile_m = 0, bound = 0, sf_rows = 0;
   int inter = 0;                     // Ip (output columns), a multiple of 32
   GateUpLayout layout = GateUpLayout::kInterleaved;
@@ -279,9 +291,9 @@ constexpr int kActBatch = 3;
 // torch's sigmoid in float32: 1 / (1 + exp(-x)).
 __device__ __forceinline__ float sigmoid_rn(float x) { return __fdiv_rn(1.f, __fadd_rn(1.f, expf(-x))); }
 
-// Block j: pair j's row dest[j] (expert ids[j]); then this CTA's warps share the zeroing of non-routed rows' scales.
+// Pair blockIdx.x's row of the activation (all threads of the CTA call).
 template <ActFormat F, class BiasT>
-__global__ void __launch_bounds__(kRowThreads) activation_kernel(const ActivationParams p) {
+__device__ __forceinline__ void activation_row(const ActivationParams& p) {
   const int64_t r = p.dest[blockIdx.x];
   const int e = p.ids[blockIdx.x];
   const int64_t width = 2 * static_cast<int64_t>(p.inter);
@@ -355,6 +367,13 @@ __global__ void __launch_bounds__(kRowThreads) activation_kernel(const Activatio
     }
   }
   zero_sf_pad_cols<kRowThreads>(r, p.inter, p.out_sf);
+}
+
+// Block j < T*k: pair j's row dest[j] (expert ids[j]); then every CTA's warps share the zeroing of non-routed
+// rows' scales.
+template <ActFormat F, class BiasT>
+__global__ void __launch_bounds__(kRowThreads) activation_kernel(const ActivationParams p) {
+  if (int(blockIdx.x) < p.pairs) activation_row<F, BiasT>(p);
   constexpr int kWarps = kRowThreads / 32;
   const RoutedRows routed{p.expert_of_tile, p.padded_start, p.counts, p.tile_m, p.bound};
   zero_padding_scales(p.sf_rows, p.inter, p.out_sf, int64_t(blockIdx.x) * kWarps + threadIdx.x / 32,
