@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Benchmark the fused MoE's glue kernels (plan, scatter, activation, finalize) at GPT-OSS-20B sizes (E = 32, top-4,
-H = I = 2880, W4A4) over T.
+"""Benchmark the fused MoE's glue kernels (plan, scatter, plan_scatter, activation, finalize) at GPT-OSS-20B sizes
+(E = 32, top-4, H = I = 2880, W4A4) over T.
 
 Per T it prints and writes (CSV + PNG under benchmarks/results):
-- device launches per forward (torch.profiler), impl="kernels" vs impl="reference" (the torch pipeline);
+- device kernels per forward (torch.profiler), impl="kernels" vs impl="reference" (the torch pipeline), and which
+  plan path the forward takes (plan_scatter at decode sizes, plan + scatter beyond);
 - host time per eager call (CPU time to submit one forward, measured over back-to-back calls before the sync);
-- each glue kernel's time (CUDA-graph replay, median) and its bytes moved, as a fraction of the device copy
-  bandwidth measured in the same run (a torch clone of 512 MiB);
-- the glue chain's latency at T = 1 (the four glue kernels back to back, GEMMs excluded).
+- each glue kernel's time (CUDA-graph replay, median) and its bytes moved (routed rows only: padding rows' data is
+  not rewritten), as a fraction of the device copy bandwidth measured in the same run (a torch clone of 512 MiB);
+  plan_scatter (the fused kernel, at T <= 128, whichever path the forward takes) next to "plan+scatter" (the two
+  kernels back to back in one graph): where the first is faster is where ops/moe_glue.py should fuse;
+- the glue chain's latency at T = 1 (the glue kernels the forward runs, back to back, GEMMs excluded).
 The glue kernels have no block-scaled MMA: on an H200 (FLASHINFER_SM12X_EMULATE=1 maps it to the sm_90a build) they
 are native SM90 kernels and their times are real H200 figures. The GEMMs in between are emulated there: no forward
 time is reported as a speed, only the glue.
 
-    FLASHINFER_SM12X_EMULATE=1 python benchmarks/bench_moe_glue.py [--tokens 1,64,1024,8192]
+    FLASHINFER_SM12X_EMULATE=1 python benchmarks/bench_moe_glue.py [--tokens 1,8,32,64,128,1024,8192]
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import plot_panels, time_ms  # noqa: E402
+from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS  # noqa: E402
 from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
 from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan, target_of  # noqa: E402
 from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights  # noqa: E402
-from flashinfer_sm12x.testing.profiling import device_launches  # noqa: E402
+from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
 
 NUM_E, TOP_K, H = 32, 4, 2880
 
@@ -68,47 +72,69 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, panels_us: dic
         return fused_moe(hidden, logits, w, top_k=TOP_K, impl=impl)
 
     forward()
-    launches = len(device_launches(forward))
-    torch_launches = len(device_launches(lambda: forward("reference")))
+    launches = kernel_launches(forward)
+    torch_launches = kernel_launches(lambda: forward("reference"))
     host = host_us_per_call(forward)
     plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target)
     v = glue_views(dev, plan, hp, ip, "mxfp4")
     tm, pairs = plan.tactic.tile_m, num_t * TOP_K
     out = hidden.new_empty(num_t, H)
+    plan_bytes = num_t * NUM_E * 4 + pairs * 12 + plan.tiles * 4
+    scatter_bytes = pairs * H * 2 + pairs * hp // 2 + v.x_sf.numel() + pairs * 16
     kernels = {
-        "plan": (lambda: module.plan_logits(logits, v.workspace, TOP_K, tm, plan.tiles),
-                 num_t * NUM_E * 4 + pairs * 12 + plan.tiles * 4),
+        "plan": (lambda: module.plan_logits(logits, v.workspace, TOP_K, tm, plan.tiles), plan_bytes),
         "scatter": (lambda: module.scatter(hidden, v.workspace, v.x, v.x_sf, TOP_K, NUM_E, hp, tm, plan.bound),
-                    pairs * H * 2 + v.x.numel() + v.x_sf.numel() + pairs * 16),
+                    scatter_bytes),
+        "plan_scatter": (lambda: module.plan_scatter(logits, None, hidden, None, True, v.workspace, v.x, v.x_sf,
+                                                     TOP_K, NUM_E, hp, tm, plan.bound, 0, NUM_E, False),
+                         plan_bytes + scatter_bytes),
         "activation": (lambda: module.activation(v.h, v.workspace, v.a, v.a_sf, num_t, TOP_K, NUM_E, tm, 0, True,
                                                  None, w.w13_bias, None, None, None, 1.702, 1.0, 7.0, True),
-                       v.h.numel() * 2 + v.a.numel() + v.a_sf.numel()),
+                       pairs * 2 * ip * 2 + pairs * ip // 2 + v.a_sf.numel() + pairs * 8),
         "finalize": (lambda: module.finalize(v.y, v.workspace, out, TOP_K, NUM_E, tm,
                                              None, w.w2_bias),
                      pairs * H * 2 * 2 + num_t * H * 2 + pairs * 12),
     }
-    row = {"device": name, "T": num_t, "launches": launches, "torch_launches": torch_launches,
+    fused_fits = num_t <= FUSED_MAX_TOKENS and pairs <= FUSED_MAX_PAIRS
+    row = {"device": name, "T": num_t, "kernels": launches, "torch_kernels": torch_launches,
+           "plan_path": "plan_scatter" if plan.fused_plan_scatter else "plan+scatter",
            "host_us": round(host, 1), "copy_GBps": round(bw / 1e9)}
     cells = []
     for kname, (fn, nbytes) in kernels.items():
+        if kname == "plan_scatter" and not fused_fits:
+            cells.append(f"{'-':>13} {'-':>5}")
+            continue
         us = time_ms(fn, iters) * 1e3
         frac = nbytes / (us * 1e-6) / bw
         row[f"{kname}_us"], row[f"{kname}_bytes"], row[f"{kname}_frac_bw"] = round(us, 2), nbytes, round(frac, 3)
         panels_us["kernel time (us)"].setdefault(kname, []).append((num_t, us))
         panels_frac["fraction of copy bandwidth"].setdefault(kname, []).append((num_t, frac))
         cells.append(f"{us:13.1f} {100 * frac:5.1f}")
+
+    def two_kernels() -> None:
+        kernels["plan"][0]()
+        kernels["scatter"][0]()
+
+    two_us = time_ms(two_kernels, iters) * 1e3
+    row["plan+scatter_us"] = round(two_us, 2)
+    panels_us["kernel time (us)"].setdefault("plan+scatter (2 kernels)", []).append((num_t, two_us))
+    cells.append(f"{two_us:15.1f}")
     if num_t == 1:
+        first = ["plan_scatter"] if plan.fused_plan_scatter else ["plan", "scatter"]
+        chain_fns = [kernels[n][0] for n in (*first, "activation", "finalize")]
+
         def chain() -> None:
-            for fn, _ in kernels.values():
+            for fn in chain_fns:
                 fn()
         row["glue_chain_us_T1"] = round(time_ms(chain, iters) * 1e3, 2)
-    print(f"{num_t:>6} {launches:>9} {torch_launches:>6} {host:8.1f} " + " ".join(cells))
+        row["glue_chain_kernels_T1"] = len(chain_fns)
+    print(f"{num_t:>6} {launches:>8} {torch_launches:>6} {row['plan_path']:>13} {host:8.1f} " + " ".join(cells))
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", default="1,64,1024,8192")
+    parser.add_argument("--tokens", default="1,8,32,64,128,1024,8192")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--csv", type=Path, default=None, help="CSV path (default: benchmarks/results/<name>.csv)")
     parser.add_argument("--png", type=Path, default=None, help="PNG path (default: next to the CSV)")
@@ -125,14 +151,16 @@ def main() -> None:
     print(f"device copy bandwidth (same run): {bw / 1e9:.0f} GB/s")
     module = glue_module(dev, "mxfp4")
     rows, panels_us, panels_frac = [], {"kernel time (us)": {}}, {"fraction of copy bandwidth": {}}
-    header = f"{'T':>6} {'launches':>9} {'torch':>6} {'host us':>8} " + " ".join(
-        f"{k + ' us':>13} {'%bw':>5}" for k in ("plan", "scatter", "activation", "finalize"))
+    header = f"{'T':>6} {'kernels':>8} {'torch':>6} {'plan path':>13} {'host us':>8} " + " ".join(
+        f"{k + ' us':>13} {'%bw':>5}" for k in ("plan", "scatter", "plan_scatter", "activation", "finalize"))
+    header += f" {'plan+scatter us':>15}"
     print(header)
     for num_t in tokens:
         rows.append(measure(num_t, w, module, target, bw, args.iters, panels_us, panels_frac))
-    if any("glue_chain_us_T1" in r for r in rows):
-        print(f"glue chain latency at T = 1 (4 kernels, GEMMs excluded): "
-              f"{next(r['glue_chain_us_T1'] for r in rows if 'glue_chain_us_T1' in r)} us")
+    for r in rows:
+        if "glue_chain_us_T1" in r:
+            print(f"glue chain latency at T = 1 ({r['glue_chain_kernels_T1']} kernels, GEMMs excluded): "
+                  f"{r['glue_chain_us_T1']} us")
     stem = f"bench_moe_glue_{name.replace(' ', '_').lower()}_{datetime.date.today().isoformat()}"
     csv_path = args.csv or Path(__file__).resolve().parent / "results" / f"{stem}.csv"
     png_path = args.png or csv_path.with_suffix(".png")

@@ -4,7 +4,8 @@
 
 --act mxfp4 (default): every W4A4 grouped GEMM tile through fused_moe, the glue kernels on their own
 (impl="kernels": plan from logits over one and several chunks, from int32/int64 ids with out-of-range ids clamped,
-pre-quantized MXFP8 scatter in both scale layouts) and the torch pipeline, skewed and empty experts.
+pre-quantized MXFP8 scatter in both scale layouts, each through plan + scatter and, at decode sizes, the one-kernel
+plan_scatter) and the torch pipeline, skewed and empty experts.
 --act mxfp8 (W4A8): the W4A8 grouped GEMM, each tactic shipped for the target, on its own against the per-tile
 float64 reference; then fused_moe with MXFP8 activations end to end (E = 32, small T, each W4A8 tactic, skewed
 routing that leaves most experts without a token, router logits, the torch pipeline) and the FlashInfer-compatible
@@ -41,26 +42,28 @@ TOL = 0.02  # relative L2 against the float64 reference with the same activation
 def glue_workload() -> None:
     """Every glue kernel on its own (racecheck is slow: no GEMMs)."""
     from flashinfer_sm12x.formats.quantize import mxfp8_quantize
-    from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan
+    from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, plan_and_scatter, row_plan
     from flashinfer_sm12x.testing.moe_cases import make_inputs
 
     dev = torch.device("cuda")
     for act, tactic in (("mxfp4", CANDIDATES[0]), ("mxfp8", CANDIDATES[1])):
         module = glue_module(dev, act)
-        for num_t, num_e in ((1, 8), (300, 8), (129, 64)):
+        for num_t, num_e in ((1, 8), (300, 8), (129, 64), (64, 64)):
             plan = row_plan(num_t, 4, num_e, "mxfp4", tactic, None)
             v = glue_views(dev, plan, 384, 256, act)  # H = 320, I = 192 padded to 128 multiples
             hidden, logits = make_inputs(num_t, 320, num_e)
-            module.plan_logits(logits.cuda(), v.workspace, 4, tactic.tile_m, plan.tiles)
-            module.scatter(hidden.cuda(), v.workspace, v.x, v.x_sf, 4, num_e, 384, tactic.tile_m, plan.bound)
             ids = torch.randint(-2, num_e + 2, (num_t, 4), dtype=torch.int64, device="cuda")
-            module.plan_ids(ids, torch.rand(num_t, 4, device="cuda"), v.workspace, num_e, tactic.tile_m, plan.tiles,
-                            0, num_e, False)
-            if act == "mxfp8":
-                for swizzled in (True, False):
-                    xq, xsf = mxfp8_quantize(torch.randn(num_t, 384, device="cuda"), swizzled, 32)
-                    module.scatter_prequantized(xq.view(torch.uint8), xsf.view(torch.uint8).reshape(-1), swizzled,
-                                                v.workspace, v.x, v.x_sf, 4, num_e, tactic.tile_m, plan.bound)
+            weights = torch.rand(num_t, 4, device="cuda")
+            # plan + scatter, and plan_scatter (one kernel) where the forward would use it
+            for fused in (False, True) if plan.fused_plan_scatter else (False,):
+                plan_and_scatter(module, plan, v, logits.cuda(), hidden.cuda(), 384, fused=fused)
+                plan_and_scatter(module, plan, v, (ids, weights), hidden.cuda(), 384, fused=fused)
+                if act == "mxfp8":
+                    for swizzled in (True, False):
+                        xq, xsf = mxfp8_quantize(torch.randn(num_t, 384, device="cuda"), swizzled, 32)
+                        plan_and_scatter(module, plan, v, (ids, weights), xq.view(torch.uint8), 384,
+                                         input_sf=xsf.view(torch.uint8).reshape(-1), swizzled_input_sf=swizzled,
+                                         fused=fused)
             v.h.normal_()
             module.activation(v.h, v.workspace, v.a, v.a_sf, num_t, 4, num_e, tactic.tile_m, 0, True, None, None,
                               None, None, None, 1.702, 1.0, 7.0, True)

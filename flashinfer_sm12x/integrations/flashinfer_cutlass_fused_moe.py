@@ -43,6 +43,7 @@ from ..ops.moe_glue import (
     glue_module,
     glue_views,
     kernels_support,
+    plan_and_scatter,
     row_plan,
     run_pipeline,
     target_of,
@@ -262,15 +263,13 @@ def cutlass_fused_moe(
         raise ValueError(f"{_FN}: token_selected_experts holds ids outside [0, {num_e * ep_size})")
     if USE_KERNELS and x.is_cuda and kernels_support(num_e, k):
         # The glue kernels: the plan remaps global ids (other ranks' experts: weight 0, clamped) and the scatter
-        # copies the pre-quantized rows and scales; six launches in all.
+        # copies the pre-quantized rows and scales (one kernel at decode sizes); five or six launches in all.
         plan = row_plan(num_t, k, num_e, "mxfp8_mxfp4", None, target_of(x.device))
         module = glue_module(x.device, "mxfp8")
         views = glue_views(x.device, plan, hp, ip, "mxfp8")
-        tm = plan.tactic.tile_m
-        module.plan_ids(ids, scales, views.workspace, num_e, tm, plan.tiles, ep_rank * num_e, num_e * ep_size,
-                        ep_size > 1)
-        module.scatter_prequantized(x.view(torch.uint8), in_sf, bool(swizzled_input_sf), views.workspace, views.x,
-                                    views.x_sf, k, num_e, tm, plan.bound)
+        plan_and_scatter(module, plan, views, (ids, scales), x.view(torch.uint8), hp, input_sf=in_sf,
+                         swizzled_input_sf=bool(swizzled_input_sf), id_base=ep_rank * num_e,
+                         id_limit=num_e * ep_size, zero_foreign=ep_size > 1)
         params = ExpertParams(fc1, sf1.view(torch.uint8), b1, fc2, sf2.view(torch.uint8), b2, LAYOUT_CODE["up_first"],
                               True, alpha if alpha is not None else 1.0, beta if beta is not None else 0.0, limit,
                               g1, g2)

@@ -10,8 +10,9 @@ the FP8 rate.
 
 The two GEMMs (all of the FLOPs) are the grouped block-scaled kernel (ops/grouped_mm_fp4.py). The glue between
 them has two implementations, both sync-free and CUDA-graph capturable: impl="kernels" (the default on CUDA),
-four glue kernels (ops/moe_glue.py: plan, scatter + quantize, activation + re-quantize, finalize), six launches
-per forward at every T; impl="reference", device-side torch (about 185 launches), kept as the oracle.
+the glue kernels (ops/moe_glue.py: plan, scatter + quantize, activation + re-quantize, finalize; plan and scatter
+fused into one kernel at decode sizes): five launches per forward at T <= 64 (E <= 128, k <= 4), six beyond;
+impl="reference", device-side torch (about 185 launches), kept as the oracle.
 
 Padding without a host sync: expert e's rows are padded to a multiple of the tile height TM, so every M tile
 belongs to one expert. The host cannot know the per-expert counts without a sync, so it sizes the buffers by
@@ -39,6 +40,7 @@ from ..ops.moe_glue import (
     glue_module,
     glue_views,
     kernels_support,
+    plan_and_scatter,
     row_plan,
     run_pipeline,
     target_of,
@@ -189,8 +191,8 @@ def fused_moe(
         Keyword-only. The output's dtype.
     impl : {"kernels", "reference"}, optional
         Keyword-only. "kernels" (the default on CUDA when E <= 512 and k <= 16) runs the glue kernels
-        (ops/moe_glue.py: six launches per forward, five with GEMM1's fused epilogue); "reference" the device-side
-        torch pipeline, kept as the oracle.
+        (ops/moe_glue.py: plan + scatter in one kernel at decode sizes, GEMM1 with the activation fused: four to
+        six launches per forward); "reference" the device-side torch pipeline, kept as the oracle.
     fused_epilogue : bool, optional
         Keyword-only, impl="kernels". GEMM1 runs fc1 bias + activation + quantization for GEMM2 in its epilogue
         (gemm/epilogues/swiglu_quantize.cuh), so the [rows, 2I] intermediate never reaches memory. None (default):
@@ -317,12 +319,7 @@ def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch
                          f"== 0; got interleaved={w.interleaved}, tactic {plan.tactic.name}")
     module = glue_module(device, w.act)
     views = glue_views(device, plan, hp, ip, w.act, fusable if fused_epilogue is None else fused_epilogue)
-    tm = plan.tactic.tile_m
-    if isinstance(routing, torch.Tensor):
-        module.plan_logits(routing, views.workspace, k, tm, plan.tiles)
-    else:
-        module.plan_ids(routing[0], routing[1], views.workspace, num_e, tm, plan.tiles, 0, num_e, False)
-    module.scatter(hidden, views.workspace, views.x, views.x_sf, k, num_e, hp, tm, plan.bound)
+    plan_and_scatter(module, plan, views, routing, hidden, hp)
     out = torch.empty(num_t, w.hidden_size, dtype=out_dtype, device=device)
     return run_pipeline(plan, views, module, params, out)
 

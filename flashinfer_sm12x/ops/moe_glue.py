@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The fused MoE's kernel pipeline: plan -> scatter -> grouped GEMM1 -> activation -> grouped GEMM2 -> finalize
-(kernels/moe_glue.py describes the four glue kernels; ops/grouped_mm_fp4.py the GEMMs). Six launches per forward
-at every T, no host synchronisation (CUDA-graph capturable).
+(kernels/moe_glue.py describes the glue kernels; ops/grouped_mm_fp4.py the GEMMs), no host synchronisation
+(CUDA-graph capturable). At decode sizes plan and scatter are one kernel (plan_scatter: five launches per forward),
+beyond them two (six launches); `fused_plan_scatter_serves` draws the line.
 
 Host path, built for repeated calls:
 - the target and the loaded module are cached per device; the row plan (tactic, padded bound, tile count) per
@@ -28,12 +29,27 @@ from ..jit.module import load_module
 from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
 from ..kernels.grouped_mm_fp4 import heuristic
-from ..kernels.moe_glue import MAX_EXPERTS, MAX_TOP_K, TOKENS_PER_CHUNK, moe_glue_spec
+from ..kernels.moe_glue import (
+    FUSED_MAX_PAIRS,
+    FUSED_MAX_TOKENS,
+    MAX_EXPERTS,
+    MAX_TOP_K,
+    TOKENS_PER_CHUNK,
+    moe_glue_spec,
+)
 from .grouped_mm_fp4 import grouped_mm_fp4_launcher, grouped_mm_fp4_swiglu_quantize_launcher
 
 GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # activation format -> grouped GEMM format
 LAYOUT_CODE = {"interleaved": 0, "gate_first": 1, "up_first": 2}
 _MODULES: dict[tuple[Target, str], Any] = {}
+# plan_scatter runs T*k CTAs of 512 threads (one per SM: the top-k's registers), each repeating the plan: O(T*E)
+# logit reads (O(T*k) with precomputed ids) and one plan_kernel CTA's latency. It replaces a launch gap and
+# plan_kernel's own latency, so it wins while the grid takes about two waves or fewer (T*k <= 256 on a 132-SM
+# H200) and the redundant reads stay small (T*E <= 8192 logits: 32 KiB of float32 per CTA, from L2).
+# benchmarks/bench_moe_glue.py times both paths over T to check the line.
+DECODE_MAX_TOKENS = 64
+DECODE_MAX_PAIRS = 256
+DECODE_MAX_LOGITS = 8192
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,7 @@ class RowPlan:
     tiles: int        # bound / TM
     sf_rows: int      # round_up(bound, 128): rows of the 128x4 scale layout
     workspace_elements: int
+    fused_plan_scatter: bool = False  # plan and scatter as one kernel (fused_plan_scatter_serves)
 
 
 def workspace_offsets(num_tokens: int, top_k: int, num_experts: int, tiles: int) -> dict[str, tuple[int, int]]:
@@ -61,6 +78,24 @@ def workspace_offsets(num_tokens: int, top_k: int, num_experts: int, tiles: int)
         offsets[name] = (at, length)
         at += length
     return offsets
+
+
+def fused_plan_scatter_serves(num_tokens: int, top_k: int, num_experts: int) -> bool:
+    """Whether one forward runs plan + scatter as one kernel (plan_scatter): decode sizes, see DECODE_MAX_*.
+
+    Parameters
+    ----------
+    num_tokens, top_k, num_experts : int
+        T, k, E.
+
+    Returns
+    -------
+    bool
+        True for 1 <= T <= 64 with T*k <= 256 and T*E <= 8192 (always within the kernel's limits).
+    """
+    return (1 <= num_tokens <= min(DECODE_MAX_TOKENS, FUSED_MAX_TOKENS)
+            and num_tokens * top_k <= min(DECODE_MAX_PAIRS, FUSED_MAX_PAIRS)
+            and num_tokens * num_experts <= DECODE_MAX_LOGITS)
 
 
 def kernels_support(num_experts: int, top_k: int) -> bool:
@@ -102,7 +137,8 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_format: str, ta
     bound = round_up(rows + min(num_experts, rows) * (tm - 1), tm)
     tiles = bound // tm
     end = max(stop for stop in (a + n for a, n in workspace_offsets(num_tokens, top_k, num_experts, tiles).values()))
-    return RowPlan(tactic, num_tokens, top_k, num_experts, bound, tiles, round_up(bound, 128), end)
+    return RowPlan(tactic, num_tokens, top_k, num_experts, bound, tiles, round_up(bound, 128), end,
+                   fused_plan_scatter_serves(num_tokens, top_k, num_experts))
 
 
 def target_of(device: torch.device) -> Target:
@@ -213,6 +249,56 @@ def workspace_part(views: GlueViews, plan: RowPlan, name: str) -> torch.Tensor:
     return part.view(torch.float32) if name == "weights" else part
 
 
+def plan_and_scatter(module: Any, plan: RowPlan, views: GlueViews, routing: torch.Tensor | tuple[torch.Tensor, ...],
+                     hidden: torch.Tensor, hidden_cols: int, *, input_sf: torch.Tensor | None = None,
+                     swizzled_input_sf: bool = True, id_base: int = 0, id_limit: int | None = None,
+                     zero_foreign: bool = False, fused: bool | None = None) -> None:
+    """The plan and the scatter of one forward: one kernel (plan_scatter) at decode sizes, else plan then scatter.
+
+    Both write the same workspace (ids, weights, ranks, dest, counts, padded starts, expert_of_tile) and the same
+    routed rows and scales of `views.x` / `views.x_sf`; padding rows' scales are zeroed, their data left as it is.
+
+    Parameters
+    ----------
+    module : the loaded glue module (`glue_module`) of the activation format
+    plan : RowPlan
+    views : GlueViews
+    routing : torch.Tensor or tuple of torch.Tensor
+        Router logits [T, E], or (ids [T, k] int32/int64, weights [T, k] float): validated by the caller.
+    hidden : torch.Tensor
+        [T, H] float to gather and quantize, or with `input_sf` the pre-quantized MXFP8 rows [T, cols] as bytes.
+    hidden_cols : int
+        The padded width `cols` of the quantized rows (Hp).
+    input_sf : torch.Tensor, optional
+        E8M0 scales of pre-quantized `hidden` (MXFP8 module only), 128x4 (`swizzled_input_sf`) or linear.
+    swizzled_input_sf : bool
+        The layout of `input_sf`.
+    id_base, id_limit, zero_foreign :
+        Precomputed ids: global ids valid in [0, id_limit) (default E), this rank's experts from id_base; other
+        ranks' experts weigh 0 when `zero_foreign`.
+    fused : bool, optional
+        Force (True) or forbid (False) plan_scatter; None follows `plan.fused_plan_scatter`. Forcing it beyond the
+        kernel's limits (T <= 128, T*k <= 1024) raises in the module.
+    """
+    k, num_e, tm = plan.top_k, plan.num_experts, plan.tactic.tile_m
+    limit = num_e if id_limit is None else id_limit
+    from_logits = isinstance(routing, torch.Tensor)
+    if plan.fused_plan_scatter if fused is None else fused:
+        ids, weights = (routing, None) if from_logits else routing
+        module.plan_scatter(ids, weights, hidden, input_sf, swizzled_input_sf, views.workspace, views.x, views.x_sf,
+                            k, num_e, hidden_cols, tm, plan.bound, id_base, limit, zero_foreign)
+        return
+    if from_logits:
+        module.plan_logits(routing, views.workspace, k, tm, plan.tiles)
+    else:
+        module.plan_ids(routing[0], routing[1], views.workspace, num_e, tm, plan.tiles, id_base, limit, zero_foreign)
+    if input_sf is None:
+        module.scatter(hidden, views.workspace, views.x, views.x_sf, k, num_e, hidden_cols, tm, plan.bound)
+    else:
+        module.scatter_prequantized(hidden, input_sf, swizzled_input_sf, views.workspace, views.x, views.x_sf, k,
+                                    num_e, tm, plan.bound)
+
+
 @dataclass(frozen=True)
 class ExpertParams:
     """What the two GEMMs and the activation need of the weights, with optional per-expert tensors."""
@@ -246,8 +332,8 @@ def fuses_activation(p: ExpertParams, plan: RowPlan, gemm_format: str, intermedi
 
 
 def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, out: torch.Tensor) -> torch.Tensor:
-    """GEMM1 -> activation -> GEMM2 -> finalize, after the plan and scatter kernels ran on `views`; GEMM1 runs the
-    activation in its epilogue when `views` has no intermediate (glue_views(fused_activation=True)).
+    """GEMM1 -> activation -> GEMM2 -> finalize, after `plan_and_scatter` ran on `views`; GEMM1 runs the activation
+    in its epilogue when `views` has no intermediate (glue_views(fused_activation=True)).
 
     Parameters
     ----------

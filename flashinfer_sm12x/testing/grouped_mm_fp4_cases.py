@@ -58,16 +58,17 @@ def check_bad_inputs_rejected_before_launch() -> None:
 
 
 def _activation_workspace(expert_of_tile: torch.Tensor, num_e: int, tile_m: int) -> torch.Tensor:
-    """A glue plan workspace in which every row of every tile is routed (expert_of_tile sorted), so the standalone
-    activation kernel treats every row as the fused epilogue does."""
+    """A glue plan workspace in which every row of every tile is a routed pair (T = rows, k = 1, expert_of_tile
+    sorted), so the standalone activation kernel computes every row, as the fused epilogue does."""
     from ..ops.moe_glue import workspace_offsets
     tiles = expert_of_tile.numel()
-    parts = workspace_offsets(1, 1, num_e, tiles)
+    rows = tiles * tile_m
+    parts = workspace_offsets(rows, 1, num_e, tiles)
     ws = torch.zeros(max(a + n for a, n in parts.values()), dtype=torch.int32)
-    tile_counts = torch.bincount(expert_of_tile.long(), minlength=num_e)
-    counts = tile_counts * tile_m
-    starts = torch.cumsum(counts, 0) - counts
-    for name, value in (("expert_of_tile", expert_of_tile), ("counts", counts), ("padded_start", starts)):
+    counts = torch.bincount(expert_of_tile.long(), minlength=num_e) * tile_m
+    values = {"expert_of_tile": expert_of_tile, "counts": counts, "padded_start": torch.cumsum(counts, 0) - counts,
+              "dest": torch.arange(rows), "ids": expert_of_tile.long().repeat_interleave(tile_m)}
+    for name, value in values.items():
         at, n = parts[name]
         ws[at:at + n] = value.to(torch.int32)
     return ws.cuda()
@@ -101,7 +102,7 @@ def run_swiglu_quantize_case(tactic, num_e: int, tiles: int, inter: int, k: int,
     h = grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic)
     want, want_sf = swiglu_quantize_outputs(m, inter, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", h.device)
     glue_module(h.device, act).activation(h, _activation_workspace(expert_of_tile, num_e, tm), want.view(torch.uint8),
-                                          want_sf, 1, 1, num_e, tm, LAYOUT_CODE["interleaved"], oai, g1_e, bias,
+                                          want_sf, m, 1, num_e, tm, LAYOUT_CODE["interleaved"], oai, g1_e, bias,
                                           alpha_e, beta_e, limit_e, *scalars)
     # Fused: scales pre-filled with 0xFF, so unwritten padding columns show.
     got, got_sf = swiglu_quantize_outputs(m, inter, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", h.device)

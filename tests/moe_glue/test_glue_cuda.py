@@ -3,9 +3,11 @@
 native SM90 runs, with FLASHINFER_SM12X_EMULATE=1 so the device maps to the sm_90a build).
 
 Bit-exact where the arithmetic is the same: routing ids, dest / counts / padded starts / expert_of_tile, the gathered
-quantized rows and scales (padding included), the pre-quantized copy, finalize. Routing weights: within 2 ulp
-(torch's softmax may sum and divide in another order). Activation: exp/sigmoid may round differently from torch's,
-which can flip a quantized code at a rounding boundary: at most 0.1% of codes differ, and by one step."""
+quantized rows and every scale byte (padding rows' and padding columns' scales zero), the pre-quantized copy,
+finalize. Padding rows' data is not rewritten (their GEMM outputs are never read): the tests fill the buffers with
+stale bytes first and check those rows still hold them. Routing weights: within 2 ulp (torch's softmax may sum and
+divide in another order). Activation: exp/sigmoid may round differently from torch's, which can flip a quantized code
+at a rounding boundary: at most 0.1% of codes differ, and by one step."""
 
 from __future__ import annotations
 
@@ -17,7 +19,15 @@ from flashinfer_sm12x.formats.quantize import mxfp4_quantize, mxfp8_quantize
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, W4A8_CANDIDATES
 from flashinfer_sm12x.moe.fused_moe import _swiglu, plan_expert_rows
 from flashinfer_sm12x.moe.routing import route
-from flashinfer_sm12x.ops.moe_glue import GlueViews, RowPlan, glue_module, glue_views, row_plan, workspace_part
+from flashinfer_sm12x.ops.moe_glue import (
+    GlueViews,
+    RowPlan,
+    glue_module,
+    glue_views,
+    plan_and_scatter,
+    row_plan,
+    workspace_part,
+)
 
 pytestmark = pytest.mark.cuda
 GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}
@@ -109,8 +119,16 @@ def test_scatter_matches_torch_gather_and_quantize(act: str, dtype: torch.dtype,
     x = torch.zeros(plan.bound, hp, dtype=torch.float32, device="cuda")
     x[r.dest, :h] = hidden.index_select(0, r.token_of_row.long()).float()
     want_q, want_sf = mxfp4_quantize(x) if act == "mxfp4" else mxfp8_quantize(x, True, 32)
-    assert torch.equal(views.x, want_q.view(torch.uint8).reshape(views.x.shape))
-    assert torch.equal(views.x_sf, want_sf.view(torch.uint8).reshape(-1))
+    routed = r.dest.long()
+    assert torch.equal(views.x[routed], want_q.view(torch.uint8).reshape(views.x.shape)[routed])
+    assert bool((views.x[_padding_rows(plan.bound, routed)] == 0xAB).all())  # padding data left as it was
+    assert torch.equal(views.x_sf, want_sf.view(torch.uint8).reshape(-1))  # padding scales zeroed
+
+
+def _padding_rows(rows: int, routed: torch.Tensor) -> torch.Tensor:
+    pad = torch.ones(rows, dtype=torch.bool, device=routed.device)
+    pad[routed] = False
+    return pad
 
 
 @pytest.mark.parametrize("swizzled", [True, False])
@@ -129,7 +147,7 @@ def test_scatter_prequantized_copies_rows_and_scales(swizzled: bool) -> None:
     r = plan_expert_rows(ids, num_e, "mxfp8_mxfp4", plan.tactic, xq.device, validate_ids=False)
     rows_sf = unswizzle_sf(xsf.view(torch.uint8), num_t, hp // 32, SfLayout.layout_128x4) if swizzled else xsf
     tok = r.token_of_row.long()
-    want = torch.zeros(plan.bound, hp, dtype=torch.uint8, device="cuda")
+    want = torch.full((plan.bound, hp), 0xAB, dtype=torch.uint8, device="cuda")  # padding data left as it was
     want[r.dest] = xq.view(torch.uint8).index_select(0, tok)
     want_sf = torch.zeros(plan.bound, hp // 32, dtype=torch.uint8, device="cuda")
     want_sf[r.dest] = rows_sf.view(torch.uint8).reshape(num_t, hp // 32).index_select(0, tok)
@@ -147,12 +165,15 @@ class _Layout:
     (0, "swiglu_oai", False), (1, "swiglu_oai", True), (2, "swiglu_oai", True), (0, "swiglu", False)])
 def test_activation_matches_torch_within_a_rounding_flip(act: str, layout: int, activation: str,
                                                          per_expert: bool) -> None:
-    num_t, num_e, k, ip = 50, 8, 4, 384
+    num_t, num_e, k, ip = 50, 8, 4, 416  # 13 scale columns: the 128x4 layout pads each row with 3 zero columns
     plan, views = _setup(num_t, num_e, k, act, 128, ip)
     module = glue_module(torch.device("cuda"), act)
-    module.plan_logits(_logits(num_t, num_e, torch.float32, 11), views.workspace, k, plan.tactic.tile_m, plan.tiles)
+    plan_and_scatter(module, plan, views, _logits(num_t, num_e, torch.float32, 11), torch.zeros(num_t, 128,
+                                                                                                 device="cuda"), 128)
     g = torch.Generator().manual_seed(5)
     views.h.copy_((torch.randn(plan.bound, 2 * ip, generator=g) * 4).to(torch.bfloat16))
+    views.a.fill_(0xAB)  # stale bytes: padding rows keep their data, their scales must become zero
+    views.a_sf.fill_(0xAB)
     bias = (torch.randn(num_e, 2 * ip, generator=g)).to(torch.bfloat16).cuda()
     g1 = (torch.rand(num_e, generator=g) + 0.5).cuda()
     alpha = (torch.rand(num_e, generator=g) + 1).cuda() if per_expert else 1.702
@@ -171,10 +192,17 @@ def test_activation_matches_torch_within_a_rounding_flip(act: str, layout: int, 
     lay = _Layout(layout == 0, layout == 2, ip)
     a = _swiglu(hf, lay, activation, per_row(alpha), per_row(beta), per_row(limit))
     want_q, want_sf = mxfp4_quantize(a.contiguous()) if act == "mxfp4" else mxfp8_quantize(a.contiguous(), True, 32)
-    got_sf, want_sf = views.a_sf, want_sf.view(torch.uint8).reshape(-1)
-    assert (got_sf != want_sf).float().mean() <= 1e-3
+    routed = workspace_part(views, plan, "dest").long()
+    sf_cols = ip // 32
+    got_sf = unswizzle_sf(views.a_sf, plan.sf_rows, sf_cols, SfLayout.layout_128x4)
+    want_sf = unswizzle_sf(want_sf.view(torch.uint8), plan.sf_rows, sf_cols, SfLayout.layout_128x4)
+    assert (got_sf[routed] != want_sf[routed]).float().mean() <= 1e-3
+    only_routed = torch.zeros_like(got_sf)
+    only_routed[routed] = got_sf[routed]
+    assert torch.equal(views.a_sf, swizzle_sf(only_routed, SfLayout.layout_128x4))  # every other scale byte zero
     got_q, want_q = views.a, want_q.view(torch.uint8).reshape(views.a.shape)
-    assert (got_q != want_q).float().mean() <= 1e-3
+    assert (got_q[routed] != want_q[routed]).float().mean() <= 1e-3
+    assert bool((views.a[_padding_rows(plan.bound, routed)] == 0xAB).all())  # padding rows not computed
 
 
 @pytest.mark.parametrize("h", [2880, 2877])  # the 16-byte vector path and the scalar one

@@ -11,10 +11,15 @@ from flashinfer_sm12x.errors import ConfigError
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.kernels import FAMILIES
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
-from flashinfer_sm12x.kernels.moe_glue import MENU, moe_glue_spec
+from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS, MENU, moe_glue_spec
 from flashinfer_sm12x.moe.fused_moe import fused_moe
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from flashinfer_sm12x.ops.moe_glue import kernels_support, row_plan, workspace_offsets
+from flashinfer_sm12x.ops.moe_glue import (
+    fused_plan_scatter_serves,
+    kernels_support,
+    row_plan,
+    workspace_offsets,
+)
 from flashinfer_sm12x.testing.moe_cases import make_weights
 
 
@@ -52,6 +57,25 @@ def test_workspace_layout_is_contiguous_and_matches_the_template() -> None:
     assert offsets["chunk_base"][1] == 3 * 32  # ceil(300 / 128) chunks
     assert row_plan(300, 4, 32, "mxfp4", CANDIDATES[0], None).workspace_elements == sum(
         n for _, n in workspace_offsets(300, 4, 32, row_plan(300, 4, 32, "mxfp4", CANDIDATES[0], None).tiles).values())
+
+
+@pytest.mark.parametrize(("num_t", "k", "num_e", "fused"), [
+    (1, 4, 32, True), (64, 4, 32, True), (65, 4, 32, False), (64, 4, 128, True), (32, 4, 512, False),
+    (16, 16, 128, True), (17, 16, 128, False), (0, 4, 32, False), (8192, 4, 32, False)])
+def test_plan_scatter_serves_decode_sizes_within_the_kernel_limits(num_t: int, k: int, num_e: int,
+                                                                   fused: bool) -> None:
+    assert fused_plan_scatter_serves(num_t, k, num_e) == fused
+    if num_t:
+        assert row_plan(num_t, k, num_e, "mxfp4", CANDIDATES[0], None).fused_plan_scatter == fused
+    if fused:  # what the kernel itself accepts (include/flashinfer_sm12x/moe/plan_scatter.cuh)
+        assert num_t <= FUSED_MAX_TOKENS and num_t * k <= FUSED_MAX_PAIRS
+
+
+def test_glue_module_exports_plan_scatter() -> None:
+    for fmt in MENU["act_format"]:
+        text = moe_glue_spec(parse_target("sm_120a"), fmt).sources[0].text
+        assert "TVM_FFI_DLL_EXPORT_TYPED_FUNC(plan_scatter, plan_scatter)" in text
+        assert ("plan_scatter_kernel<kFormat, true, uint8_t>" in text) == (fmt == "mxfp8")
 
 
 def test_kernels_support_limits() -> None:

@@ -11,6 +11,8 @@
 //      counts into per-chunk bases, the totals into tile-padded starts, and writes expert_of_tile.
 // At decode sizes the grid is one CTA. The scatter kernel then reads
 //   dest[j] = padded_start[e] + chunk_base[chunk(j), e] + rank[j].
+// At decode sizes (one chunk) moe/plan_scatter.cuh fuses this plan with the scatter into one launch, computing the
+// same workspace with these same routing functions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -77,16 +79,22 @@ __device__ __forceinline__ bool ranks_before(float va, int ia, float vb, int ib)
   return ia < ib;
 }
 
-// One warp routes token t: top-k of E logits, softmax over the k chosen (GPT-OSS renormalisation).
+// Token t's logits as float: lane holds experts lane + 32 * i.
 template <class LogitT>
-__device__ void route_token(const PlanParams& p, int t, int lane) {
+__device__ __forceinline__ void load_logits(const PlanParams& p, int t, int lane, float (&v)[kMaxExpertsPerLane]) {
   const LogitT* row = static_cast<const LogitT*>(p.logits) + static_cast<int64_t>(t) * p.num_experts;
-  float v[kMaxExpertsPerLane];
 #pragma unroll
   for (int i = 0; i < kMaxExpertsPerLane; ++i) {
     const int e = lane + 32 * i;
     v[i] = e < p.num_experts ? to_float(row[e]) : 0.f;
   }
+}
+
+// One warp routes a token from its logits v (load_logits): top-k of E logits, softmax over the k chosen (GPT-OSS
+// renormalisation). Lane 0 writes the k ids and weights to ids_out / weights_out (global memory in plan_kernel,
+// shared memory in plan_scatter_kernel).
+__device__ __forceinline__ void select_top_k(const PlanParams& p, int lane, const float (&v)[kMaxExpertsPerLane],
+                                             int32_t* ids_out, float* weights_out) {
   uint32_t taken = 0;
   float top_v[kMaxTopK];
   int top_i[kMaxTopK];
@@ -134,27 +142,35 @@ __device__ void route_token(const PlanParams& p, int t, int lane) {
 #pragma unroll
   for (int s = 0; s < kMaxTopK; ++s) {
     if (s < p.top_k) {
-      const int j = t * p.top_k + s;
-      p.ids[j] = top_i[s];
-      p.weights[j] = __fdiv_rn(top_v[s], sum);
+      ids_out[s] = top_i[s];
+      weights_out[s] = __fdiv_rn(top_v[s], sum);
     }
   }
 }
 
+template <class LogitT>
+__device__ void route_token(const PlanParams& p, int t, int lane, int32_t* ids_out, float* weights_out) {
+  float v[kMaxExpertsPerLane];
+  load_logits<LogitT>(p, t, lane, v);
+  select_top_k(p, lane, v, ids_out, weights_out);
+}
+
+// Token t's precomputed ids -> local ids and weights in ids_out / weights_out (error_flag may be null: not reported).
 template <class IdT, class WeightT>
-__device__ void copy_token(const PlanParams& p, int t, int lane) {
+__device__ void copy_token(const PlanParams& p, int t, int lane, int32_t* ids_out, float* weights_out,
+                           int32_t* error_flag) {
   for (int s = lane; s < p.top_k; s += 32) {
     const int64_t j = static_cast<int64_t>(t) * p.top_k + s;
     const int64_t global = static_cast<int64_t>(static_cast<const IdT*>(p.ids_in)[j]);
     float w = to_float(static_cast<const WeightT*>(p.weights_in)[j]);
-    if (global < 0 || global >= p.id_limit) *p.error_flag = 1;  // every writer stores the same value
+    if ((global < 0 || global >= p.id_limit) && error_flag) *error_flag = 1;  // every writer stores the same value
     int64_t local = global - p.id_base;
     if (local < 0 || local >= p.num_experts) {
       if (p.zero_foreign) w = 0.f;
       local = local < 0 ? 0 : p.num_experts - 1;
     }
-    p.ids[j] = static_cast<int32_t>(local);
-    p.weights[j] = w;
+    ids_out[s] = static_cast<int32_t>(local);
+    weights_out[s] = w;
   }
 }
 
@@ -199,9 +215,9 @@ __global__ void __launch_bounds__(kPlanThreads, 1) plan_kernel(const PlanParams 
   // 1. Route (or copy) this chunk's tokens.
   for (int t = t0 + warp; t < t1; t += kPlanWarps) {
     if constexpr (kFromLogits) {
-      route_token<InT>(p, t, lane);
+      route_token<InT>(p, t, lane, p.ids + t * k, p.weights + t * k);
     } else {
-      copy_token<InT, WeightT>(p, t, lane);
+      copy_token<InT, WeightT>(p, t, lane, p.ids + t * k, p.weights + t * k, p.error_flag);
     }
   }
   for (int i = tid; i < kPlanWarps * kMaxExperts; i += kPlanThreads) (&warp_hist[0][0])[i] = 0;
