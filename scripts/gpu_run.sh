@@ -78,7 +78,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
     timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 python3 "$@" 2>&1 \
       | tee "$RESULTS/sanitizer_${name}_$tool.log" | tail -4
   }
-  run_sanitizer memcheck quantize scripts/sanitize_quantize.py
+  [[ -z ${SANITIZE_SKIP_QUANTIZE:-} ]] && run_sanitizer memcheck quantize scripts/sanitize_quantize.py
   run_sanitizer memcheck moe scripts/sanitize_moe.py
   run_sanitizer racecheck moe_glue scripts/sanitize_moe.py --glue-only
   [[ -n ${SANITIZE_MM_FP4:-} ]] && run_sanitizer memcheck mm_fp4 scripts/sanitize_mm_fp4.py
