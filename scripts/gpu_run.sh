@@ -81,6 +81,8 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
   [[ -z ${SANITIZE_SKIP_QUANTIZE:-} ]] && run_sanitizer memcheck quantize scripts/sanitize_quantize.py
   run_sanitizer memcheck moe scripts/sanitize_moe.py
   run_sanitizer racecheck moe_glue scripts/sanitize_moe.py --glue-only
+  # racecheck of the whole pipeline: the GEMMs too (their fused epilogue stages tiles through shared memory)
+  [[ -n ${SANITIZE_RACECHECK_MOE:-} ]] && run_sanitizer racecheck moe scripts/sanitize_moe.py
   [[ -n ${SANITIZE_MM_FP4:-} ]] && run_sanitizer memcheck mm_fp4 scripts/sanitize_mm_fp4.py
 fi
 
