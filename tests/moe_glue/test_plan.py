@@ -60,8 +60,8 @@ def test_workspace_layout_is_contiguous_and_matches_the_template() -> None:
 
 
 @pytest.mark.parametrize(("num_t", "k", "num_e", "fused"), [
-    (1, 4, 32, True), (64, 4, 32, True), (65, 4, 32, False), (64, 4, 128, True), (32, 4, 512, False),
-    (16, 16, 128, True), (17, 16, 128, False), (0, 4, 32, False), (8192, 4, 32, False)])
+    (1, 4, 32, True), (32, 4, 32, True), (33, 4, 32, False), (64, 4, 32, False), (32, 4, 128, True),
+    (32, 4, 512, False), (8, 16, 128, True), (9, 16, 128, False), (0, 4, 32, False), (8192, 4, 32, False)])
 def test_plan_scatter_serves_decode_sizes_within_the_kernel_limits(num_t: int, k: int, num_e: int,
                                                                    fused: bool) -> None:
     assert fused_plan_scatter_serves(num_t, k, num_e) == fused
