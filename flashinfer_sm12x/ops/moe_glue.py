@@ -46,7 +46,7 @@ _MODULES: dict[tuple[Target, str], Any] = {}
 # logit reads (O(T*k) with precomputed ids) and one plan_kernel CTA's latency. It replaces a launch gap and
 # plan_kernel's own latency, so it wins while the grid stays about one wave and the redundant reads stay small
 # (T*E <= 8192 logits: 32 KiB of float32 per CTA, from L2). Measured on an H200 (benchmarks/bench_moe_glue.py, E = 32,
-# k = 4): plan_scatter 25.5 us vs plan + scatter 28.9 us at T = 32, but 58.9 vs 39.1 us at T = 64: the line is T*k <= 128.
+# k = 4): plan_scatter 25.5 us vs plan + scatter 28.9 us at T = 32, 58.9 vs 39.1 us at T = 64: the line is T*k <= 128.
 DECODE_MAX_TOKENS = 32
 DECODE_MAX_PAIRS = 128
 DECODE_MAX_LOGITS = 8192

@@ -3,7 +3,7 @@
 epilogue where the weights allow) on an H100/H200 with the emulated MMA atom: against impl="reference" (the torch
 pipeline: same quantization points, so the two agree far closer than either agrees with float64), against the float64
 GPT-OSS reference, in every weight layout; the fused epilogue bit-identical to the unfused pipeline; launches per
-forward: 4 at decode sizes (T <= 32: plan_scatter, GEMM1 + activation, GEMM2, finalize), 5 beyond, one more each unfused.
+forward: 4 at decode sizes (T <= 32: plan_scatter, GEMM1 + activation, GEMM2, finalize), 5 beyond; one more unfused.
 (tests/moe/test_fused_moe_emulated.py runs the default impl, which is "kernels" on CUDA, over the GPT-OSS shapes,
 skewed routing and CUDA graphs.)"""
 
