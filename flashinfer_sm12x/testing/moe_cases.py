@@ -164,6 +164,19 @@ def run_fused_case(num_e: int, num_t: int, act: str = "mxfp4") -> None:
     assert got.isfinite().all() and rel_l2(got, ref) < TOL
 
 
+def check_fused_epilogue_matches_unfused(num_e: int, num_t: int, act: str = "mxfp4") -> None:
+    """fused_moe with GEMM1's activation epilogue is bit-identical to the unfused pipeline (GEMM1 writes bf16, the
+    activation kernel re-quantizes) and within TOL of the float64 reference."""
+    raw, w = weights(num_e, act)
+    hidden, logits = make_inputs(num_t, H, num_e)
+    hidden, logits = hidden.cuda(), logits.cuda()
+    fused = fused_moe(hidden, logits, w, top_k=4, fused_epilogue=True)
+    unfused = fused_moe(hidden, logits, w, top_k=4, fused_epilogue=False)
+    assert torch.equal(fused, unfused)
+    ref = gpt_oss_moe_reference(hidden, logits, **raw, top_k=4, act_quant=act)
+    assert rel_l2(fused, ref) < TOL
+
+
 def check_skewed_routing() -> None:
     """Every token's top-1 is expert 5; 28 of 32 experts get nothing."""
     raw, w = weights(32)

@@ -14,7 +14,14 @@ import torch
 
 from flashinfer_sm12x.moe.fused_moe import fused_moe
 from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
-from flashinfer_sm12x.testing.moe_cases import TOL, H, make_inputs, rel_l2, weights
+from flashinfer_sm12x.testing.moe_cases import (
+    TOL,
+    H,
+    check_fused_epilogue_matches_unfused,
+    make_inputs,
+    rel_l2,
+    weights,
+)
 from flashinfer_sm12x.testing.profiling import device_launches
 
 pytestmark = pytest.mark.emulation
@@ -91,14 +98,7 @@ def test_launches_per_forward(num_t: int, fused: bool, most: int) -> None:
                                                      (128, 64, "mxfp8"), (32, 1000, "mxfp8"), (128, 1000, "mxfp4"),
                                                      (32, 8192, "mxfp4")])
 def test_fused_epilogue_is_bit_identical_to_the_unfused_pipeline(num_e: int, num_t: int, act: str) -> None:
-    raw, w = weights(num_e, act=act)
-    hidden, logits = make_inputs(num_t, H, num_e)
-    hidden, logits = hidden.cuda(), logits.cuda()
-    fused = fused_moe(hidden, logits, w, top_k=4, fused_epilogue=True)
-    unfused = fused_moe(hidden, logits, w, top_k=4, fused_epilogue=False)
-    assert torch.equal(fused, unfused)
-    ref = gpt_oss_moe_reference(hidden, logits, **raw, top_k=4, act_quant=act)
-    assert rel_l2(fused, ref) < TOL
+    check_fused_epilogue_matches_unfused(num_e, num_t, act)
 
 
 def test_fused_epilogue_needs_interleaved_weights() -> None:

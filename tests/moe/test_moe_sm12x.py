@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Rung 4 for the MoE: the grouped GEMM (W4A4 and W4A8), the fused MoE and the FlashInfer-compatible
-cutlass_fused_moe natively on an SM120/SM121 GPU, with the same checks the SM90 emulation runs
-(flashinfer_sm12x.testing), W4A8 included. Skipped without such a GPU (and then not counted as passing)."""
+"""Rung 4 for the MoE: the grouped GEMM (W4A4 and W4A8, with and without GEMM1's fused activation epilogue), the fused
+MoE and the FlashInfer-compatible cutlass_fused_moe natively on an SM120/SM121 GPU, with the same checks the SM90
+emulation runs (flashinfer_sm12x.testing), W4A8 included. Skipped without such a GPU (and then not counted as
+passing)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from flashinfer_sm12x.jit.arch import device_target
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, FAMILY, W4A8_CANDIDATES
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import check_bad_inputs_rejected_before_launch as check_errors
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_grouped_case as check_grouped
+from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_swiglu_quantize_case as check_swiglu_quantize
 from flashinfer_sm12x.testing.moe_cases import check_cuda_graph_capture_and_replay as check_graph
 from flashinfer_sm12x.testing.moe_cases import check_cutlass_fused_moe_compat as check_cutlass_compat
+from flashinfer_sm12x.testing.moe_cases import check_fused_epilogue_matches_unfused as check_fused_vs_unfused
 from flashinfer_sm12x.testing.moe_cases import check_skewed_routing as check_skew
 from flashinfer_sm12x.testing.moe_cases import run_fused_case as check_fused
 
@@ -36,6 +39,29 @@ def test_grouped_w4a8_matches_per_tile_reference(tactic, num_e: int, tiles: int,
     if tactic not in FAMILY.shipped("mxfp8_mxfp4", device_target(torch.device("cuda", 0))):
         pytest.skip(f"{tactic.name} is not in the proven W4A8 grouped menu for this GPU's target")
     check_grouped(tactic, num_e, tiles, n, k, act="mxfp8")
+
+
+@pytest.mark.parametrize(("fmt", "tactic"), [*(("mxfp4", t) for t in CANDIDATES),
+                                             *(("mxfp8_mxfp4", t) for t in W4A8_CANDIDATES)],
+                         ids=lambda v: v if isinstance(v, str) else v.name)
+@pytest.mark.parametrize("variant", ["gpt-oss", "residue-fp32-bias-per-expert", "swiglu-g1-no-limit"])
+def test_gemm1_fused_activation_epilogue_is_bit_identical(fmt: str, tactic, variant: str) -> None:
+    if tactic not in FAMILY.shipped(fmt, device_target(torch.device("cuda", 0))) or \
+            not FAMILY.serves("swiglu_quantize", fmt, tactic):
+        pytest.skip(f"{tactic.name} does not ship the fused epilogue for {fmt} on this GPU's target")
+    act, k = ("mxfp4", 2880) if fmt == "mxfp4" else ("mxfp8", 2944)
+    if variant == "gpt-oss":
+        check_swiglu_quantize(tactic, 3, 2, 2880, k, act)
+    elif variant == "residue-fp32-bias-per-expert":
+        check_swiglu_quantize(tactic, 4, 3, 160, 384, act, bias_dtype=torch.float32, per_expert=True)
+    else:
+        check_swiglu_quantize(tactic, 5, 4, 192, 384, act, activation="swiglu", g1=True, limit=None)
+
+
+@pytest.mark.parametrize(("num_e", "num_t", "act"), [(32, 1, "mxfp4"), (32, 64, "mxfp8"), (128, 1000, "mxfp4"),
+                                                     (32, 8192, "mxfp8")])
+def test_fused_moe_fused_epilogue_matches_unfused(num_e: int, num_t: int, act: str) -> None:
+    check_fused_vs_unfused(num_e, num_t, act)
 
 
 def test_grouped_bad_inputs() -> None:
