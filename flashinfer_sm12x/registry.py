@@ -63,8 +63,9 @@ def _family_prebuild(name: str) -> Callable[[Target], list[ModuleSpec]]:
 
 def _grouped_mm_fp4_for(target: Target, deployment: Deployment) -> list[ModuleSpec]:
     """The grouped GEMM modules fused_moe can load: the heuristic's pick for every batch size, as fused_moe calls
-    it (rows = tokens * top_k over the model's experts), in fused_moe's output dtype (bfloat16), and GEMM1's build
-    with the activation fused into its epilogue where the tactic serves it (GPT-OSS checkpoints are interleaved).
+    it (rows = tokens * top_k over the model's experts), in fused_moe's output dtype (bfloat16), with the MoE
+    epilogues fused_moe runs: GEMM1 with the activation fused where the tactic serves it (GPT-OSS checkpoints are
+    interleaved), GEMM2 writing the routed rows only.
     Both MoE GEMMs of a layer run the same tactic, and N/K are run-time arguments, so the shapes add no modules."""
     import torch
 
@@ -78,7 +79,7 @@ def _grouped_mm_fp4_for(target: Target, deployment: Deployment) -> list[ModuleSp
         if tactic not in tactics:
             tactics.append(tactic)
     return [FAMILY.spec(target, fmt, tactic, torch.bfloat16, epilogue) for tactic in tactics
-            for epilogue in ("store", "swiglu_quantize") if FAMILY.serves(epilogue, fmt, tactic)]
+            for epilogue in ("store", "swiglu_quantize", "store_routed") if FAMILY.serves(epilogue, fmt, tactic)]
 
 
 PREBUILD: dict[str, Callable[[Target], list[ModuleSpec]]] = {name: _family_prebuild(name) for name in FAMILY_NAMES}

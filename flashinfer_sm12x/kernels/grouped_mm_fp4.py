@@ -26,12 +26,13 @@ MENU = {
     "tile_k": (128,),
     "schedule": ("pingpong", "cooperative"),
     "emulated": (False, True),
-    "epilogue": ("store", "swiglu_quantize"),
+    "epilogue": ("store", "swiglu_quantize", "store_routed"),
 }
 # Epilogues: "store" writes D (bf16/fp16); "swiglu_quantize" is the MoE's GEMM1 with its activation fused
 # (gemm/epilogues/swiglu_quantize.cuh): fc1 bias + SwiGLU over interleaved gate/up columns + quantization to GEMM2's
-# activation format, so a tile must hold whole 32-output scale blocks (tile_n % 64 == 0).
-EPILOGUES = ("store", "swiglu_quantize")
+# activation format, so a tile must hold whole 32-output scale blocks (tile_n % 64 == 0); "store_routed" is the MoE's
+# GEMM2 writing the routed rows only (gemm/epilogues/store_routed.cuh).
+EPILOGUES = ("store", "swiglu_quantize", "store_routed")
 # K alignment: a 16-byte TMA row of packed e2m1 (32); W4A8's unpacked-e2m1 TMA box is 128 wide in K.
 K_ALIGN = {"mxfp4": 32, "mxfp8_mxfp4": 128}
 
@@ -61,7 +62,7 @@ FAMILY = GemmFamily(
     candidates_of={"mxfp4": CANDIDATES, "mxfp8_mxfp4": W4A8_CANDIDATES}, proven=PROVEN,
     prebuild_out_dtypes=(torch.bfloat16,),  # fused_moe's GEMMs write bf16
     epilogues=EPILOGUES,
-    epilogue_serves=lambda epilogue, fmt, tactic: epilogue == "swiglu_quantize" and tactic.tile_n % 64 == 0,
+    epilogue_serves=lambda epilogue, fmt, tactic: epilogue == "store_routed" or tactic.tile_n % 64 == 0,
 )
 
 

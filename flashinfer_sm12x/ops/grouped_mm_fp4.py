@@ -73,7 +73,8 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
 
 def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
                             expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor,
-                            enable_pdl: bool = True) -> Callable[[], torch.Tensor]:
+                            enable_pdl: bool = True,
+                            routed: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable[[], torch.Tensor]:
     """Validate once, then launch many times: for callers that reuse the same buffers every step (the fused MoE's
     kernel pipeline), so a repeated call costs one binding call of host time.
 
@@ -83,6 +84,10 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
         As for `grouped_mm_fp4`.
     out : torch.Tensor
         The output buffer (required; its dtype is the output dtype).
+    routed : tuple of torch.Tensor, optional
+        (padded_start, counts), int32 [E] each on the device (the MoE routing plan's tables): write only the rows
+        ``row - padded_start[e] < counts[e]`` of each tile's expert e (the "store_routed" epilogue); the other rows
+        of `out` keep what they held.
 
     Returns
     -------
@@ -97,8 +102,12 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
         As `grouped_mm_fp4`, when this function is called (never from the returned launcher).
     """
     require_tensor("out", out, _FN)
-    module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out.dtype, enable_pdl)
+    epilogue = "store" if routed is None else "store_routed"
+    module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out.dtype, enable_pdl,
+                            epilogue)
     a_bytes, _, a_sf, _, tiles, _, workspace, pdl = args
+    if routed is not None:
+        padded_start, counts = _routed_tables(routed, b.shape[0], a.device, _FN)
     # The weights are held weakly: a launcher cached by its caller must not keep freed weights alive.
     b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
     del args
@@ -107,10 +116,26 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
         weights, scales = b_ref(), b_sf_ref()
         if weights is None or scales is None:
             raise RuntimeError(f"{_FN}: the weights this launcher was built for have been freed")
-        module.run(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace, pdl)
+        if routed is None:
+            module.run(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace, pdl)
+        else:
+            module.run_store_routed(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace,
+                                    padded_start, counts, pdl)
         return out
 
     return launch
+
+
+def _routed_tables(routed: Any, experts: int, device: torch.device, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(padded_start, counts): int32 [E] each, contiguous, on `device`."""
+    if not isinstance(routed, tuple) or len(routed) != 2:
+        raise TypeError(f"{fn}: routed must be a (padded_start, counts) tuple of tensors")
+    tables = tuple(check_tensor(t, name, fn, torch.int32, shape=(experts,))
+                   for t, name in zip(routed, ("padded_start", "counts"), strict=True))
+    one_device([*tables], fn)
+    if tables[0].device != device:
+        raise ValueError(f"{fn}: padded_start and counts must be on {device}")
+    return tables[0], tables[1]
 
 
 def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
@@ -144,16 +169,16 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
     if epilogue != "store":
         if not FAMILY.serves(epilogue, fmt, tactic):
             raise ValueError(f"{_FN}: the {epilogue} epilogue needs tile_n % 64 == 0, got {tactic.name}")
-        if n % 64:
+        if epilogue == "swiglu_quantize" and n % 64:
             raise ValueError(f"{_FN}: the {epilogue} epilogue needs n = 2 * inter a multiple of 64, got {n}")
-    elif out is not None:
+    if epilogue != "swiglu_quantize" and out is not None:
         check_tensor(out, "out", _FN, out_dtype, shape=(m, n))
     tensors = [a, a_descale, b, b_descale, expert_of_tile] + ([out] if out is not None else [])
     devices = {t.device for t in tensors}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         raise ValueError(f"{_FN}: all tensors must be on one CUDA device, got {sorted(map(str, devices))}")
     target = device_target(a.device)
-    if out is None and epilogue == "store":
+    if out is None and epilogue != "swiglu_quantize":
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
 
     key = (target, fmt, tactic, out_dtype, epilogue)
@@ -191,7 +216,8 @@ def swiglu_quantize_outputs(m_total: int, inter: int, gemm_format: str,
 def grouped_mm_fp4_swiglu_quantize_launcher(
         a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
         expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor, out_sf: torch.Tensor,
-        enable_pdl: bool = True) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        enable_pdl: bool = True,
+        routed: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """Validate once, then launch GEMM1 with the fused activation epilogue many times (the fused MoE's pipeline).
 
     Parameters
@@ -201,6 +227,8 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
         tactic.tile_n a multiple of 64.
     out, out_sf : torch.Tensor
         GEMM2's activation operand and its scales, as `swiglu_quantize_outputs` allocates them.
+    routed : tuple of torch.Tensor, optional
+        (padded_start, counts), int32 [E] each: write only the routed rows (as `grouped_mm_fp4_launcher`).
 
     Returns
     -------
@@ -225,6 +253,7 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
     check_tensor(out, "out", fn, want_out, shape=(m, want_sf))
     check_tensor(out_sf, "out_sf", fn, _SF_DTYPES, numel=round_up(m, 128) * round_up(inter // 32, 4))
     one_device([a, out, out_sf], fn)
+    tables = (None, None) if routed is None else _routed_tables(routed, b.shape[0], a.device, fn)
     out_bytes, sf_bytes = out.view(torch.uint8), out_sf.view(torch.uint8)
     b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
     del args
@@ -237,7 +266,7 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
             raise RuntimeError(f"{fn}: the weights this launcher was built for have been freed")
         module.run_swiglu_quantize(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out_bytes, sf_bytes,
                                    workspace, bias, swiglu_oai, g1, alpha_e, beta_e, limit_e, alpha, beta, limit,
-                                   has_limit, pdl)
+                                   has_limit, *tables, pdl)
         return out, out_sf
 
     return launch

@@ -193,6 +193,8 @@ class GlueViews:
     expert_of_tile: torch.Tensor  # int32 [tiles], a part of `workspace`
     x_gemm: torch.Tensor     # x with the GEMM's dtype (uint8 or float8_e4m3fn)
     a_gemm: torch.Tensor
+    padded_start: torch.Tensor  # int32 [E], parts of `workspace`: which rows are routed (the fused epilogues skip
+    counts: torch.Tensor        # the padding rows)
 
 
 def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format: str,
@@ -235,7 +237,10 @@ def glue_views(device: torch.device, plan: RowPlan, hp: int, ip: int, act_format
     a_sf = bufs.take("a_sf", sf_rows * round_up(ip // 32, 4), torch.uint8)
     y = bufs.take("y", bound * hp, torch.bfloat16).view(bound, hp)
     offset, length = workspace_offsets(plan.num_tokens, plan.top_k, plan.num_experts, plan.tiles)["expert_of_tile"]
-    views = GlueViews(ws, x, x_sf, h, a, a_sf, y, ws[offset:offset + length], x.view(data_dtype), a.view(data_dtype))
+    parts = workspace_offsets(plan.num_tokens, plan.top_k, plan.num_experts, plan.tiles)
+    (start_at, n_e), (counts_at, _) = parts["padded_start"], parts["counts"]
+    views = GlueViews(ws, x, x_sf, h, a, a_sf, y, ws[offset:offset + length], x.view(data_dtype), a.view(data_dtype),
+                      ws[start_at:start_at + n_e], ws[counts_at:counts_at + n_e])
     if len(bufs.views) > 256:
         bufs.views.clear()
     bufs.views[(plan, fused_activation)] = views
@@ -354,10 +359,11 @@ def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, 
     alpha, alpha_e = _scalar_or_tensor(p.alpha, 1.0)
     beta, beta_e = _scalar_or_tensor(p.beta, 0.0)
     limit, limit_e = _scalar_or_tensor(p.limit, 0.0)
-    if views.h is None:
+    if views.h is None:  # the fused epilogues: GEMM1 runs the activation, GEMM2 writes the routed rows only
         _gemm1_fused(views, p.w13, p.w13_sf, tactic)(p.w13_bias, p.swiglu_oai, p.g1, alpha_e, beta_e, limit_e, alpha,
                                                      beta, limit, p.limit is not None)
-    else:
+        _gemm2_routed(views, p.w2, p.w2_sf, tactic)()
+    else:  # unfused: GEMM1 writes bf16, the activation kernel re-quantizes, GEMM2 writes every row
         _gemm(views.x_gemm, views.x_sf, p.w13, p.w13_sf, views.expert_of_tile, tactic, views.h)
         b1 = p.w13_bias
         if b1 is not None and b1.data_ptr() % 16:
@@ -365,7 +371,7 @@ def run_pipeline(plan: RowPlan, views: GlueViews, module: Any, p: ExpertParams, 
         module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
                           p.layout, p.swiglu_oai, p.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
                           p.limit is not None)
-    _gemm(views.a_gemm, views.a_sf, p.w2, p.w2_sf, views.expert_of_tile, tactic, views.y)
+        _gemm(views.a_gemm, views.a_sf, p.w2, p.w2_sf, views.expert_of_tile, tactic, views.y)
     module.finalize(views.y, views.workspace, out, k, num_e, tactic.tile_m, p.g2, p.w2_bias)
     return out
 
@@ -397,6 +403,21 @@ def _gemm1_fused(views: GlueViews, w13: torch.Tensor, w13_sf: torch.Tensor, tact
         if len(_LAUNCHERS) >= 1024:
             _LAUNCHERS.clear()
         launch = grouped_mm_fp4_swiglu_quantize_launcher(views.x_gemm, views.x_sf, w13, w13_sf, views.expert_of_tile,
-                                                         tactic, views.a_gemm, views.a_sf)
+                                                         tactic, views.a_gemm, views.a_sf,
+                                                         routed=(views.padded_start, views.counts))
         hit = _LAUNCHERS[key] = (weakref.ref(w13), weakref.ref(w13_sf), launch)
+    return hit[2]
+
+
+def _gemm2_routed(views: GlueViews, w2: torch.Tensor, w2_sf: torch.Tensor, tactic: Tactic) -> Callable[..., Any]:
+    """The cached launcher of GEMM2 writing the routed rows of `views.y` only."""
+    key = ("store_routed", id(views.a), id(views.a_sf), id(w2), id(w2_sf), id(views.expert_of_tile), id(views.y),
+           tactic)
+    hit = _LAUNCHERS.get(key)
+    if hit is None or hit[0]() is not w2 or hit[1]() is not w2_sf:
+        if len(_LAUNCHERS) >= 1024:
+            _LAUNCHERS.clear()
+        launch = grouped_mm_fp4_launcher(views.a_gemm, views.a_sf, w2, w2_sf, views.expert_of_tile, tactic, views.y,
+                                         routed=(views.padded_start, views.counts))
+        hit = _LAUNCHERS[key] = (weakref.ref(w2), weakref.ref(w2_sf), launch)
     return hit[2]

@@ -9,7 +9,7 @@ import torch
 
 from ..formats import mxfp4_dequantize, mxfp4_quantize, mxfp8_dequantize, mxfp8_quantize
 from ..kernels.grouped_mm_fp4 import CANDIDATES
-from ..ops.grouped_mm_fp4 import grouped_mm_fp4
+from ..ops.grouped_mm_fp4 import grouped_mm_fp4, grouped_mm_fp4_launcher
 
 
 def expert_weights(num_e: int, n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,11 +74,46 @@ def _activation_workspace(expert_of_tile: torch.Tensor, num_e: int, tile_m: int)
     return ws.cuda()
 
 
+def partial_routing(expert_of_tile: torch.Tensor, tile_m: int, num_e: int,
+                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Routing tables for sorted `expert_of_tile` in which each expert routes a random number of its rows (at least
+    one, at most all): (padded_start int32 [E], counts int32 [E], routed bool [rows]), tables on the GPU."""
+    tile_counts = torch.bincount(expert_of_tile.long(), minlength=num_e)
+    rows_of = tile_counts * tile_m
+    start = torch.cumsum(rows_of, 0) - rows_of
+    counts = torch.where(rows_of > 0, (torch.rand(num_e, generator=gen) * rows_of).long().clamp(min=1), 0)
+    counts[0] = rows_of[0]  # one expert (if it has tiles) routes every row
+    row = torch.arange(int(rows_of.sum()))
+    e = expert_of_tile.long().repeat_interleave(tile_m)
+    routed = row - start[e] < counts[e]
+    return start.to(torch.int32).cuda(), counts.to(torch.int32).cuda(), routed.cuda()
+
+
+def run_store_routed_case(tactic, num_e: int, tiles: int, n: int, k: int, act: str = "mxfp4") -> None:
+    """GEMM2's routed-rows store against the plain store: routed rows bit-identical, the other rows untouched."""
+    gen = torch.Generator().manual_seed(num_e * 10 + tiles + n)
+    m = tiles * tactic.tile_m
+    x_in = (torch.randn(m, k, generator=gen) * 3).cuda()
+    a, a_sf = mxfp4_quantize(x_in) if act == "mxfp4" else mxfp8_quantize(x_in, True, 32)
+    b, b_sf = expert_weights(num_e, n, k, gen)
+    expert_of_tile = torch.sort(torch.randint(0, num_e, (tiles,), generator=gen, dtype=torch.int32)).values
+    start, counts, routed = partial_routing(expert_of_tile, tactic.tile_m, num_e, gen)
+    want = grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic)
+    got = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    grouped_mm_fp4_launcher(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, got, routed=(start, counts))()
+    torch.cuda.synchronize()
+    assert bool(routed.any()) and not bool(routed.all()), "the case must hold routed and padding rows"
+    assert torch.equal(got[routed].view(torch.int16), want[routed].view(torch.int16))
+    assert bool(got[~routed].isnan().all()), "padding rows must not be written"
+
+
 def run_swiglu_quantize_case(tactic, num_e: int, tiles: int, inter: int, k: int, act: str = "mxfp4", *,
                              bias_dtype: torch.dtype | None = torch.bfloat16, activation: str = "swiglu_oai",
-                             per_expert: bool = False, g1: bool = False, limit: float | None = 7.0) -> None:
+                             per_expert: bool = False, g1: bool = False, limit: float | None = 7.0,
+                             partial: bool = False) -> None:
     """GEMM1 with the fused activation epilogue against GEMM1 (bf16 out) followed by the standalone activation
-    kernel: the same bits (data and scales), and the 128x4 layout's padding scale columns zeroed."""
+    kernel: the same bits (data and scales), and the 128x4 layout's padding scale columns zeroed. `partial`: with
+    routing tables that leave rows unrouted, which must keep their previous bytes."""
     from ..formats import unswizzle_sf
     from ..ops.grouped_mm_fp4 import grouped_mm_fp4_swiglu_quantize_launcher, swiglu_quantize_outputs
     from ..ops.moe_glue import LAYOUT_CODE, glue_module
@@ -104,16 +139,26 @@ def run_swiglu_quantize_case(tactic, num_e: int, tiles: int, inter: int, k: int,
     glue_module(h.device, act).activation(h, _activation_workspace(expert_of_tile, num_e, tm), want.view(torch.uint8),
                                           want_sf, m, 1, num_e, tm, LAYOUT_CODE["interleaved"], oai, g1_e, bias,
                                           alpha_e, beta_e, limit_e, *scalars)
-    # Fused: scales pre-filled with 0xFF, so unwritten padding columns show.
+    # Fused: data pre-filled with 0xAB and scales with 0xFF, so unwritten rows and padding columns show.
     got, got_sf = swiglu_quantize_outputs(m, inter, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", h.device)
+    got.view(torch.uint8).fill_(0xAB)
     got_sf.fill_(0xFF)
-    launch = grouped_mm_fp4_swiglu_quantize_launcher(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, got, got_sf)
+    routed = torch.ones(m, dtype=torch.bool, device="cuda")
+    tables = None
+    if partial:
+        *tables, routed = partial_routing(expert_of_tile, tm, num_e, gen)
+        tables = tuple(tables)
+    launch = grouped_mm_fp4_swiglu_quantize_launcher(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, got, got_sf,
+                                                      routed=tables)
     launch(bias, oai, g1_e, alpha_e, beta_e, limit_e, *scalars)
     torch.cuda.synchronize()
     kb = inter // 32
-    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), \
-        f"{int((got.view(torch.uint8) != want.view(torch.uint8)).sum())} data bytes differ"
+    got_b, want_b = got.view(torch.uint8), want.view(torch.uint8)
+    assert torch.equal(got_b[routed], want_b[routed]), f"{int((got_b[routed] != want_b[routed]).sum())} bytes differ"
+    assert bool((got_b[~routed] == 0xAB).all()), "rows not routed must not be written"
     got_s, want_s = unswizzle_sf(got_sf, m, -(-kb // 4) * 4), unswizzle_sf(want_sf, m, -(-kb // 4) * 4)
-    assert torch.equal(got_s[:, :kb], want_s[:, :kb]), f"{int((got_s[:, :kb] != want_s[:, :kb]).sum())} scales differ"
+    assert torch.equal(got_s[routed, :kb], want_s[routed, :kb]), \
+        f"{int((got_s[routed, :kb] != want_s[routed, :kb]).sum())} scales differ"
+    assert bool((got_s[~routed, :kb] == 0xFF).all()), "scales of rows not routed must not be written"
     assert not got_s[:, kb:].any(), "padding scale columns must be zero"
-    assert (got_s[:, :kb] != 0xFF).all(), "finite inputs must give finite scales"
+    assert (got_s[routed, :kb] != 0xFF).all(), "finite inputs must give finite scales"

@@ -30,12 +30,12 @@ W8PP64, W8CO128, _ = W4A8_CANDIDATES
 
 
 def _groups(model: str, act: str, arch: str, max_num_tokens: int = 8192) -> list[str]:
-    """The preset's grouped GEMM modules, each tactic's GEMM1 build with the fused activation epilogue checked and
-    left out (every preset tactic here has tile_n % 64 == 0)."""
+    """The preset's plain grouped GEMM modules (one per tactic). Each tactic also brings its MoE epilogue builds,
+    checked here: GEMM1's fused activation (every preset tactic has tile_n % 64 == 0) and GEMM2's routed-rows store."""
     deployment = registry.Deployment(registry.MODELS[model], act, max_num_tokens)
     groups = [spec.group for spec in registry.DEPLOYMENT["grouped_mm_fp4"](parse_target(arch), deployment)]
-    plain = groups[0::2]
-    assert groups[1::2] == [f"{g}_swiglu_quantize" for g in plain]
+    plain = [g for g in groups if not g.endswith(("_swiglu_quantize", "_store_routed"))]
+    assert groups == [f"{g}{suffix}" for g in plain for suffix in ("", "_swiglu_quantize", "_store_routed")]
     return plain
 
 
@@ -69,12 +69,12 @@ def recorded_plan(monkeypatch: pytest.MonkeyPatch, cache_root: Path) -> list[lis
 def test_model_preset_builds_only_the_moe_modules(recorded_plan: list, capsys: pytest.CaptureFixture) -> None:
     assert main(["prebuild", "--model", "gpt-oss-120b", "--act", "mxfp4", "--arch", "sm_121a"]) == 0
     (items,) = recorded_plan
-    assert [item.family for item in items] == ["grouped_mm_fp4"] * 4 + ["quantize", "moe_glue"]  # 2 tactics x 2
+    assert [item.family for item in items] == ["grouped_mm_fp4"] * 6 + ["quantize", "moe_glue"]  # 2 tactics x 3
     assert all(item.spec.target.name == "sm_121a" for item in items)
     assert all(item.spec.uses_cutlass for item in items if item.family == "grouped_mm_fp4")
     assert [item.spec.group for item in items if item.family == "quantize"] == ["mxfp4"]  # the activation format
     assert [item.spec.group for item in items if item.family == "moe_glue"] == ["mxfp4"]
-    assert "prebuild: 6 module(s)" in capsys.readouterr().out
+    assert "prebuild: 8 module(s)" in capsys.readouterr().out
 
 
 def test_ops_plan_covers_grouped_gemm_and_dedupes(recorded_plan: list) -> None:
@@ -83,8 +83,9 @@ def test_ops_plan_covers_grouped_gemm_and_dedupes(recorded_plan: list) -> None:
     names = [item.spec.name for item in items]
     assert len(names) == len(set(names))
     # sm_121a ships 2 W4A4 and 3 W4A8 grouped tactics, in bf16 (what fused_moe runs); the probe has 3 K depths.
-    # ... plus GEMM1's fused-activation build of each tactic with tile_n % 64 == 0 (2 W4A4, 2 W4A8).
-    assert [item.family for item in items].count("grouped_mm_fp4") == 2 + 3 + 2 + 2
+    # ... plus GEMM1's fused-activation build of each tactic with tile_n % 64 == 0 (2 W4A4, 2 W4A8) and GEMM2's
+    # routed-rows store of every tactic (2 + 3).
+    assert [item.family for item in items].count("grouped_mm_fp4") == 2 + 3 + 2 + 2 + 2 + 3
     assert [item.family for item in items].count("mma_probe") == 3
 
 

@@ -41,3 +41,11 @@ def test_gemm1_with_fused_activation_epilogue_compiles(arch: str, fmt: str, tact
     print(f"{arch} {fmt} {tactic.name} swiglu_quantize: {report.stages} stages, "
           f"{kernel.static_smem + (report.dynamic_smem or 0)} B smem, {kernel.registers} registers, "
           f"spills {kernel.spill_stores} B stored / {kernel.spill_loads} B loaded (outside the mainloop)")
+
+
+def test_gemm2_routed_rows_store_compiles() -> None:
+    """GEMM2's routed-rows store (registers to global, no shared memory of its own): native MMA, no mainloop spills."""
+    report = compile_proof(FAMILY.spec(parse_target("sm_121a"), "mxfp4", Tactic("pingpong", 64, 128, 128),
+                                       torch.bfloat16, "store_routed"))
+    kernel = report.require(instruction="OMMA.SF", no_mainloop_spills=True, max_smem=SM120_SMEM_CAPACITY)
+    assert report.stages and report.stages >= 2 and kernel.count("HMMA") == 0

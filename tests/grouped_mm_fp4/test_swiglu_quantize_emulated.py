@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Rung 3 for GEMM1's fused activation epilogue (grouped_mm_fp4, epilogue "swiglu_quantize"): the sm_90a build with
-the emulated MMA atom on an H100/H200, against GEMM1 (bf16 out) followed by the standalone activation kernel - the
-same bits, data and scales - for every tactic that serves the epilogue, W4A4 and W4A8, with an N residue (2I not a
-multiple of the tile), padding scale columns, every bias dtype, both activations, per-expert parameters and g1."""
+"""Rung 3 for the MoE epilogues of grouped_mm_fp4, sm_90a builds with the emulated MMA atom on an H100/H200: GEMM1's
+fused activation ("swiglu_quantize") against GEMM1 (bf16 out) followed by the standalone activation kernel - the
+same bits, data and scales - for every tactic that serves it, W4A4 and W4A8, with an N residue (2I not a multiple of
+the tile), padding scale columns, every bias dtype, both activations, per-expert parameters, g1 and rows left
+unrouted; GEMM2's routed-rows store ("store_routed") against the plain store for every shipped tactic."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.jit.module import build_module
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY
-from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_swiglu_quantize_case
+from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_store_routed_case, run_swiglu_quantize_case
 
 _SM90 = parse_target("sm_90a")
 FUSED = {fmt: tuple(t for t in FAMILY.shipped(fmt, _SM90) if FAMILY.serves("swiglu_quantize", fmt, t))
@@ -34,8 +35,8 @@ def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _prebuilt() -> None:
     os.environ.setdefault("FLASHINFER_SM12X_EMULATE", "1")
-    specs = [FAMILY.spec(_SM90, fmt, t, torch.bfloat16, epilogue)
-             for fmt, tactics in FUSED.items() for t in tactics for epilogue in ("store", "swiglu_quantize")]
+    specs = [FAMILY.spec(_SM90, fmt, t, torch.bfloat16, epilogue) for fmt in FUSED for t in FAMILY.shipped(fmt, _SM90)
+             for epilogue in ("store", "swiglu_quantize", "store_routed") if FAMILY.serves(epilogue, fmt, t)]
     with ThreadPoolExecutor(int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))) as pool:
         list(pool.map(build_module, specs))
 
@@ -55,9 +56,17 @@ def test_fused_epilogue_is_bit_identical_to_gemm_then_activation(fmt: str, tacti
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "mxfp8_mxfp4"])
-@pytest.mark.parametrize("variant", ["fp32-bias", "fp16-bias", "no-bias", "swiglu", "per-expert", "g1", "no-limit"])
+@pytest.mark.parametrize("variant", ["fp32-bias", "fp16-bias", "no-bias", "swiglu", "per-expert", "g1", "no-limit",
+                                     "routed-rows"])
 def test_fused_epilogue_variants(fmt: str, variant: str) -> None:
     kwargs = {"fp32-bias": {"bias_dtype": torch.float32}, "fp16-bias": {"bias_dtype": torch.float16},
               "no-bias": {"bias_dtype": None}, "swiglu": {"activation": "swiglu"}, "per-expert": {"per_expert": True},
-              "g1": {"g1": True}, "no-limit": {"limit": None}}[variant]
+              "g1": {"g1": True}, "no-limit": {"limit": None}, "routed-rows": {"partial": True}}[variant]
     run_swiglu_quantize_case(FUSED[fmt][0], 5, 4, 192, 384, _ACT[fmt], **kwargs)
+
+
+@pytest.mark.parametrize(("fmt", "tactic"), [(f, t) for f in FUSED for t in FAMILY.shipped(f, _SM90)],
+                         ids=lambda v: v if isinstance(v, str) else v.name)
+def test_gemm2_store_routed_writes_the_routed_rows_only(fmt: str, tactic) -> None:
+    """GEMM2's epilogue for the MoE: routed rows bit-identical to the plain store, padding rows untouched."""
+    run_store_routed_case(tactic, 5, 6, 200 if fmt == "mxfp4" else 264, _K[fmt], _ACT[fmt])

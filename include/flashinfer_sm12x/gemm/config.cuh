@@ -55,6 +55,7 @@ struct Mxfp8Mxfp4 {};  // W4A8: A e4m3, B e2m1, ue8m0 per 32 (kind::mxf8f6f4, FP
 // Epilogues: what GEMM writes.
 struct StoreD {};          // CUTLASS's TMA epilogue: D = alpha * acc in bf16 / fp16
 struct SwigluQuantize {};  // MoE GEMM1: fc1 bias + SwiGLU + quantization for GEMM2 (gemm/epilogues/swiglu_quantize.cuh)
+struct StoreRouted {};     // MoE GEMM2: D for the routed rows only (gemm/epilogues/store_routed.cuh)
 
 struct Pingpong {};
 struct Cooperative {};

@@ -17,9 +17,10 @@
 //   Bands of 32 rows keep the staging buffer at 8.5 KiB for a 128-column tile, so the mainloop keeps its stages.
 // - Bits. Rounding the accumulators to bf16 first is what the unfused path does (GEMM1 writes bf16, the activation
 //   kernel reads it), so the fused result is bit-identical to GEMM1 (bf16 out) -> activation -> quantize.
-// - Every row of the tile is written (padding rows of an expert's segment get finite values from the zero or stale
-//   rows GEMM1 read), and the tile that holds the last output columns zeroes the 128x4 layout's padding scale
-//   columns of its rows: everything GEMM2 reads for rows < M is defined and finite.
+// - Rows past the expert's count (padding) are not written when the routing tables are given (routed_rows.cuh):
+//   GEMM2 computes them from whatever they hold (zero-initialised buffers, earlier calls' values), and every GEMM
+//   row is independent, so they never reach a routed row; nobody reads their output. The tile that holds the last
+//   output columns zeroes the 128x4 layout's padding scale columns of its rows (GEMM2's K loop reads them).
 // - It plugs into CUTLASS's warp-specialised kernels through Sm90TmaWarpSpecializedAdapter (the interface of the
 //   epilogues without TMA): no epilogue load or store pipelines, the consumer warps store from registers. Pingpong
 //   runs the two math warp groups' epilogues one after the other, so one staging buffer serves both.
@@ -33,6 +34,7 @@
 #include "cutlass/arch/barrier.h"
 #include "cutlass/epilogue/collective/detail.hpp"
 #include "flashinfer_sm12x/gemm/config.cuh"
+#include "flashinfer_sm12x/gemm/epilogues/routed_rows.cuh"
 #include "flashinfer_sm12x/moe/activation.cuh"
 
 namespace flashinfer_sm12x::mm_fp4 {
@@ -44,6 +46,7 @@ struct SwigluQuantizeArguments {
   uint8_t* out = nullptr;                   // [M, I] e4m3 (MXFP8) or [M, I/2] packed e2m1 (MXFP4), I = N / 2
   uint8_t* out_sf = nullptr;                // E8M0, 128x4 over round_up(M, 128) rows and I/32 scale columns
   const int32_t* expert_of_tile = nullptr;  // the grouped GEMM's table: the expert of each M tile
+  RoutedRows routed;                        // rows not routed are not written (null tables: every row is)
   const void* bias = nullptr;               // fc1 bias [E, N] in GEMM1's column order, or null
   BiasDtype bias_dtype = BiasDtype::kNone;
   moe::SwigluArgs act;
@@ -138,7 +141,7 @@ class SwigluQuantizeEpilogue {
         const int g = base + thread_idx;
         const int r = g / kGroupsPerRow, col = (g % kGroupsPerRow) * 2 * kPairs;  // staged row, first column
         const int64_t row = m0 + chunk * kChunkRows + r;
-        const bool active = g < kGroups && row < m_total && n0 + col < n_total;
+        const bool active = g < kGroups && row < m_total && n0 + col < n_total && params_.routed(row, expert);
         float a[kPairs];
         if (active) {
           float v[2 * kPairs], bias[2 * kPairs];
