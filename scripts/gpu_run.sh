@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # The rungs that need a GPU but no SM12x chip, on an SM90 machine (H100/H200), in one or two device calls:
 #   atom       the emulated block-scaled MMA atoms alone against their host references (tests/cpp/*_test.cu)
-#   prebuild   the sm_90a modules of the families in PREBUILD_OPS, in parallel (the tests then only load them)
+#   prebuild   the sm_90a modules of the families in PREBUILD_OPS, in parallel (the tests then only load them); or
+#              PREBUILD_DEPLOYMENTS="model:act:max_tokens ...": exactly what those fused_moe deployments load
 #   emulation  pytest -m "emulation or cuda": every GEMM candidate through the emulated atom against float64
 #              references, the fused MoE end to end, CUDA graphs; the native SM90 kernels (quantizers, MoE glue)
 #              bit-exact against the torch oracle
@@ -57,9 +58,20 @@ if [[ " $stages " == *" atom "* ]]; then
 fi
 
 if [[ " $stages " == *" prebuild "* ]]; then  # PREBUILD_OPS: the families the tests load without prebuilding
-  echo "== [$(elapsed) s] prebuild --arch sm_90a --ops ${PREBUILD_OPS:-grouped_mm_fp4}"
-  python3 -m flashinfer_sm12x prebuild --arch sm_90a --ops "${PREBUILD_OPS:-grouped_mm_fp4}" --jobs 16 2>&1 \
-    | tee "$RESULTS/prebuild.log" | tail -3
+  if [[ -n ${PREBUILD_DEPLOYMENTS:-} ]]; then  # model:act:max_tokens ...: exactly what those deployments load
+    for deployment in $PREBUILD_DEPLOYMENTS; do
+      IFS=: read -r model act tokens <<< "$deployment"
+      echo "== [$(elapsed) s] prebuild --arch sm_90a --model $model --act $act --max-num-tokens $tokens"
+      python3 -m flashinfer_sm12x prebuild --arch sm_90a --model "$model" --act "$act" --max-num-tokens "$tokens" \
+        --jobs 8 > "$RESULTS/prebuild_${model}_$act.log" 2>&1 &
+    done
+    wait
+    tail -q -n 1 "$RESULTS"/prebuild_*.log
+  else
+    echo "== [$(elapsed) s] prebuild --arch sm_90a --ops ${PREBUILD_OPS:-grouped_mm_fp4}"
+    python3 -m flashinfer_sm12x prebuild --arch sm_90a --ops "${PREBUILD_OPS:-grouped_mm_fp4}" --jobs 16 2>&1 \
+      | tee "$RESULTS/prebuild.log" | tail -3
+  fi
 fi
 
 if [[ " $stages " == *" emulation "* ]]; then

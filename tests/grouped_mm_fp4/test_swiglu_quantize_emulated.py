@@ -34,7 +34,10 @@ def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _prebuilt() -> None:
+    """Every module of the file at once, in parallel (FLASHINFER_SM12X_PREBUILD_PARALLEL=0: each when first used)."""
     os.environ.setdefault("FLASHINFER_SM12X_EMULATE", "1")
+    if os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL") == "0":
+        return
     specs = [FAMILY.spec(_SM90, fmt, t, torch.bfloat16, epilogue) for fmt in FUSED for t in FAMILY.shipped(fmt, _SM90)
              for epilogue in ("store", "swiglu_quantize", "store_routed") if FAMILY.serves(epilogue, fmt, t)]
     with ThreadPoolExecutor(int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))) as pool:
