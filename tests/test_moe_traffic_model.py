@@ -1,0 +1,37 @@
+# SPDX-License-Identifier: Apache-2.0
+"""benchmarks/moe_traffic.py's byte model: the properties the README's table rests on."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location("moe_traffic", Path(__file__).parents[1] / "benchmarks/moe_traffic.py")
+traffic = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(traffic)
+
+
+@pytest.mark.parametrize("act", ["mxfp8", "mxfp4"])
+@pytest.mark.parametrize("num_t", [1, 32, 33, 1024, 8192])
+def test_fused_epilogues_move_fewer_bytes_and_launch_fewer_kernels(num_t: int, act: str) -> None:
+    fused, unfused = traffic.ours(num_t, 32, act, True, "sm_121a"), traffic.ours(num_t, 32, act, False, "sm_121a")
+    assert sum(fused.values()) < sum(unfused.values())
+    assert traffic.launches(fused) == traffic.launches(unfused) - 1 == (4 if num_t <= 32 else 5)
+    # Unfused, GEMM1 writes every padded row of the [rows, 2I] bf16 intermediate; fused, the routed rows of GEMM2's
+    # quantized operand instead.
+    rows = traffic.row_plan(num_t, 4, 32, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", None,
+                            traffic.parse_target("sm_121a")).bound
+    ip = traffic.round_up(traffic.INTER, 128)
+    pairs = num_t * 4
+    assert unfused["GEMM1"] - fused["GEMM1 + activation"] == \
+        rows * 2 * ip * 2 - int(pairs * ip * traffic.ACTS[act]) - pairs * ip // 32
+
+
+def test_flashinfer_pipeline_writes_the_bf16_intermediate_once_and_reads_it_once() -> None:
+    fi = traffic.flashinfer(16, 32, "mxfp8")
+    pairs, inter = 16 * 4, traffic.INTER
+    assert fi["GEMM1"] - fi["doActivation"] == (pairs * traffic.H + traffic.scales(pairs, traffic.H)) - (
+        pairs * inter + traffic.scales(pairs, inter))
+    assert traffic.launches(fi) == 7
