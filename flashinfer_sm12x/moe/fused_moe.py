@@ -10,9 +10,10 @@ the FP8 rate.
 
 The two GEMMs (all of the FLOPs) are the grouped block-scaled kernel (ops/grouped_mm_fp4.py). The glue between
 them has two implementations, both sync-free and CUDA-graph capturable: impl="kernels" (the default on CUDA),
-the glue kernels (ops/moe_glue.py: plan, scatter + quantize, activation + re-quantize, finalize; plan and scatter
-fused into one kernel at decode sizes): five launches per forward at T <= 64 (E <= 128, k <= 4), six beyond;
-impl="reference", device-side torch (about 185 launches), kept as the oracle.
+glue kernels (ops/moe_glue.py: plan + scatter with quantization, one kernel at decode sizes; finalize) with the
+activation and re-quantization in GEMM1's epilogue and GEMM2 writing the routed rows only (the MoE epilogues): 4
+launches per forward at T <= 32 (k = 4), 5 beyond; unfused (fused_epilogue=False, or weights not interleaved: a
+standalone activation kernel) 5 / 6; impl="reference", device-side torch (about 185 launches), kept as the oracle.
 
 Padding without a host sync: expert e's rows are padded to a multiple of the tile height TM, so every M tile
 belongs to one expert. The host cannot know the per-expert counts without a sync, so it sizes the buffers by
