@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared by the benchmarks: timing (CUDA-graph replay, launch gaps out of the number; median of `iters`) and
-the PNG plot."""
+"""Shared by the benchmarks: timing (CUDA-graph replay, launch gaps out of the number; median of `iters`), the CSV
+and the PNG plot."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,16 @@ def time_ms(fn: Callable[[], object], iters: int, graph: bool = True) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """`rows` (dicts with the same keys) as a CSV at `path`, its folder created."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
 
 
 def plot_panels(panels: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str, xlabel: str,

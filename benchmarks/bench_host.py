@@ -19,7 +19,6 @@ timed calls (near 100 in steady state, 0 for the moving activation).
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import statistics
 import sys
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import our_kernels_mode, plot_panels  # noqa: E402
+from benchmarks._common import our_kernels_mode, plot_panels, write_csv  # noqa: E402
 from flashinfer_sm12x import mm_fp4  # noqa: E402
 from flashinfer_sm12x.formats import mxfp4_quantize  # noqa: E402
 from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
@@ -157,12 +156,7 @@ def main() -> int:
     for r in rows:
         hit = "-" if r["cache_hit_pct"] is None else f"{r['cache_hit_pct']:.1f}"
         print(f"{r['m']:>5} {r['n']:>6} {r['k']:>6}  {r['call']:<34} {r['host_us']:>8.2f} {r['kernels']:>8} {hit:>12}")
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
+    write_csv(rows, args.csv)
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {"host time per call (us)": {}}
     for r in rows:
         if r["call"].startswith("part:"):

@@ -20,12 +20,12 @@ configurations, is not counted).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import plot_panels, write_csv  # noqa: E402
 from flashinfer_sm12x.checks import round_up  # noqa: E402
 from flashinfer_sm12x.jit.arch import parse_target  # noqa: E402
 from flashinfer_sm12x.ops.moe_glue import fused_plan_scatter_serves, row_plan  # noqa: E402
@@ -109,31 +109,14 @@ def main() -> int:
                              "ours_fused_kernels": launches(fused), "flashinfer_kernels": launches(fi),
                              "ours_fused_breakdown": "; ".join(f"{k}={v}" for k, v in fused.items()),
                              "flashinfer_breakdown": "; ".join(f"{k}={v}" for k, v in fi.items())})
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG")
-        return 0
-    fig, axes = plt.subplots(1, len(EXPERTS), figsize=(6 * len(EXPERTS), 4), squeeze=False)
-    for ax, num_e in zip(axes[0], EXPERTS, strict=True):
-        for act in ACTS:
-            sel = [r for r in rows if r["experts"] == num_e and r["act"] == act]
-            for key, style in (("ours_fused_bytes", "-"), ("flashinfer_bytes", "--")):
-                ax.plot([r["tokens"] for r in sel], [r[key] / 2**20 for r in sel], style, marker="o",
-                        label=f"{key.split('_bytes')[0]} {act}")
-        ax.set(xscale="log", yscale="log", xlabel="tokens T", ylabel="MiB per forward (model)", title=f"E = {num_e}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.png, dpi=120)
-    print(f"wrote {args.png}")
+    write_csv(rows, args.csv)
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {f"E = {num_e}": {} for num_e in EXPERTS}
+    for r in rows:
+        for key in ("ours_fused_bytes", "flashinfer_bytes"):
+            name = f"{key.removesuffix('_bytes')} {r['act']}"
+            panels[f"E = {r['experts']}"].setdefault(name, []).append((r["tokens"], r[key] / 2**20))
+    plot_panels(panels, Path(args.png), "bytes per MoE forward outside the weights (model)", "tokens T",
+                "MiB per forward", log_y=True)
     return 0
 
 

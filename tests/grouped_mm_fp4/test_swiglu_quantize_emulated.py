@@ -73,3 +73,37 @@ def test_fused_epilogue_variants(fmt: str, variant: str) -> None:
 def test_gemm2_store_routed_writes_the_routed_rows_only(fmt: str, tactic) -> None:
     """GEMM2's epilogue for the MoE: routed rows bit-identical to the plain store, padding rows untouched."""
     run_store_routed_case(tactic, 5, 6, 200 if fmt == "mxfp4" else 264, _K[fmt], _ACT[fmt])
+
+
+def test_bad_epilogue_inputs_are_rejected_before_launch() -> None:
+    """Typed errors of the MoE epilogues' entry points, raised before any launch."""
+    from flashinfer_sm12x.formats import mxfp4_quantize
+    from flashinfer_sm12x.ops.grouped_mm_fp4 import grouped_mm_fp4_launcher, grouped_mm_fp4_swiglu_quantize
+    from flashinfer_sm12x.testing.grouped_mm_fp4_cases import expert_weights
+
+    tactic = FUSED["mxfp4"][0]
+    a, a_sf = mxfp4_quantize(torch.randn(tactic.tile_m, 128).cuda())
+    b, b_sf = expert_weights(2, 128, 128, torch.Generator().manual_seed(0))
+    tiles = torch.zeros(1, dtype=torch.int32, device="cuda")
+    out = torch.empty(tactic.tile_m, 128, dtype=torch.bfloat16, device="cuda")
+    start, counts = torch.zeros(2, dtype=torch.int32, device="cuda"), torch.ones(2, dtype=torch.int32, device="cuda")
+    with pytest.raises(TypeError, match="tuple"):
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=[start, counts])
+    with pytest.raises(TypeError, match="int32"):
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start.long(), counts))
+    with pytest.raises(ValueError, match="shape"):
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start[:1], counts))
+    with pytest.raises(ValueError, match="device"):
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start.cpu(), counts))
+    with pytest.raises(ValueError, match="activation"):
+        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, activation="gelu")
+    with pytest.raises(TypeError, match="bias"):
+        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, bias=torch.zeros(2, 128, device="cuda",
+                                                                                          dtype=torch.int32))
+    with pytest.raises(ValueError, match="alpha"):
+        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, alpha=torch.ones(3, device="cuda"))
+    narrow = [t for t in FAMILY.candidates("mxfp8_mxfp4") if not FAMILY.serves("swiglu_quantize", "mxfp8_mxfp4", t)]
+    a8 = torch.zeros(128, 128, dtype=torch.float8_e4m3fn, device="cuda")
+    with pytest.raises(ValueError, match="tile_n"):
+        grouped_mm_fp4_swiglu_quantize(a8, torch.zeros(128 * 4, dtype=torch.uint8, device="cuda"), b, b_sf, tiles,
+                                       narrow[0])

@@ -20,8 +20,8 @@
 #include <cstdint>
 
 #include "cute/tensor.hpp"
-#include "cutlass/epilogue/collective/detail.hpp"
 #include "flashinfer_sm12x/gemm/config.cuh"
+#include "flashinfer_sm12x/gemm/epilogues/register_epilogue.cuh"
 #include "flashinfer_sm12x/gemm/epilogues/routed_rows.cuh"
 
 namespace flashinfer_sm12x::mm_fp4 {
@@ -33,46 +33,22 @@ struct StoreRoutedArguments {
 };
 
 template <class ElementD_, int TileM, int TileN>
-class StoreRoutedEpilogue {
+class StoreRoutedEpilogue : public RegisterEpilogue<StoreRoutedArguments, ElementD_> {
  public:
   static_assert(TileN % 2 == 0);
 
-  using EpilogueSchedule = cutlass::epilogue::NoSmemWarpSpecialized;
-  using DispatchPolicy = EpilogueSchedule;
-  using ThreadEpilogueOp = void;
-  using ElementC = void;
+  using Base = RegisterEpilogue<StoreRoutedArguments, ElementD_>;
+  using typename Base::Arguments;
+  using typename Base::Params;
   using ElementD = ElementD_;
-  using ElementAccumulator = float;
-  using StrideC = cute::Stride<int64_t, cute::_1, int64_t>;
-  using StrideD = StrideC;
-  using GmemTiledCopyC = void;
-  using GmemTiledCopyD = void;
+  using Base::Base;
 
   struct SharedStorage {};
-  using Arguments = StoreRoutedArguments;
-  using Params = Arguments;
 
-  template <class ProblemShape>
-  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
-    return args;
-  }
-  template <class ProblemShape>
-  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
-    return 0;
-  }
-  template <class ProblemShape>
-  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
-                                              cutlass::CudaHostAdapter* = nullptr) {
-    return cutlass::Status::kSuccess;
-  }
   template <class ProblemShape>
   static bool can_implement(ProblemShape const& problem, Arguments const& args) {
     return args.d && args.expert_of_tile && cute::get<1>(problem) % 2 == 0;
   }
-
-  CUTLASS_HOST_DEVICE explicit StoreRoutedEpilogue(Params const& params) : params_(params) {}
-
-  CUTLASS_DEVICE bool is_source_needed() { return false; }
 
   template <class ProblemShapeMNKL, class BlockShapeMNK, class BlockCoordMNKL, class FrgEngine, class FrgLayout,
             class TiledMma, class ResidueMNK>
@@ -110,7 +86,7 @@ class StoreRoutedEpilogue {
   }
 
  private:
-  Params params_;
+  using Base::params_;
 
   CUTLASS_DEVICE static ElementD convert(float x) {
     if constexpr (cute::is_same_v<ElementD, cutlass::bfloat16_t>) {
@@ -127,8 +103,7 @@ class StoreRoutedEpilogue {
 };
 
 template <class ElementD, int TileM, int TileN>
-using StoreRoutedCollective =
-    cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<StoreRoutedEpilogue<ElementD, TileM, TileN>>;
+using StoreRoutedCollective = RegisterEpilogueCollective<StoreRoutedEpilogue<ElementD, TileM, TileN>>;
 
 namespace detail {
 template <class Format, int TileM, int TileN, class BuilderEpilogue>

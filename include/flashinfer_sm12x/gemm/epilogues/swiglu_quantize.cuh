@@ -32,8 +32,8 @@
 
 #include "cute/tensor.hpp"
 #include "cutlass/arch/barrier.h"
-#include "cutlass/epilogue/collective/detail.hpp"
 #include "flashinfer_sm12x/gemm/config.cuh"
+#include "flashinfer_sm12x/gemm/epilogues/register_epilogue.cuh"
 #include "flashinfer_sm12x/gemm/epilogues/routed_rows.cuh"
 #include "flashinfer_sm12x/moe/activation.cuh"
 
@@ -53,7 +53,7 @@ struct SwigluQuantizeArguments {
 };
 
 template <moe::ActFormat F, int TileM, int TileN>
-class SwigluQuantizeEpilogue {
+class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, uint8_t> {
  public:
   static_assert(TileN % 64 == 0, "a tile must hold whole 32-output scale blocks: TileN % 64 == 0");
   static constexpr int kChunkRows = TileM < 32 ? TileM : 32;
@@ -64,47 +64,21 @@ class SwigluQuantizeEpilogue {
   static constexpr int kGroups = kChunkRows * kGroupsPerRow;
   static constexpr uint32_t kBarrier = static_cast<uint32_t>(cutlass::arch::ReservedNamedBarriers::FirstUserBarrier);
 
-  // What CUTLASS's kernels and adapter read of an epilogue.
-  using EpilogueSchedule = cutlass::epilogue::NoSmemWarpSpecialized;
-  using DispatchPolicy = EpilogueSchedule;
-  using ThreadEpilogueOp = void;
-  using ElementC = void;
-  using ElementD = uint8_t;
-  using ElementAccumulator = float;
-  using StrideC = cute::Stride<int64_t, cute::_1, int64_t>;
-  using StrideD = StrideC;
-  using GmemTiledCopyC = void;
-  using GmemTiledCopyD = void;
+  using Base = RegisterEpilogue<SwigluQuantizeArguments, uint8_t>;
+  using typename Base::Arguments;
+  using typename Base::Params;
+  using Base::Base;
 
   struct SharedStorage {
     alignas(16) __nv_bfloat16 staged[kChunkRows * kPitch];
   };
-  using Arguments = SwigluQuantizeArguments;
-  using Params = Arguments;
 
-  template <class ProblemShape>
-  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
-    return args;
-  }
-  template <class ProblemShape>
-  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
-    return 0;
-  }
-  template <class ProblemShape>
-  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
-                                              cutlass::CudaHostAdapter* = nullptr) {
-    return cutlass::Status::kSuccess;
-  }
   template <class ProblemShape>
   static bool can_implement(ProblemShape const& problem, Arguments const& args) {
     const int n = cute::get<1>(problem);
     return args.out && args.out_sf && args.expert_of_tile && n % 64 == 0 &&
            (args.bias == nullptr) == (args.bias_dtype == BiasDtype::kNone);
   }
-
-  CUTLASS_HOST_DEVICE explicit SwigluQuantizeEpilogue(Params const& params) : params_(params) {}
-
-  CUTLASS_DEVICE bool is_source_needed() { return false; }
 
   template <class ProblemShapeMNKL, class BlockShapeMNK, class BlockCoordMNKL, class FrgEngine, class FrgLayout,
             class TiledMma, class ResidueMNK>
@@ -161,7 +135,7 @@ class SwigluQuantizeEpilogue {
   }
 
  private:
-  Params params_;
+  using Base::params_;
 
   // 2 * kPairs staged bf16 values as float (16-byte shared-memory loads).
   CUTLASS_DEVICE static void load_staged(const __nv_bfloat16* src, float (&v)[2 * kPairs]) {
@@ -213,7 +187,7 @@ class SwigluQuantizeEpilogue {
 
 // The collective CUTLASS's kernels call: the epilogue behind the adapter of register-storing epilogues.
 template <class Format, int TileM, int TileN>
-using SwigluQuantizeCollective = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
+using SwigluQuantizeCollective = RegisterEpilogueCollective<
     SwigluQuantizeEpilogue<cute::is_same_v<Format, Mxfp8Mxfp4> ? moe::ActFormat::kMxfp8 : moe::ActFormat::kMxfp4,
                            TileM, TileN>>;
 
