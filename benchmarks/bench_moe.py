@@ -7,8 +7,8 @@ cutlass_fused_moe with its MXFP4 W4A8 convention, FlashInfer's b12x MXFP4 MoE (n
 against a bias-free reference), and a torch bf16 baseline on dequantized weights (torch._grouped_mm). Each row
 that runs is checked against the float64 GPT-OSS reference (relative L2) for T <= --check-max-tokens. Prints the
 device, the shapes and a table (ms, TFLOPS, speed-up vs FlashInfer CUTLASS W4A8); writes CSV and a PNG. A
-backend that cannot run on this GPU is listed with the reason. On an H100 with FLASHINFER_SM12X_EMULATE=1 our
-W4A4 path is checked for correctness only (W4A8 cannot be emulated): an emulated time is never a speed.
+backend that cannot run on this GPU is listed with the reason. On an H100/H200 with FLASHINFER_SM12X_EMULATE=1 our
+W4A4 and W4A8 paths are checked for correctness only: an emulated time is never a speed.
 
     python benchmarks/bench_moe.py                  # GPT-OSS-20B and -120B, T in 1..8192
     python benchmarks/bench_moe.py --quick          # fewer token counts
@@ -143,12 +143,11 @@ def bench_tokens(s: Setup, t: int, iters: int, check: bool) -> list[Row]:
                       xsf, use_mxfp8_act_scaling=True, **per_e)[:, :H]
         return call
 
-    native_only = "" if s.ours == "native" else "needs an SM120/SM121 GPU (W4A8 has no SM90 emulation)"
+    ours_runs = "" if s.ours in ("native", "emulated") else "needs an SM120/SM121 GPU"
     cases: list[tuple[str, Callable[[], torch.Tensor] | None, str]] = [
-        ("sm12x fused_moe w4a4", lambda: fused_moe(x, (ids, weights), w4, validate_ids=False),
-         "" if s.ours in ("native", "emulated") else "needs an SM120/SM121 GPU"),
-        ("sm12x fused_moe w4a8", lambda: fused_moe(x, (ids, weights), w8, validate_ids=False), native_only),
-        ("sm12x cutlass_fused_moe w4a8", fi_convention(cutlass_fused_moe), native_only),
+        ("sm12x fused_moe w4a4", lambda: fused_moe(x, (ids, weights), w4, validate_ids=False), ours_runs),
+        ("sm12x fused_moe w4a8", lambda: fused_moe(x, (ids, weights), w8, validate_ids=False), ours_runs),
+        ("sm12x cutlass_fused_moe w4a8", fi_convention(cutlass_fused_moe), ours_runs),
         (REFERENCE, fi_convention(fi_moe.cutlass_fused_moe) if fi_moe else None, s.fi_error),
         ("flashinfer b12x mxfp4 (no biases)", None if fi_moe is None else lambda: fi_moe.b12x_fused_moe(
             x, w8.w13, w8.w13_sf, w8.w2, w8.w2_sf, ids, weights, num_e, TOP_K, w1_alpha=ones, w2_alpha=ones,
