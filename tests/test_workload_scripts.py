@@ -92,3 +92,21 @@ def test_workload_target() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="--arch"):
             workload_target(None)
+
+
+def test_prebuild_for_tests_honours_the_parallel_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU test modules prebuild through one helper: N builds at once, 0 defers to first use, a failure raises."""
+    from flashinfer_sm12x.errors import BuildError
+    from flashinfer_sm12x.testing import workloads
+
+    calls = []
+    monkeypatch.setattr(workloads, "build_modules", lambda specs, label, jobs: calls.append(jobs) or True)
+    monkeypatch.setenv("FLASHINFER_SM12X_PREBUILD_PARALLEL", "0")
+    workloads.prebuild_for_tests(["spec"], "t")
+    assert calls == []
+    monkeypatch.setenv("FLASHINFER_SM12X_PREBUILD_PARALLEL", "6")
+    workloads.prebuild_for_tests(["spec"], "t")
+    assert calls == [6]
+    monkeypatch.setattr(workloads, "build_modules", lambda specs, label, jobs: False)
+    with pytest.raises(BuildError, match="failed"):
+        workloads.prebuild_for_tests(["spec"], "t")

@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What the GPU workload scripts (scripts/sanitize_*.py, benchmarks/moe_accuracy.py) share: the target they run
-for, and building their modules ahead of the run, so a run under compute-sanitizer (about 100x slower) only loads
-them."""
+"""What the GPU workload scripts (scripts/sanitize_*.py, benchmarks/moe_accuracy.py) and the GPU test modules share:
+the target they run for, and building their modules ahead of the run, so a run under compute-sanitizer (about 100x
+slower) or a test only loads them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
+from ..errors import BuildError
 from ..jit.arch import Target, parse_target, target_for_device
 from ..jit.module import ModuleSpec
 from ..jit.prebuild import job_budget, make_plan, run_plan
@@ -84,3 +86,19 @@ def build_modules(specs: Sequence[ModuleSpec], label: str, jobs: int | None = No
     for name, error in summary.failed:
         print(f"{label}: FAILED {name}:\n{error}", flush=True)
     return not summary.failed and not summary.interrupted
+
+
+def prebuild_for_tests(specs: Sequence[ModuleSpec], label: str) -> None:
+    """A GPU test module's modules, built in parallel before its tests load them one by one.
+
+    FLASHINFER_SM12X_PREBUILD_PARALLEL sets the builds at once (default 2); 0 builds nothing now (each module is
+    built when a test first loads it, e.g. when only a few tests of the module are selected).
+
+    Raises
+    ------
+    BuildError
+        A module failed to build.
+    """
+    jobs = int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))
+    if jobs > 0 and not build_modules(specs, label, jobs):
+        raise BuildError(f"{label}: a module failed to build (the log above names it)")

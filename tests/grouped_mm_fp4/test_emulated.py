@@ -6,15 +6,14 @@ float64 per-tile reference (each M tile times the weights of the expert expert_o
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
-from flashinfer_sm12x.jit.module import build_module
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, FAMILY
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import check_bad_inputs_rejected_before_launch, run_grouped_case
+from flashinfer_sm12x.testing.workloads import prebuild_for_tests
 
 W4A8_TACTICS = FAMILY.shipped("mxfp8_mxfp4", parse_target("sm_90a"))
 
@@ -31,8 +30,7 @@ def _prebuilt() -> None:
     os.environ.setdefault("FLASHINFER_SM12X_EMULATE", "1")
     specs = [FAMILY.spec(parse_target("sm_90a"), "mxfp4", t, torch.bfloat16) for t in CANDIDATES]
     specs += [FAMILY.spec(parse_target("sm_90a"), "mxfp8_mxfp4", t, torch.bfloat16) for t in W4A8_TACTICS]
-    with ThreadPoolExecutor(int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))) as pool:
-        list(pool.map(build_module, specs))
+    prebuild_for_tests(specs, "grouped_mm_fp4 emulation tests")
 
 
 @pytest.mark.parametrize("tactic", CANDIDATES, ids=lambda t: t.name)

@@ -8,15 +8,14 @@ unrouted; GEMM2's routed-rows store ("store_routed") against the plain store for
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
-from flashinfer_sm12x.jit.module import build_module
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_store_routed_case, run_swiglu_quantize_case
+from flashinfer_sm12x.testing.workloads import prebuild_for_tests
 
 _SM90 = parse_target("sm_90a")
 FUSED = {fmt: tuple(t for t in FAMILY.shipped(fmt, _SM90) if FAMILY.serves("swiglu_quantize", fmt, t))
@@ -34,14 +33,10 @@ def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _prebuilt() -> None:
-    """Every module of the file at once, in parallel (FLASHINFER_SM12X_PREBUILD_PARALLEL=0: each when first used)."""
     os.environ.setdefault("FLASHINFER_SM12X_EMULATE", "1")
-    if os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL") == "0":
-        return
     specs = [FAMILY.spec(_SM90, fmt, t, torch.bfloat16, epilogue) for fmt in FUSED for t in FAMILY.shipped(fmt, _SM90)
              for epilogue in ("store", "swiglu_quantize", "store_routed") if FAMILY.serves(epilogue, fmt, t)]
-    with ThreadPoolExecutor(int(os.environ.get("FLASHINFER_SM12X_PREBUILD_PARALLEL", "2"))) as pool:
-        list(pool.map(build_module, specs))
+    prebuild_for_tests(specs, "MoE epilogue emulation tests")
 
 
 def test_every_shipped_wide_tactic_serves_the_fused_epilogue() -> None:
