@@ -7,10 +7,11 @@ Per T it prints and writes (CSV + PNG under benchmarks/results):
 - device kernels per forward (torch.profiler), impl="kernels" vs impl="reference" (the torch pipeline), and which
   plan path the forward takes (plan_scatter at decode sizes, plan + scatter beyond);
 - host time per eager call (CPU time to submit one forward, measured over back-to-back calls before the sync);
-- each glue kernel's time (CUDA-graph replay, median) and its bytes moved (routed rows only: padding rows' data is
-  not rewritten), as a fraction of the device copy bandwidth measured in the same run (a torch clone of 512 MiB);
-  plan_scatter (the fused kernel, at T <= 128, whichever path the forward takes) next to "plan+scatter" (the two
-  kernels back to back in one graph): where the first is faster is where ops/moe_glue.py should fuse;
+- each glue kernel's time (CUDA-graph replay of --launches back-to-back calls per graph, per call, median: a
+  one-call graph's events also hold the graph's submission latency) and its bytes moved (routed rows only: padding
+  rows' data is not rewritten), as a fraction of the device copy bandwidth measured in the same run (a torch clone
+  of 512 MiB); plan_scatter (the fused kernel, at T <= 128, whichever path the forward takes) next to "plan+scatter"
+  (the two kernels back to back in one graph): where the first is faster is where ops/moe_glue.py should fuse;
 - the glue chain's latency at T = 1 (the glue kernels the forward runs, back to back, GEMMs excluded).
 The glue kernels have no block-scaled MMA: on an H200 (FLASHINFER_SM12X_EMULATE=1 maps it to the sm_90a build) they
 are native SM90 kernels and their times are real H200 figures. The GEMMs in between are emulated there: no forward
@@ -36,7 +37,7 @@ from benchmarks._common import plot_panels, time_ms  # noqa: E402
 from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS  # noqa: E402
 from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
-from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan, target_of  # noqa: E402
+from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan, sm_count_of, target_of  # noqa: E402
 from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights  # noqa: E402
 from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
 
@@ -61,7 +62,8 @@ def host_us_per_call(fn, calls: int = 50) -> float:
     return host / calls * 1e6
 
 
-def measure(num_t: int, w, module, target, bw: float, iters: int, panels_us: dict, panels_frac: dict) -> dict:
+def measure(num_t: int, w, module, target, bw: float, iters: int, per_graph: int, panels_us: dict,
+            panels_frac: dict) -> dict:
     """One T: launches, host time, each glue kernel's time and bandwidth fraction (printed; returned as a row)."""
     dev, name = torch.device("cuda"), torch.cuda.get_device_name()
     hp, ip = w.hidden_size_padded, w.intermediate_size_padded
@@ -75,7 +77,7 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, panels_us: dic
     launches = kernel_launches(forward)
     torch_launches = kernel_launches(lambda: forward("reference"))
     host = host_us_per_call(forward)
-    plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target)
+    plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target, sm_count_of(dev))
     v = glue_views(dev, plan, hp, ip, "mxfp4")
     tm, pairs = plan.tactic.tile_m, num_t * TOP_K
     out = hidden.new_empty(num_t, H)
@@ -104,7 +106,7 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, panels_us: dic
         if kname == "plan_scatter" and not fused_fits:
             cells.append(f"{'-':>13} {'-':>5}")
             continue
-        us = time_ms(fn, iters) * 1e3
+        us = time_ms(fn, iters, launches=per_graph) * 1e3
         frac = nbytes / (us * 1e-6) / bw
         row[f"{kname}_us"], row[f"{kname}_bytes"], row[f"{kname}_frac_bw"] = round(us, 2), nbytes, round(frac, 3)
         panels_us["kernel time (us)"].setdefault(kname, []).append((num_t, us))
@@ -115,7 +117,7 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, panels_us: dic
         kernels["plan"][0]()
         kernels["scatter"][0]()
 
-    two_us = time_ms(two_kernels, iters) * 1e3
+    two_us = time_ms(two_kernels, iters, launches=per_graph) * 1e3
     row["plan+scatter_us"] = round(two_us, 2)
     panels_us["kernel time (us)"].setdefault("plan+scatter (2 kernels)", []).append((num_t, two_us))
     cells.append(f"{two_us:15.1f}")
@@ -126,7 +128,7 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, panels_us: dic
         def chain() -> None:
             for fn in chain_fns:
                 fn()
-        row["glue_chain_us_T1"] = round(time_ms(chain, iters) * 1e3, 2)
+        row["glue_chain_us_T1"] = round(time_ms(chain, iters, launches=per_graph) * 1e3, 2)
         row["glue_chain_kernels_T1"] = len(chain_fns)
     print(f"{num_t:>6} {launches:>8} {torch_launches:>6} {row['plan_path']:>13} {host:8.1f} " + " ".join(cells))
     return row
@@ -136,6 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="1,8,32,64,128,1024,8192")
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--launches", type=int, default=10,
+                        help="calls per CUDA graph in the kernel timings (amortizes the graph's submission latency)")
     parser.add_argument("--csv", type=Path, default=None, help="CSV path (default: benchmarks/results/<name>.csv)")
     parser.add_argument("--png", type=Path, default=None, help="PNG path (default: next to the CSV)")
     args = parser.parse_args()
@@ -156,7 +160,7 @@ def main() -> None:
     header += f" {'plan+scatter us':>15}"
     print(header)
     for num_t in tokens:
-        rows.append(measure(num_t, w, module, target, bw, args.iters, panels_us, panels_frac))
+        rows.append(measure(num_t, w, module, target, bw, args.iters, args.launches, panels_us, panels_frac))
     for r in rows:
         if "glue_chain_us_T1" in r:
             print(f"glue chain latency at T = 1 ({r['glue_chain_kernels_T1']} kernels, GEMMs excluded): "

@@ -110,10 +110,10 @@ def host_us(fn: Callable[[], object], n: int = 200) -> float:
     return elapsed / n * 1e6
 
 
-def timed(fn: Callable[[], object], iters: int, graph: bool) -> float:
-    """Median device time in microseconds: CUDA-graph replay for our kernel and the copy; eager for the others
-    (the torch reference copies host constants, which a graph capture refuses)."""
-    return time_ms(fn, iters, graph=graph) * 1e3
+def timed(fn: Callable[[], object], iters: int, graph: bool, launches: int = 1) -> float:
+    """Median device time in microseconds: CUDA-graph replay of `launches` calls for our kernel and the copy; eager
+    for the others (the torch reference copies host constants, which a graph capture refuses)."""
+    return time_ms(fn, iters, graph=graph, launches=launches if graph else 1) * 1e3
 
 
 def same(got: object, want: object) -> bool:
@@ -126,6 +126,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"M {QUICK_MS}, K {QUICK_KS}")
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--launches", type=int, default=10,
+                        help="calls per CUDA graph for the graph-timed kernels (amortizes the graph's submission)")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--csv", default="", help="CSV path (default: results/bench_quantize_<gpu>_<date>.csv)")
     parser.add_argument("--png", default="", help="PNG path (default: beside the CSV)")
@@ -154,7 +156,7 @@ def main() -> int:
             g = torch.Generator(device="cuda").manual_seed(m * 31 + k)
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16, generator=g)
             gs = (448.0 * 6.0 / x.float().abs().amax()).reshape(1)
-            copy_us = timed(lambda x=x: x.clone(), args.iters, graph=True)
+            copy_us = timed(lambda x=x: x.clone(), args.iters, graph=True, launches=args.launches)
             copy_bytes = 2 * x.numel() * x.element_size()
             copy_gbs = copy_bytes / copy_us / 1e3
             rows.append(Row("copy", m, k, "torch .clone()", copy_us, copy_bytes, copy_gbs))
@@ -171,7 +173,7 @@ def main() -> int:
                         ours = backend == "sm12x kernel"
                         if ours and not same(fn(), backends["torch reference"]()):
                             row.note = "MISMATCH vs the reference"
-                        row.us = timed(fn, args.iters, graph=ours)
+                        row.us = timed(fn, args.iters, graph=ours, launches=args.launches)
                         if not ours:
                             row.note = "eager timing"
                         if m == 1:

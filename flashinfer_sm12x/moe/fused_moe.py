@@ -12,8 +12,9 @@ The two GEMMs (all of the FLOPs) are the grouped block-scaled kernel (ops/groupe
 them has two implementations, both sync-free and CUDA-graph capturable: impl="kernels" (the default on CUDA),
 glue kernels (ops/moe_glue.py: plan + scatter with quantization, one kernel at decode sizes; finalize) with the
 activation and re-quantization in GEMM1's epilogue and GEMM2 writing the routed rows only (the MoE epilogues): 4
-launches per forward at T <= 32 (k = 4), 5 beyond; unfused (fused_epilogue=False, or weights not interleaved: a
-standalone activation kernel) 5 / 6; impl="reference", device-side torch (about 185 launches), kept as the oracle.
+launches per forward at decode sizes (T <= 32 with T*k within one wave of the GPU's SMs), 5 beyond; unfused
+(fused_epilogue=False, or weights not interleaved: a standalone activation kernel) 5 / 6; impl="reference",
+device-side torch (about 185 launches), kept as the oracle.
 
 Padding without a host sync: expert e's rows are padded to a multiple of the tile height TM, so every M tile
 belongs to one expert. The host cannot know the per-expert counts without a sync, so it sizes the buffers by
@@ -44,6 +45,7 @@ from ..ops.moe_glue import (
     plan_and_scatter,
     row_plan,
     run_pipeline,
+    sm_count_of,
     target_of,
 )
 from ..ops.quantize import mxfp4_quantize, mxfp8_quantize
@@ -308,7 +310,7 @@ def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch
         return hidden.new_zeros((0, w.hidden_size), dtype=out_dtype)
 
     device = hidden.device
-    plan = row_plan(num_t, k, num_e, _GEMM_FORMAT[w.act], tactic, target_of(device))
+    plan = row_plan(num_t, k, num_e, _GEMM_FORMAT[w.act], tactic, target_of(device), sm_count_of(device))
     params = ExpertParams(
         w.w13, w.w13_sf, w.w13_bias, w.w2, w.w2_sf, w.w2_bias,
         LAYOUT_CODE["interleaved" if w.interleaved else ("up_first" if w.up_first else "gate_first")],

@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """The fused MoE's kernel pipeline: plan -> scatter -> grouped GEMM1 -> activation -> grouped GEMM2 -> finalize
 (kernels/moe_glue.py describes the glue kernels; ops/grouped_mm_fp4.py the GEMMs), no host synchronisation
-(CUDA-graph capturable). At decode sizes plan and scatter are one kernel (plan_scatter: five launches per forward),
-beyond them two (six launches); `fused_plan_scatter_serves` draws the line.
+(CUDA-graph capturable). At decode sizes plan and scatter are one kernel (plan_scatter), beyond them two;
+`fused_plan_scatter_serves` draws the line (by T, k, E and the GPU's SM count).
 
 Host path, built for repeated calls:
 - the target and the loaded module are cached per device; the row plan (tactic, padded bound, tile count) per
-  (T, E, k, format, tactic, target);
+  (T, E, k, format, tactic, target, SM count);
 - buffers (int32 plan workspace, quantized activations and scales, both GEMM outputs) are cached per device and
   grown geometrically; a call uses prefix views of them, themselves cached per plan. Buffers that were outgrown are
   kept alive, so a CUDA graph captured earlier keeps valid addresses. The cached buffers make calls on one device
@@ -42,14 +42,29 @@ from .grouped_mm_fp4 import grouped_mm_fp4_launcher, grouped_mm_fp4_swiglu_quant
 GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # activation format -> grouped GEMM format
 LAYOUT_CODE = {"interleaved": 0, "gate_first": 1, "up_first": 2}
 _MODULES: dict[tuple[Target, str], Any] = {}
-# plan_scatter runs T*k CTAs of 512 threads (one per SM: the top-k's registers), each repeating the plan: O(T*E)
-# logit reads (O(T*k) with precomputed ids) and one plan_kernel CTA's latency. It replaces a launch gap and
-# plan_kernel's own latency, so it wins while the grid stays about one wave and the redundant reads stay small
-# (T*E <= 8192 logits: 32 KiB of float32 per CTA, from L2). Measured on an H200 (benchmarks/bench_moe_glue.py, E = 32,
-# k = 4): plan_scatter 25.5 us vs plan + scatter 28.9 us at T = 32, 58.9 vs 39.1 us at T = 64: the line is T*k <= 128.
+# plan_scatter runs T*k CTAs of 512 threads, each repeating the plan: O(T*E) logit reads (O(T*k) with precomputed
+# ids) and one plan_kernel CTA's latency. It replaces a launch gap and plan_kernel's own latency, so it wins while the
+# grid is one wave and the redundant work stays small. One wave is the SM count: at 121 registers per thread on
+# sm_120a/sm_121a (107 on sm_90a; tests/moe_glue/test_compile.py checks the bound) an SM holds one such CTA. Measured
+# on an H200, 132 SMs (benchmarks/bench_moe_glue.py, E = 32, k = 4): plan_scatter 24.8 us vs plan + scatter 27.3 us at
+# T = 32 (128 CTAs, one wave), 53.9 vs 34.1 us at T = 64 (256 CTAs, two waves). Hence: T*k <= the SM count (a DGX
+# Spark's 48 SMs: T <= 12 at k = 4), T <= 32 (the largest T measured to win: the redundant routing grows with T) and
+# T*E <= 8192 logits (32 KiB of float32 per CTA, from L2).
 DECODE_MAX_TOKENS = 32
-DECODE_MAX_PAIRS = 128
 DECODE_MAX_LOGITS = 8192
+DECODE_PAIRS_WITHOUT_DEVICE = 128  # one wave where no device is given (plans for tests and models): the H200's line
+PLAN_SCATTER_CTAS_PER_SM = 1
+_SM_COUNTS: dict[int | None, int] = {}
+
+
+def sm_count_of(device: torch.device) -> int:
+    """The number of SMs of a CUDA device (cached per device)."""
+    index = device.index
+    count = _SM_COUNTS.get(index)
+    if count is None:
+        props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
+        count = _SM_COUNTS[index] = props.multi_processor_count
+    return count
 
 
 @dataclass(frozen=True)
@@ -80,21 +95,24 @@ def workspace_offsets(num_tokens: int, top_k: int, num_experts: int, tiles: int)
     return offsets
 
 
-def fused_plan_scatter_serves(num_tokens: int, top_k: int, num_experts: int) -> bool:
+def fused_plan_scatter_serves(num_tokens: int, top_k: int, num_experts: int, sm_count: int | None = None) -> bool:
     """Whether one forward runs plan + scatter as one kernel (plan_scatter): decode sizes, see DECODE_MAX_*.
 
     Parameters
     ----------
     num_tokens, top_k, num_experts : int
         T, k, E.
+    sm_count : int, optional
+        The GPU's SM count (`sm_count_of`): plan_scatter's T*k CTAs must fit in one wave. None: 128 (an H200's line).
 
     Returns
     -------
     bool
-        True for 1 <= T <= 64 with T*k <= 256 and T*E <= 8192 (always within the kernel's limits).
+        True for 1 <= T <= 32 with T*k <= one wave and T*E <= 8192 (always within the kernel's limits).
     """
+    one_wave = DECODE_PAIRS_WITHOUT_DEVICE if sm_count is None else sm_count * PLAN_SCATTER_CTAS_PER_SM
     return (1 <= num_tokens <= min(DECODE_MAX_TOKENS, FUSED_MAX_TOKENS)
-            and num_tokens * top_k <= min(DECODE_MAX_PAIRS, FUSED_MAX_PAIRS)
+            and num_tokens * top_k <= min(one_wave, FUSED_MAX_PAIRS)
             and num_tokens * num_experts <= DECODE_MAX_LOGITS)
 
 
@@ -105,7 +123,7 @@ def kernels_support(num_experts: int, top_k: int) -> bool:
 
 @lru_cache(maxsize=1024)
 def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_format: str, tactic: Tactic | None,
-             target: Target | None) -> RowPlan:
+             target: Target | None, sm_count: int | None = None) -> RowPlan:
     """The row plan of one forward (cached: a repeated shape costs a dictionary lookup).
 
     Parameters
@@ -118,6 +136,8 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_format: str, ta
         The grouped GEMM tactic; None picks the heuristic's first for `target`.
     target : Target or None
         The device's build target (None: the emulation menu).
+    sm_count : int, optional
+        The device's SM count (`sm_count_of`), for `fused_plan_scatter_serves`.
 
     Returns
     -------
@@ -138,7 +158,7 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_format: str, ta
     tiles = bound // tm
     end = max(stop for stop in (a + n for a, n in workspace_offsets(num_tokens, top_k, num_experts, tiles).values()))
     return RowPlan(tactic, num_tokens, top_k, num_experts, bound, tiles, round_up(bound, 128), end,
-                   fused_plan_scatter_serves(num_tokens, top_k, num_experts))
+                   fused_plan_scatter_serves(num_tokens, top_k, num_experts, sm_count))
 
 
 def target_of(device: torch.device) -> Target:

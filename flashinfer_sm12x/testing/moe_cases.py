@@ -177,6 +177,25 @@ def check_fused_epilogue_matches_unfused(num_e: int, num_t: int, act: str = "mxf
     assert rel_l2(fused, ref) < TOL
 
 
+def check_launches_per_forward(num_t: int, fused_epilogue: bool, act: str = "mxfp4") -> int:
+    """One fused_moe forward (E = 32, top-4) runs exactly the launches its plan says: plan_scatter or plan + scatter
+    (the line depends on the GPU's SM count), GEMM1 (+ the activation kernel when unfused), GEMM2, finalize. Returns
+    the count."""
+    from ..ops.moe_glue import GEMM_FORMAT, row_plan, sm_count_of, target_of
+    from .profiling import device_launches
+
+    _, w = weights(32, act)
+    hidden, logits = make_inputs(num_t, H, 32)
+    hidden, logits = hidden.cuda(), logits.cuda()
+    fused_moe(hidden, logits, w, top_k=4, fused_epilogue=fused_epilogue)  # build, allocate the buffers
+    launches = device_launches(lambda: fused_moe(hidden, logits, w, top_k=4, fused_epilogue=fused_epilogue))
+    device = hidden.device
+    plan = row_plan(num_t, 4, 32, GEMM_FORMAT[act], None, target_of(device), sm_count_of(device))
+    want = (1 if plan.fused_plan_scatter else 2) + (2 if fused_epilogue else 3) + 1
+    assert len(launches) == want, (plan.fused_plan_scatter, launches)
+    return want
+
+
 def check_skewed_routing() -> None:
     """Every token's top-1 is expert 5; 28 of 32 experts get nothing."""
     raw, w = weights(32)

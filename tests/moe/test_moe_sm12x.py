@@ -17,6 +17,7 @@ from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_swiglu_quantize_ca
 from flashinfer_sm12x.testing.moe_cases import check_cuda_graph_capture_and_replay as check_graph
 from flashinfer_sm12x.testing.moe_cases import check_cutlass_fused_moe_compat as check_cutlass_compat
 from flashinfer_sm12x.testing.moe_cases import check_fused_epilogue_matches_unfused as check_fused_vs_unfused
+from flashinfer_sm12x.testing.moe_cases import check_launches_per_forward as check_launches
 from flashinfer_sm12x.testing.moe_cases import check_skewed_routing as check_skew
 from flashinfer_sm12x.testing.moe_cases import run_fused_case as check_fused
 
@@ -62,6 +63,13 @@ def test_gemm1_fused_activation_epilogue_is_bit_identical(fmt: str, tactic, vari
                                                      (32, 8192, "mxfp8")])
 def test_fused_moe_fused_epilogue_matches_unfused(num_e: int, num_t: int, act: str) -> None:
     check_fused_vs_unfused(num_e, num_t, act)
+
+
+@pytest.mark.parametrize("fused_epilogue", [True, False])
+@pytest.mark.parametrize("num_t", [1, 12, 32, 64, 8192])
+def test_fused_moe_launches_per_forward(num_t: int, fused_epilogue: bool) -> None:
+    """4 launches at decode sizes (plan_scatter within one wave of this GPU's SMs), 5 beyond; one more unfused."""
+    assert check_launches(num_t, fused_epilogue, act="mxfp8") <= (5 if fused_epilogue else 6)
 
 
 def test_grouped_bad_inputs() -> None:

@@ -9,6 +9,7 @@ import pytest
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.jit.compile_proof import FACTS_KERNEL, compile_proof
 from flashinfer_sm12x.kernels.moe_glue import MENU, moe_glue_spec, required_instruction
+from flashinfer_sm12x.ops.moe_glue import PLAN_SCATTER_CTAS_PER_SM
 
 pytestmark = pytest.mark.compile_proof
 
@@ -25,6 +26,11 @@ def test_glue_module_is_spill_free_and_converts_natively(arch: str, act_format: 
     for k in kernels:
         assert k.spill_stores == 0 and k.spill_loads == 0 and k.stack_bytes == 0, (k.name, k.spill_stores,
                                                                                    k.stack_bytes)
+    # ops/moe_glue.py sizes plan_scatter's one wave as PLAN_SCATTER_CTAS_PER_SM CTAs of 512 threads per SM (64K
+    # registers per SM on sm_90a and sm_12x).
+    for k in kernels:
+        if "plan_scatter_kernel" in k.name:
+            assert 65536 // (max(k.registers, 1) * 512) == PLAN_SCATTER_CTAS_PER_SM, (k.name, k.registers)
     instruction = required_instruction(act_format, target)
     if instruction:
         for k in kernels:

@@ -71,6 +71,19 @@ def test_plan_scatter_serves_decode_sizes_within_the_kernel_limits(num_t: int, k
         assert num_t <= FUSED_MAX_TOKENS and num_t * k <= FUSED_MAX_PAIRS
 
 
+@pytest.mark.parametrize(("num_t", "k", "sm_count", "fused"), [
+    (12, 4, 48, True), (13, 4, 48, False),      # DGX Spark (48 SMs): one wave is 48 CTAs
+    (32, 4, 132, True), (22, 6, 132, True),     # H200 (132 SMs)
+    (32, 4, 170, True), (33, 4, 170, False),    # RTX 5090 (170 SMs): the T <= 32 line still holds
+    (48, 1, 48, False), (1, 16, 8, False)])
+def test_plan_scatter_serves_one_wave_of_the_device(num_t: int, k: int, sm_count: int, fused: bool) -> None:
+    """plan_scatter runs T*k CTAs at one per SM: past one wave of the GPU's SMs the two-kernel path is taken."""
+    assert fused_plan_scatter_serves(num_t, k, 32, sm_count) == fused
+    assert row_plan(num_t, k, 32, "mxfp4", CANDIDATES[0], None, sm_count).fused_plan_scatter == fused
+    assert row_plan(num_t, k, 32, "mxfp4", CANDIDATES[0], None, sm_count) is not row_plan(
+        num_t, k, 32, "mxfp4", CANDIDATES[0], None, sm_count + 1)
+
+
 def test_glue_module_exports_plan_scatter() -> None:
     for fmt in MENU["act_format"]:
         text = moe_glue_spec(parse_target("sm_120a"), fmt).sources[0].text
