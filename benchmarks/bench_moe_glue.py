@@ -34,10 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import plot_panels, time_ms  # noqa: E402
+from flashinfer_sm12x.jit.arch import device_sm_count  # noqa: E402
 from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS  # noqa: E402
 from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
-from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan, sm_count_of, target_of  # noqa: E402
+from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan, target_of  # noqa: E402
 from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights  # noqa: E402
 from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
 
@@ -77,7 +78,7 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, per_graph: int
     launches = kernel_launches(forward)
     torch_launches = kernel_launches(lambda: forward("reference"))
     host = host_us_per_call(forward)
-    plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target, sm_count_of(dev))
+    plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target, device_sm_count(dev))
     v = glue_views(dev, plan, hp, ip, "mxfp4")
     tm, pairs = plan.tactic.tile_m, num_t * TOP_K
     out = hidden.new_empty(num_t, H)

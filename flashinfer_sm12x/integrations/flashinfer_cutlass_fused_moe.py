@@ -34,6 +34,7 @@ import torch
 
 from ..checks import check_tensor
 from ..formats import SfLayout, swizzle_sf, unswizzle_sf
+from ..jit.arch import device_sm_count
 from ..moe.fused_moe import plan_expert_rows, run_experts
 from ..moe.routing import finalize
 from ..moe.weights import PreparedMoEWeights
@@ -46,7 +47,6 @@ from ..ops.moe_glue import (
     plan_and_scatter,
     row_plan,
     run_pipeline,
-    sm_count_of,
     target_of,
 )
 
@@ -265,7 +265,7 @@ def cutlass_fused_moe(
     if USE_KERNELS and x.is_cuda and kernels_support(num_e, k):
         # The glue kernels: the plan remaps global ids (other ranks' experts: weight 0, clamped) and the scatter
         # copies the pre-quantized rows and scales (one kernel at decode sizes); five or six launches in all.
-        plan = row_plan(num_t, k, num_e, "mxfp8_mxfp4", None, target_of(x.device), sm_count_of(x.device))
+        plan = row_plan(num_t, k, num_e, "mxfp8_mxfp4", None, target_of(x.device), device_sm_count(x.device))
         module = glue_module(x.device, "mxfp8")
         views = glue_views(x.device, plan, hp, ip, "mxfp8")
         plan_and_scatter(module, plan, views, (ids, scales), x.view(torch.uint8), hp, input_sf=in_sf,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ArchError
-from ..jit.arch import device_target
+from ..jit.arch import device_sm_count, device_target
 from ..kernels.mm_fp4 import heuristic
 from ..ops import mm_fp4 as op
 from ..ops.mm_fp4 import OURS
@@ -58,7 +58,7 @@ class MmFp4Runner(_runner_base()):  # type: ignore[misc]
     def forward(self, inputs: list[Any], tactic: int = -1, do_preparation: bool = False, **kwargs: Any) -> Any:
         a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_nvfp4 = inputs[:9]
         p = op.validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, False, use_nvfp4)
-        order = heuristic(p.m, p.n, p.k, p.fmt, device_target(p.out.device))
+        order = heuristic(p.m, p.n, p.k, p.fmt, device_target(p.out.device), device_sm_count(p.out.device))
         return op.run_tactic(p, order[max(tactic, 0)], kwargs.get("enable_pdl", self.enable_pdl))
 
 

@@ -183,6 +183,22 @@ def device_target(device: object) -> Target:
     return target
 
 
+_DEVICE_SM_COUNTS: dict[int | None, int] = {}
+
+
+def device_sm_count(device: object) -> int:
+    """The number of SMs of a torch CUDA device, cached per device (the heuristics' wave sizes: from a DGX Spark's 48
+    to an RTX PRO 6000's 188 on SM12x)."""
+    index = getattr(device, "index", None)
+    count = _DEVICE_SM_COUNTS.get(index)
+    if count is None:
+        import torch
+
+        props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
+        count = _DEVICE_SM_COUNTS[index] = int(props.multi_processor_count)
+    return count
+
+
 def clear_device_targets() -> None:
     """Forget the cached per-device targets (after changing FLASHINFER_SM12X_ARCH / _EMULATE in a process)."""
     _DEVICE_TARGETS.clear()

@@ -81,21 +81,35 @@ FAMILY = GemmFamily(
 BATCH_INVARIANT_TACTIC = _CO128
 
 
-def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None = None) -> tuple[Tactic, ...]:
+# The SM count the heuristic assumes when it is not given the GPU's: the one CC 12.1 part (DGX Spark's GB10) has 48;
+# SM120 parts range from 36 to 188 (RTX 5090: 170), so their callers pass the device's count (jit.arch.device_sm_count).
+ASSUMED_SM_COUNT = {"sm_121a": 48}
+DEFAULT_SM_COUNT = 170
+
+
+def assumed_sm_count(target: Target | None) -> int:
+    """The SM count `heuristic` assumes for `target` without a device (48 for sm_121a, else 170)."""
+    return ASSUMED_SM_COUNT.get(target.name, DEFAULT_SM_COUNT) if target is not None else DEFAULT_SM_COUNT
+
+
+def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None = None,
+              sm_count: int | None = None) -> tuple[Tactic, ...]:
     """The format's shipped tactics in preference order (reasoned, not measured on SM12x: FlashInfer's autotuner,
     through backend="auto" inside `flashinfer.autotune()`, decides for real).
 
     Decode / small M (m <= 64) reads the whole weight once whatever the tile, so the tile should waste little
-    MMA work and still give enough CTAs. On a wide layer (ceil(N/128) >= 128 CTAs fill the GPU by themselves):
-    m <= 32 swapped A/B with an N' tile that covers m; 32 < m <= 64 the 64-row tile (same CTA count and waste
-    as swapping, with a row-major store). On a narrower layer: 128-row Pingpong with the narrowest N tile (more
+    MMA work and still give enough CTAs. On a wide layer (ceil(N/128) CTAs fill at least 3/4 of the SMs by
+    themselves): m <= 32 swapped A/B with an N' tile that covers m; 32 < m <= 64 the 64-row tile (same CTA count and
+    waste as swapping, with a row-major store). On a narrower layer: 128-row Pingpong with the narrowest N tile (more
     CTAs in flight), then the 64-row tile. 64 < m <= 128: the 64-row tile while its doubled CTA count still fits
     one wave, else Pingpong 128x128. Larger M: Pingpong 128x128 up to 256 rows; then Cooperative, with 256-row
-    tiles once the grid has several waves; stream-K last.
+    tiles once the grid has several (4) waves; stream-K last. Waves are counted in `sm_count` SMs (default:
+    `assumed_sm_count(target)`).
     """
     del k  # the tile choice does not depend on K today
+    sms = sm_count if sm_count is not None else assumed_sm_count(target)
     tiles = -(-m // 128) * -(-n // 128)
-    wide = -(-n // 128) >= 128
+    wide = 4 * -(-n // 128) >= 3 * sms
 
     def preference(t: Tactic) -> tuple:
         if m <= 64:
@@ -106,11 +120,11 @@ def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None 
             else:
                 rank = 0 if t.tile_m == 128 and not t.swap_ab else 1 if t.tile_m == 64 else 2
             return (rank, t.schedule != "pingpong", t.tile_n, t.tile_k)
-        if m <= 128 and 2 * -(-n // 128) <= 170:
+        if m <= 128 and 2 * -(-n // 128) <= sms:
             return (t.tile_m != 64, t.swap_ab, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
         if m <= 256:
             return (t.swap_ab, t.tile_m != 128, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
-        big = tiles >= 4 * 170 and m >= 1024
+        big = tiles >= 4 * sms and m >= 1024
         return (t.swap_ab, t.tile_m == 64, t.schedule == "streamk", t.schedule != "cooperative",
                 (t.tile_m != 256) if big else t.tile_m, abs(t.tile_n - 128), t.tile_k)
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from ..jit.arch import device_target
+from ..jit.arch import device_sm_count, device_target
 from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
 from ..kernels.grouped_mm_fp4 import heuristic
@@ -45,7 +45,6 @@ from ..ops.moe_glue import (
     plan_and_scatter,
     row_plan,
     run_pipeline,
-    sm_count_of,
     target_of,
 )
 from ..ops.quantize import mxfp4_quantize, mxfp8_quantize
@@ -310,7 +309,7 @@ def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch
         return hidden.new_zeros((0, w.hidden_size), dtype=out_dtype)
 
     device = hidden.device
-    plan = row_plan(num_t, k, num_e, _GEMM_FORMAT[w.act], tactic, target_of(device), sm_count_of(device))
+    plan = row_plan(num_t, k, num_e, _GEMM_FORMAT[w.act], tactic, target_of(device), device_sm_count(device))
     params = ExpertParams(
         w.w13, w.w13_sf, w.w13_bias, w.w2, w.w2_sf, w.w2_bias,
         LAYOUT_CODE["interleaved" if w.interleaved else ("up_first" if w.up_first else "gate_first")],

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..checks import require_tensor, round_up
-from ..jit.arch import Target, device_target
+from ..jit.arch import Target, device_sm_count, device_target
 from ..jit.module import load_module
 from ..kernels.family import OUT_DTYPE_NAMES, Tactic
 from ..kernels.mm_fp4 import BATCH_INVARIANT_TACTIC, BLOCK_SIZE, FAMILY, heuristic
@@ -255,16 +255,20 @@ _MAX_PLANS = 4096  # distinct (target, format, shape, dtype, tactic) seen; a ser
 
 
 def plan(p: Problem, tactic: Tactic | None = None, *, batch_invariant: bool = False,
-         target: Target | None = None) -> Plan:
+         target: Target | None = None, sm_count: int | None = None) -> Plan:
     """The module, tactic and workspace size for `p` (the heuristic's first choice unless `tactic` is given;
-    `batch_invariant` pins BATCH_INVARIANT_TACTIC). Cached per (target, format, shape, output dtype, tactic)."""
-    target = target or device_target(p.out.device)
-    key = (target, p.fmt, p.m, p.n, p.k, p.out.dtype, tactic, batch_invariant)
+    `batch_invariant` pins BATCH_INVARIANT_TACTIC). Cached per (target, SM count, format, shape, output dtype,
+    tactic). Without `target` both come from `p.out`'s device; with it, the SM count defaults to the target's
+    assumed one (kernels.mm_fp4.assumed_sm_count)."""
+    if target is None:
+        target = device_target(p.out.device)
+        sm_count = sm_count or device_sm_count(p.out.device)
+    key = (target, sm_count, p.fmt, p.m, p.n, p.k, p.out.dtype, tactic, batch_invariant)
     found = _PLANS.get(key)
     if found is not None:
         return found
     if tactic is None:
-        tactic = BATCH_INVARIANT_TACTIC if batch_invariant else heuristic(p.m, p.n, p.k, p.fmt, target)[0]
+        tactic = BATCH_INVARIANT_TACTIC if batch_invariant else heuristic(p.m, p.n, p.k, p.fmt, target, sm_count)[0]
     module = load_module(FAMILY.spec(target, p.fmt, tactic, p.out.dtype))
     found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)), not target.emulated,
                  getattr(module, "run", None))

@@ -54,17 +54,6 @@ DECODE_MAX_TOKENS = 32
 DECODE_MAX_LOGITS = 8192
 DECODE_PAIRS_WITHOUT_DEVICE = 128  # one wave where no device is given (plans for tests and models): the H200's line
 PLAN_SCATTER_CTAS_PER_SM = 1
-_SM_COUNTS: dict[int | None, int] = {}
-
-
-def sm_count_of(device: torch.device) -> int:
-    """The number of SMs of a CUDA device (cached per device)."""
-    index = device.index
-    count = _SM_COUNTS.get(index)
-    if count is None:
-        props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
-        count = _SM_COUNTS[index] = props.multi_processor_count
-    return count
 
 
 @dataclass(frozen=True)
@@ -103,7 +92,8 @@ def fused_plan_scatter_serves(num_tokens: int, top_k: int, num_experts: int, sm_
     num_tokens, top_k, num_experts : int
         T, k, E.
     sm_count : int, optional
-        The GPU's SM count (`sm_count_of`): plan_scatter's T*k CTAs must fit in one wave. None: 128 (an H200's line).
+        The GPU's SM count (`jit.arch.device_sm_count`): plan_scatter's T*k CTAs must fit in one wave. None: 128
+        (an H200's line).
 
     Returns
     -------
@@ -137,7 +127,7 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_format: str, ta
     target : Target or None
         The device's build target (None: the emulation menu).
     sm_count : int, optional
-        The device's SM count (`sm_count_of`), for `fused_plan_scatter_serves`.
+        The device's SM count (`jit.arch.device_sm_count`), for `fused_plan_scatter_serves`.
 
     Returns
     -------

@@ -113,6 +113,37 @@ def test_heuristic_orders_every_tactic_once() -> None:
     assert not heuristic(4, 2880, 4096)[0].swap_ab  # decode on a narrow layer: too few CTAs when swapped
 
 
+def test_heuristic_counts_waves_in_the_gpus_sms() -> None:
+    """The same reasoning on a DGX Spark's 48 SMs as on an RTX 5090's 170: a layer of 40 column tiles fills the
+    first, not the second; without a device, sm_121a assumes 48 SMs and every other target 170."""
+    spark = parse_target("sm_121a")
+    for fmt in FORMATS:
+        for m, n in ((1, 2880), (4, 5120), (64, 5760), (128, 2880), (300, 4096), (8192, 57344)):
+            assert heuristic(m, n, 4096, fmt) == heuristic(m, n, 4096, fmt, None, 170)
+            assert heuristic(m, n, 4096, fmt, spark) == heuristic(m, n, 4096, fmt, spark, 48)
+    assert heuristic(4, 5120, 4096, "mxfp4", spark, 48)[0].swap_ab  # 40 CTAs: most of 48 SMs
+    assert not heuristic(4, 5120, 4096, "mxfp4", spark, 170)[0].swap_ab  # 40 of 170: too few, not swapped
+    # 64 < m <= 128: the 64-row tile while its 2 * 23 CTAs fit one wave
+    assert heuristic(100, 2880, 4096, "mxfp4", spark, 48)[0].tile_m == 64
+    assert heuristic(100, 2880, 4096, "mxfp4", spark, 40)[0].tile_m == 128
+
+
+def test_plan_uses_the_sm_count_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashinfer_sm12x.ops import mm_fp4 as op
+
+    class FakeModule:
+        def workspace_bytes(self, m: int, n: int, k: int) -> int:
+            return 0
+
+    monkeypatch.setattr(op, "load_module", lambda spec: FakeModule())
+    monkeypatch.setattr(op, "_PLANS", {})
+    spark = parse_target("sm_121a")
+    p = op.Problem("mxfp4", 4, 5120, 4096, *(torch.empty(0),) * 4, None, torch.empty(4, 5120, dtype=torch.bfloat16))
+    assert op.plan(p, target=spark).tactic == heuristic(4, 5120, 4096, "mxfp4", spark, 48)[0]
+    assert op.plan(p, target=spark, sm_count=170).tactic == heuristic(4, 5120, 4096, "mxfp4", spark, 170)[0]
+    assert op.plan(p, target=spark).tactic != op.plan(p, target=spark, sm_count=170).tactic
+
+
 def test_proven_menus() -> None:
     from flashinfer_sm12x.jit.arch import parse_target
     from flashinfer_sm12x.kernels.mm_fp4 import CANDIDATES, PROVEN
