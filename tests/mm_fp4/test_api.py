@@ -128,7 +128,9 @@ def test_heuristic_counts_waves_in_the_gpus_sms() -> None:
     assert heuristic(100, 2880, 4096, "mxfp4", spark, 40)[0].tile_m == 128
 
 
-def test_plan_uses_the_sm_count_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def planner(monkeypatch: pytest.MonkeyPatch):
+    """ops.mm_fp4 with an empty plan cache and a stand-in module loader (plans without building anything)."""
     from flashinfer_sm12x.ops import mm_fp4 as op
 
     class FakeModule:
@@ -137,6 +139,11 @@ def test_plan_uses_the_sm_count_it_is_given(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(op, "load_module", lambda spec: FakeModule())
     monkeypatch.setattr(op, "_PLANS", {})
+    return op
+
+
+def test_plan_uses_the_sm_count_it_is_given(planner) -> None:
+    op = planner
     spark = parse_target("sm_121a")
     p = op.Problem("mxfp4", 4, 5120, 4096, *(torch.empty(0),) * 4, None, torch.empty(4, 5120, dtype=torch.bfloat16))
     assert op.plan(p, target=spark).tactic == heuristic(4, 5120, 4096, "mxfp4", spark, 48)[0]
@@ -171,18 +178,11 @@ def test_flashinfer_style_support_queries() -> None:
     assert mm_fp4.is_compute_capability_supported(121) and not mm_fp4.is_compute_capability_supported(89)
 
 
-def test_batch_invariant_pins_one_tactic_for_every_m(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_invariant_pins_one_tactic_for_every_m(planner) -> None:
     """The plan under batch_invariant=True is BATCH_INVARIANT_TACTIC whatever M (no stream-K, no swap)."""
-    from flashinfer_sm12x.jit.arch import parse_target
     from flashinfer_sm12x.kernels.mm_fp4 import BATCH_INVARIANT_TACTIC
-    from flashinfer_sm12x.ops import mm_fp4 as op
 
-    class FakeModule:
-        def workspace_bytes(self, m: int, n: int, k: int) -> int:
-            return 0
-
-    monkeypatch.setattr(op, "load_module", lambda spec: FakeModule())
-    monkeypatch.setattr(op, "_PLANS", {})
+    op = planner
     assert BATCH_INVARIANT_TACTIC.schedule != "streamk" and not BATCH_INVARIANT_TACTIC.swap_ab
     for target in ("sm_120a", "sm_121a", "sm_90a"):
         assert all(BATCH_INVARIANT_TACTIC in FAMILY.shipped(f, parse_target(target)) for f in ("mxfp4", "nvfp4"))
