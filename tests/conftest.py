@@ -45,6 +45,13 @@ def _fresh_device_targets() -> None:
 
 
 @pytest.fixture
+def emulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLASHINFER_SM12X_EMULATE=1 for one test: on an SM90 GPU the SM12x templates build for sm_90a with the emulated
+    MMA atom (the GPU-less case is skipped by the markers above)."""
+    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+
+
+@pytest.fixture
 def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh private JIT cache for one test."""
     root = tmp_path / "jit-cache"

@@ -17,12 +17,7 @@ from flashinfer_sm12x.testing.workloads import prebuild_for_tests
 
 W4A8_TACTICS = FAMILY.shipped("mxfp8_mxfp4", parse_target("sm_90a"))
 
-pytestmark = pytest.mark.emulation
-
-
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+pytestmark = [pytest.mark.emulation, pytest.mark.usefixtures("emulate")]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,12 +23,7 @@ FUSED = {fmt: tuple(t for t in FAMILY.shipped(fmt, _SM90) if FAMILY.serves("swig
 _ACT = {"mxfp4": "mxfp4", "mxfp8_mxfp4": "mxfp8"}
 _K = {"mxfp4": 2880, "mxfp8_mxfp4": 2944}  # W4A8's unpacked-e2m1 TMA box needs K % 128
 
-pytestmark = pytest.mark.emulation
-
-
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+pytestmark = [pytest.mark.emulation, pytest.mark.usefixtures("emulate")]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,12 +16,7 @@ from flashinfer_sm12x.kernels.mm_fp4 import CANDIDATES, FAMILY
 from flashinfer_sm12x.testing.gemm_reference import mm_mxfp8_mxfp4_reference
 from flashinfer_sm12x.testing.mm_fp4_cases import SHAPES, make_operands, prebuild, run_and_check, selected_cases
 
-pytestmark = pytest.mark.emulation
-
-
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+pytestmark = [pytest.mark.emulation, pytest.mark.usefixtures("emulate")]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,15 +14,10 @@ from flashinfer_sm12x.ops import mm_fp4 as op
 from flashinfer_sm12x.testing.gemm_reference import mm_fp4_reference
 from flashinfer_sm12x.testing.mm_fp4_cases import TOLERANCE, make_operands, prebuild
 
-pytestmark = pytest.mark.emulation
+pytestmark = [pytest.mark.emulation, pytest.mark.usefixtures("emulate")]
 
 DECODE = Tactic("pingpong", 128, 32, 128)  # the heuristic's pick for decode on a narrow layer
 STREAM_K = Tactic("streamk", 128, 128, 128)  # the one tactic with a workspace (stream-K reduction flags)
-
-
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
 
 
 @pytest.fixture(scope="module", autouse=True)

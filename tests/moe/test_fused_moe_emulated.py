@@ -16,10 +16,7 @@ from flashinfer_sm12x.testing.moe_cases import (
     run_fused_case,
 )
 
-pytestmark = pytest.mark.emulation
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
+pytestmark = [pytest.mark.emulation, pytest.mark.usefixtures("emulate")]
 
 
 @pytest.mark.parametrize(("num_e", "num_t"), [(32, 1), (32, 3), (32, 64), (32, 1000), (32, 8192), (128, 1), (128, 3),

@@ -24,15 +24,10 @@ from flashinfer_sm12x.testing.moe_cases import (
     weights,
 )
 
-pytestmark = pytest.mark.emulation
+pytestmark = [pytest.mark.emulation, pytest.mark.usefixtures("emulate")]
 # Kernels vs torch pipeline: they differ only where the activation's exp rounds differently (a re-quantized code
 # flips) and in the routing weights' last bit.
 KERNELS_VS_TORCH = 2e-3
-
-
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
 
 
 @pytest.mark.parametrize(("num_e", "num_t"), [(32, 1), (32, 3), (32, 64), (32, 1000), (32, 8192), (128, 1), (128, 3),

@@ -29,15 +29,9 @@ from flashinfer_sm12x.ops.moe_glue import (
     workspace_part,
 )
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("emulate")]
 GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}
 
-
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
 
 
 def _setup(num_t: int, num_e: int, k: int, act: str, hp: int, ip: int, tactic=None) -> tuple[RowPlan, GlueViews]:

@@ -29,16 +29,10 @@ from flashinfer_sm12x.ops.moe_glue import (
     workspace_part,
 )
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("emulate")]
 K = 4
 STALE = 0xAB  # what the data buffers hold before a run: padding rows must keep it
 
-
-@pytest.fixture(autouse=True)
-def _emulate(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
 
 
 def _setup(num_t: int, num_e: int, act: str, hp: int, tile: int = 0, k: int = K) -> tuple[RowPlan, GlueViews]:
