@@ -34,11 +34,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import plot_panels, time_ms  # noqa: E402
-from flashinfer_sm12x.jit.arch import device_sm_count  # noqa: E402
+from flashinfer_sm12x.jit.arch import device_facts  # noqa: E402
 from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS  # noqa: E402
 from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
+from flashinfer_sm12x.moe.pipeline import glue_views, row_plan  # noqa: E402
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
-from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, row_plan, target_of  # noqa: E402
+from flashinfer_sm12x.ops.moe_glue import glue_module  # noqa: E402
 from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights  # noqa: E402
 from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
 
@@ -78,7 +79,7 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, per_graph: int
     launches = kernel_launches(forward)
     torch_launches = kernel_launches(lambda: forward("reference"))
     host = host_us_per_call(forward)
-    plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target, device_sm_count(dev))
+    plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target, device_facts(dev).sm_count)
     v = glue_views(dev, plan, hp, ip, "mxfp4")
     tm, pairs = plan.tactic.tile_m, num_t * TOP_K
     out = hidden.new_empty(num_t, H)
@@ -147,7 +148,7 @@ def main() -> None:
     tokens = [int(t) for t in args.tokens.split(",")]
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name()
-    target = target_of(dev)
+    target = device_facts(dev).target
     print(f"device: {name} (CC {torch.cuda.get_device_capability()}), glue build {target.name}")
     print(f"shapes: E = {NUM_E}, top-{TOP_K}, H = I = {H} (padded 2944), W4A4, hidden bf16, T in {tokens}")
     raw = {k: v.cuda() for k, v in make_weights(NUM_E, H, H).items()}

@@ -42,9 +42,9 @@ from flashinfer_sm12x.errors import Sm12xError  # noqa: E402
 from flashinfer_sm12x.jit.arch import Target  # noqa: E402
 from flashinfer_sm12x.jit.module import ModuleSpec  # noqa: E402
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED  # noqa: E402
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import heuristic  # noqa: E402
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import gemm_format  # noqa: E402
 from flashinfer_sm12x.kernels.moe_glue import moe_glue_spec  # noqa: E402
-from flashinfer_sm12x.registry import GEMM_FORMAT_OF_ACT  # noqa: E402
+from flashinfer_sm12x.moe.pipeline import row_plan  # noqa: E402
 from flashinfer_sm12x.testing.moe_accuracy import ACTS, AccuracyRow, format_table, measure, write_csv  # noqa: E402
 from flashinfer_sm12x.testing.workloads import build_modules, unique_specs, workload_target  # noqa: E402
 
@@ -59,8 +59,8 @@ def modules(target: Target, num_e: int, tokens: list[int]) -> list[ModuleSpec]:
     heuristic picks for T * k rows and the glue module."""
     specs = []
     for act in ACTS:
-        fmt = GEMM_FORMAT_OF_ACT[act]
-        specs += [GROUPED.spec(target, fmt, heuristic(t * TOP_K, num_e, fmt, target)[0], torch.bfloat16)
+        fmt = gemm_format(act)
+        specs += [GROUPED.spec(target, fmt, row_plan(t, TOP_K, num_e, fmt, None, target).tactic, torch.bfloat16)
                   for t in tokens]
         specs.append(moe_glue_spec(target, act))
     return unique_specs(specs)

@@ -14,7 +14,8 @@ from functools import partial
 
 from .errors import ConfigError, Sm12xError
 from .jit.arch import Target, parse_target
-from .registry import ACTIVATIONS, DEFAULT_MAX_NUM_TOKENS, MODELS, PREBUILD
+from .kernels.grouped_mm_fp4 import ACTIVATIONS
+from .registry import DEFAULT_MAX_NUM_TOKENS, MODELS, PREBUILD
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -129,7 +129,7 @@ def _target(report: Report, cc: tuple[int, int] | None) -> None:
     try:
         # parse_target explains a corrected suffix on stderr; the report already says it once.
         with contextlib.redirect_stderr(io.StringIO()):
-            target = arch.target_for_device(cc)
+            target = arch.target_for_capability(cc)
         report.fact("kernel target", f"{target.name}{' (emulated MMA: correctness only)' if target.emulated else ''}")
     except Sm12xError as exc:
         report.problems.append(str(exc))  # e.g. SM120-only binaries requested on a 12.1 GPU

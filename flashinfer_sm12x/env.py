@@ -19,6 +19,9 @@ ARCH = "FLASHINFER_SM12X_ARCH"
 CUDA_ARCH_LIST = "FLASHINFER_CUDA_ARCH_LIST"
 MAX_JOBS = "MAX_JOBS"
 QUIET = "FLASHINFER_SM12X_QUIET"
+# Diagnosis only: "1" lets our bindings release the GIL during a call, as tvm_ffi does by default (see
+# jit/module.HostSerialModule for why they do not).
+RELEASE_GIL = "FLASHINFER_SM12X_RELEASE_GIL"
 
 PATH_VARIABLES = (CACHE_DIR, CUTLASS_DIR, NVCC)
 
@@ -58,3 +61,8 @@ def max_jobs() -> int:
 
 def quiet() -> bool:
     return os.environ.get(QUIET, "") not in ("", "0")
+
+
+def release_gil() -> bool:
+    """Whether our bindings release the GIL during calls (FLASHINFER_SM12X_RELEASE_GIL=1; diagnosis only)."""
+    return os.environ.get(RELEASE_GIL, "") not in ("", "0")

@@ -28,13 +28,12 @@ from flashinfer_sm12x.errors import Sm12xError
 from flashinfer_sm12x.jit.arch import Target
 from flashinfer_sm12x.jit.module import ModuleSpec
 from flashinfer_sm12x.kernels.family import Tactic
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import ACTIVATIONS, CANDIDATES, gemm_format
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED
 from flashinfer_sm12x.kernels.moe_glue import moe_glue_spec
 from flashinfer_sm12x.kernels.quantize import quantize_spec
 from flashinfer_sm12x.testing.workloads import build_modules, unique_specs, workload_target
 
-GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}
 H, INTER = 320, 192  # padded to 384 and 256 inside (128 multiples)
 TOL = 0.02  # relative L2 against the float64 reference with the same activation quantization
 
@@ -42,7 +41,8 @@ TOL = 0.02  # relative L2 against the float64 reference with the same activation
 def glue_workload() -> None:
     """Every glue kernel on its own (racecheck is slow: no GEMMs)."""
     from flashinfer_sm12x.formats.quantize import mxfp8_quantize
-    from flashinfer_sm12x.ops.moe_glue import glue_module, glue_views, plan_and_scatter, row_plan
+    from flashinfer_sm12x.moe.pipeline import glue_views, plan_and_scatter, row_plan
+    from flashinfer_sm12x.ops.moe_glue import glue_module
     from flashinfer_sm12x.testing.moe_cases import make_inputs
 
     dev = torch.device("cuda")
@@ -175,7 +175,7 @@ def modules(target: Target, act: str, glue_only: bool) -> list[ModuleSpec]:
     specs = [moe_glue_spec(target, "mxfp4"), moe_glue_spec(target, "mxfp8")] if act == "mxfp4" else []
     if glue_only:
         return specs
-    fmt = GEMM_FORMAT[act]
+    fmt = gemm_format(act)
     tactics = CANDIDATES if act == "mxfp4" else GROUPED.shipped(fmt, target)
     specs += [GROUPED.spec(target, fmt, tactic, torch.bfloat16) for tactic in tactics]
     # the glue kernels of fused_moe's kernels path; the quantizer of its torch pipeline (impl="reference")
@@ -185,7 +185,7 @@ def modules(target: Target, act: str, glue_only: bool) -> list[ModuleSpec]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--act", choices=tuple(GEMM_FORMAT), default="mxfp4",
+    parser.add_argument("--act", choices=ACTIVATIONS, default="mxfp4",
                         help="mxfp4: W4A4 and the glue kernels (default); mxfp8: the W4A8 GEMMs and MoE")
     parser.add_argument("--glue-only", action="store_true", help="only the glue kernels (with --act mxfp4)")
     parser.add_argument("--arch", default=None, help="target (default: this GPU's)")

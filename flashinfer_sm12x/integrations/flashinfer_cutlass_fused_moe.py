@@ -33,22 +33,9 @@ from typing import Any
 import torch
 
 from ..checks import check_tensor
-from ..formats import SfLayout, swizzle_sf, unswizzle_sf
-from ..jit.arch import device_sm_count
-from ..moe.fused_moe import plan_expert_rows, run_experts
-from ..moe.routing import finalize
-from ..moe.weights import PreparedMoEWeights
-from ..ops.moe_glue import (
-    LAYOUT_CODE,
-    ExpertParams,
-    glue_module,
-    glue_views,
-    kernels_support,
-    plan_and_scatter,
-    row_plan,
-    run_pipeline,
-    target_of,
-)
+from ..jit.arch import device_facts
+from ..moe.pipeline import Experts, Routing, Tokens, run_moe
+from ..ops.moe_glue import kernels_support
 
 
 class _Unset:
@@ -64,8 +51,8 @@ NVFP4_4OVER6_UNSET = _Unset()
 NEWER_KEYWORDS = ("nvfp4_4over6",)
 # Defaults that differ between tested releases (0.7.2.post1, 0.7.4); these options have no effect here.
 RELEASE_DEFAULTS = {"use_fused_finalize": (True, None)}
-# On CUDA (E <= 512, k <= 16) the glue kernels run (ops/moe_glue.py); False selects the device-side torch
-# pipeline, the oracle the kernels are tested against.
+# On CUDA (E <= 512, k <= 16) the MoE pipeline's kernels run (moe/pipeline.py); False selects its device-side torch
+# implementation, the oracle the kernels are tested against.
 USE_KERNELS = True
 _SWIGLU, _SWIGLU_BIAS = 3, 5  # flashinfer.tllm_enums.ActivationType values (IntEnum; compared by value)
 _FN = "cutlass_fused_moe"
@@ -256,49 +243,15 @@ def cutlass_fused_moe(
 
     if num_t == 0:
         return output if output is not None else x.new_zeros((0, hp), dtype=output_dtype)
-    # Global expert ids -> this rank's; other ranks' experts get weight 0 (computed against a local expert,
-    # never read back with a nonzero weight). Ids are checked on the host unless a CUDA graph is being captured
-    # (a check needs a sync); then out-of-range ids are clamped on the device.
+    # Ids are checked against the global range on the host unless a CUDA graph is being captured (a check needs a
+    # sync); then out-of-range ids are clamped on the device. Other ranks' experts contribute nothing.
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     if not capturing and ids.numel() and bool(((ids < 0) | (ids >= num_e * ep_size)).any()):
         raise ValueError(f"{_FN}: token_selected_experts holds ids outside [0, {num_e * ep_size})")
-    if USE_KERNELS and x.is_cuda and kernels_support(num_e, k):
-        # The glue kernels: the plan remaps global ids (other ranks' experts: weight 0, clamped) and the scatter
-        # copies the pre-quantized rows and scales (one kernel at decode sizes); five or six launches in all.
-        plan = row_plan(num_t, k, num_e, "mxfp8_mxfp4", None, target_of(x.device), device_sm_count(x.device))
-        module = glue_module(x.device, "mxfp8")
-        views = glue_views(x.device, plan, hp, ip, "mxfp8")
-        plan_and_scatter(module, plan, views, (ids, scales), x.view(torch.uint8), hp, input_sf=in_sf,
-                         swizzled_input_sf=bool(swizzled_input_sf), id_base=ep_rank * num_e,
-                         id_limit=num_e * ep_size, zero_foreign=ep_size > 1)
-        params = ExpertParams(fc1, sf1.view(torch.uint8), b1, fc2, sf2.view(torch.uint8), b2, LAYOUT_CODE["up_first"],
-                              True, alpha if alpha is not None else 1.0, beta if beta is not None else 0.0, limit,
-                              g1, g2)
-        result = output if output is not None else torch.empty(num_t, hp, dtype=output_dtype, device=x.device)
-        return run_pipeline(plan, views, module, params, result)
-    local = ids.long() - ep_rank * num_e
-    mine = (local >= 0) & (local < num_e)
-    local_ids = local.clamp(0, num_e - 1).to(torch.int32)
-    weights = torch.where(mine, scales.float(), torch.zeros((), device=scales.device)) if ep_size > 1 else scales
-
-    w = PreparedMoEWeights(
-        w13=fc1, w13_sf=sf1.view(torch.uint8), w13_bias=b1, w2=fc2, w2_sf=sf2.view(torch.uint8), w2_bias=b2,
-        w13_sf_offsets=torch.empty(0), w2_sf_offsets=torch.empty(0), num_experts=num_e, hidden_size=hp,
-        intermediate_size=ip, hidden_size_padded=hp, intermediate_size_padded=ip, interleaved=False, up_first=True,
-        act="mxfp8", pad_to=128)
-    r = plan_expert_rows(local_ids.contiguous(), num_e, "mxfp8_mxfp4", None, x.device, validate_ids=False)
-    # Gather the quantized rows (bytes) and their scale rows into the padded expert-contiguous layout.
-    sf_rows = unswizzle_sf(in_sf, num_t, hp // 32, SfLayout.layout_128x4) if swizzled_input_sf else in_sf
-    sf_rows = sf_rows.reshape(num_t, hp // 32)
-    tok = r.token_of_row.long()
-    xq = torch.zeros(r.bound, hp, dtype=torch.uint8, device=x.device)
-    xq[r.dest] = x.view(torch.uint8).index_select(0, tok)
-    xsf = torch.zeros(r.bound, hp // 32, dtype=torch.uint8, device=x.device)
-    xsf[r.dest] = sf_rows.index_select(0, tok)
-    y = run_experts(xq.view(torch.float8_e4m3fn), swizzle_sf(xsf, SfLayout.layout_128x4), r, w, "swiglu_oai",
-                 alpha if alpha is not None else 1.0, beta if beta is not None else 0.0, limit, g1, g2)
-    result = finalize(y.index_select(0, r.dest), r.inverse, weights.float())
-    if output is None:
-        return result.to(output_dtype)
-    output.copy_(result)
-    return output
+    impl = "kernels" if USE_KERNELS and x.is_cuda and kernels_support(num_e, k) else "reference"
+    experts = Experts("mxfp8", fc1, sf1.view(torch.uint8), b1, fc2, sf2.view(torch.uint8), b2, "up_first", True,
+                      alpha if alpha is not None else 1.0, beta if beta is not None else 0.0, limit, g1, g2)
+    routing = Routing(None, ids, scales, k, ep_rank * num_e, num_e * ep_size, validate_ids=False)
+    result = output if output is not None else torch.empty(num_t, hp, dtype=output_dtype, device=x.device)
+    return run_moe(Tokens(x.view(torch.uint8), in_sf, bool(swizzled_input_sf)), routing, experts, result,
+                   device=device_facts(x.device) if impl == "kernels" else None, impl=impl)

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from ..errors import ArchError
-from ..jit.arch import device_sm_count, device_target
+from ..jit.arch import DeviceFacts, device_facts
+from ..kernels.family import Tactic
 from ..kernels.mm_fp4 import heuristic
 from ..ops import mm_fp4 as op
 from ..ops.mm_fp4 import OURS
@@ -50,16 +51,27 @@ class MmFp4Runner(_runner_base()):  # type: ignore[misc]
     def __init__(self, enable_pdl: bool = True) -> None:
         self.enable_pdl = enable_pdl
 
-    def get_valid_tactics(self, inputs: list[Any], profile: Any = None) -> list[int]:
+    @staticmethod
+    def tactics(inputs: list[Any]) -> tuple[Tactic, ...]:
+        """Our tactics for these inputs in the heuristic's order on their device: the list the tuner indexes, in
+        `get_valid_tactics` and `forward` alike (a DGX Spark's sm_121a menu differs from sm_120a's)."""
         a, b = inputs[0], inputs[1]
-        fmt = "nvfp4" if inputs[8] else "mxfp4"
-        return list(range(len(heuristic(a.shape[0], b.shape[1], a.shape[1] * 2, fmt))))
+        facts = _facts(a)
+        return heuristic(a.shape[0], b.shape[1], a.shape[1] * 2, "nvfp4" if inputs[8] else "mxfp4",
+                         facts.target if facts else None, facts.sm_count if facts else None)
+
+    def get_valid_tactics(self, inputs: list[Any], profile: Any = None) -> list[int]:
+        return list(range(len(self.tactics(inputs))))
 
     def forward(self, inputs: list[Any], tactic: int = -1, do_preparation: bool = False, **kwargs: Any) -> Any:
         a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_nvfp4 = inputs[:9]
         p = op.validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, False, use_nvfp4)
-        order = heuristic(p.m, p.n, p.k, p.fmt, device_target(p.out.device), device_sm_count(p.out.device))
-        return op.run_tactic(p, order[max(tactic, 0)], kwargs.get("enable_pdl", self.enable_pdl))
+        return op.run_tactic(p, self.tactics(inputs)[max(tactic, 0)], kwargs.get("enable_pdl", self.enable_pdl))
+
+
+def _facts(a: Any) -> DeviceFacts | None:
+    """The device facts of a CUDA operand; None for others (their call fails validation before any launch)."""
+    return device_facts(a.device) if isinstance(a, torch.Tensor) and a.is_cuda else None
 
 
 @dataclass
@@ -212,7 +224,8 @@ def mm_fp4(
                        enable_pdl=enable_pdl)
         return _delegate(a, b, a_descale, b_descale, options, batch_invariant, skip_check)
     p = op.validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout, use_nvfp4)
-    target = device_target(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
+    facts = device_facts(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
+    target = facts.target
     if backend == "auto" and not batch_invariant:
         if target.emulated:
             raise ArchError("backend='auto' never picks the emulated SM90 path; ask for backend='cutlass_sm12x'")
@@ -222,7 +235,7 @@ def mm_fp4(
                     use_nvfp4)
             choose_and_run(args, cc, MmFp4Runner(enable_pdl), enable_pdl)
             return p.out
-    return op.run(p, op.plan(p, batch_invariant=batch_invariant, target=target), enable_pdl)
+    return op.run(p, op.plan(p, batch_invariant=batch_invariant, target=target, sm_count=facts.sm_count), enable_pdl)
 
 
 def is_backend_supported(backend: str, cc: int | None = None) -> bool:

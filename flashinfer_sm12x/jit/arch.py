@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 
 from .. import env
@@ -113,7 +114,7 @@ def requested_targets() -> list[Target] | None:
     return None
 
 
-def target_for_device(cc: tuple[int, int]) -> Target:
+def target_for_capability(cc: tuple[int, int]) -> Target:
     """The target whose code runs on a GPU of compute capability `cc` (honouring the env overrides)."""
     requested = requested_targets()
     if requested is not None:
@@ -166,39 +167,48 @@ def _say(message: str) -> None:
         print(f"[flashinfer_sm12x] {message}", file=sys.stderr)
 
 
-_DEVICE_TARGETS: dict[int | None, Target] = {}
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the ops need to know of a CUDA device: the build target whose code runs on it and its SM count (the
+    heuristics' wave size: from a DGX Spark's 48 to an RTX PRO 6000's 188 on SM12x)."""
+
+    index: int
+    target: Target
+    sm_count: int
 
 
-def device_target(device: object) -> Target:
-    """target_for_device for a torch CUDA device, cached per device: the hot path of every op asks this on each
-    call. The environment variables that choose the target are read on a device's first call; after changing them
-    in a running process, call `clear_device_targets()`."""
-    index = getattr(device, "index", None)
-    target = _DEVICE_TARGETS.get(index)
-    if target is None:
+_DEVICE_FACTS: dict[int, DeviceFacts] = {}
+_DEVICE_FACTS_LOCK = threading.Lock()
+
+
+def device_index(device: object) -> int:
+    """The CUDA device index of a torch device (or index); "cuda" without one means the current device."""
+    index = device if isinstance(device, int) else getattr(device, "index", None)
+    if index is None:
         import torch
 
-        cc = torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())
-        target = _DEVICE_TARGETS[index] = target_for_device(cc)
-    return target
+        index = torch.cuda.current_device()
+    return int(index)
 
 
-_DEVICE_SM_COUNTS: dict[int | None, int] = {}
-
-
-def device_sm_count(device: object) -> int:
-    """The number of SMs of a torch CUDA device, cached per device (the heuristics' wave sizes: from a DGX Spark's 48
-    to an RTX PRO 6000's 188 on SM12x)."""
-    index = getattr(device, "index", None)
-    count = _DEVICE_SM_COUNTS.get(index)
-    if count is None:
+def device_facts(device: object) -> DeviceFacts:
+    """The target and SM count of a torch CUDA device: the one lookup of both, cached per device index. Public entry
+    points call it once per call and hand the result down. Raises ArchError (with the fix) on a GPU without kernels.
+    The environment variables that choose the target are read on a device's first call; after changing them in a
+    running process, call `clear_device_targets()`."""
+    index = device_index(device)
+    facts = _DEVICE_FACTS.get(index)
+    if facts is None:
         import torch
 
-        props = torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device())
-        count = _DEVICE_SM_COUNTS[index] = int(props.multi_processor_count)
-    return count
+        props = torch.cuda.get_device_properties(index)
+        facts = DeviceFacts(index, target_for_capability((props.major, props.minor)), int(props.multi_processor_count))
+        with _DEVICE_FACTS_LOCK:
+            facts = _DEVICE_FACTS.setdefault(index, facts)
+    return facts
 
 
 def clear_device_targets() -> None:
-    """Forget the cached per-device targets (after changing FLASHINFER_SM12X_ARCH / _EMULATE in a process)."""
-    _DEVICE_TARGETS.clear()
+    """Forget the cached device facts (after changing FLASHINFER_SM12X_ARCH / _EMULATE in a process)."""
+    with _DEVICE_FACTS_LOCK:
+        _DEVICE_FACTS.clear()

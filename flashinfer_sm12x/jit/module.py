@@ -137,8 +137,29 @@ def build_module(spec: ModuleSpec, root: Path | None = None) -> Path:
     return artifact
 
 
+class HostSerialModule:
+    """A loaded module whose functions keep the Python GIL while they run.
+
+    tvm_ffi releases the GIL during a call by default. Our bindings' host work is a few microseconds of argument
+    checks, CUTLASS argument building, TMA descriptor encoding and a launch; run from several Python threads at once,
+    that host path crashed the CUDA context (mm_fp4 from 8 threads on one stream: "illegal instruction"). Holding the
+    GIL serialises it at no cost to a single caller, and every launch stays asynchronous. Functions are looked up
+    once per name (tvm_ffi caches them on the module), so the setting sticks."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        function = getattr(self._module, name)
+        if hasattr(function, "release_gil") and not env.release_gil():
+            function.release_gil = False
+        setattr(self, name, function)  # later lookups skip __getattr__
+        return function
+
+
 def load_module(spec: ModuleSpec, root: Path | None = None) -> Any:
-    """Build if needed, verify, then load with tvm_ffi (as FlashInfer loads its JIT modules)."""
+    """Build if needed, verify, then load with tvm_ffi (as FlashInfer loads its JIT modules); the functions keep the
+    GIL while they run (HostSerialModule)."""
     name = spec.name
     with _loaded_lock:
         if name in _loaded:
@@ -146,11 +167,10 @@ def load_module(spec: ModuleSpec, root: Path | None = None) -> Any:
     artifact = build_module(spec, root)
     import tvm_ffi
 
-    module = tvm_ffi.load_module(str(artifact))
+    module = HostSerialModule(tvm_ffi.load_module(str(artifact)))
     cache.touch_last_used(artifact.parent)
     with _loaded_lock:
-        _loaded[name] = module
-    return module
+        return _loaded.setdefault(name, module)
 
 
 def _discard(module_dir: Path) -> None:

@@ -9,18 +9,50 @@ tactics the compile sweep tries and, per target, the tactics whose compile proof
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import torch
 
 from ..errors import ArchError
 from ..jit.arch import Target
-from ..jit.module import ModuleSpec, Source
+from ..jit.module import ModuleSpec, Source, load_module
 from ..jit.render import Menu, render
 
-OUT_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# torch is not imported here (the command line lists families without it): output dtypes are named by their torch
+# name, and torch dtypes are accepted wherever a name is.
+OUT_DTYPES = ("bfloat16", "float16")
+
+
+def out_dtype_name(dtype: Any) -> str:
+    """"bfloat16" / "float16" for torch.bfloat16 / torch.float16 or those names; ValueError for anything else."""
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be torch.bfloat16 or torch.float16, got {dtype}")
+    return name
+
+
+class ModuleCache:
+    """A family's loaded modules by a hashable key of their parameters (target first): the hot path of every op
+    looks its module up here, without rendering or hashing the module's source. Thread-safe; a miss builds or loads
+    outside the lock (jit.module serialises builds of one module)."""
+
+    def __init__(self) -> None:
+        self._modules: dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, spec: Callable[[], ModuleSpec]) -> Any:
+        """The module under `key`, loaded from `spec()` on first use."""
+        module = self._modules.get(key)
+        if module is None:
+            loaded = load_module(spec())
+            with self._lock:
+                module = self._modules.setdefault(key, loaded)
+        return module
+
+    def clear(self) -> None:
+        with self._lock:
+            self._modules.clear()
 # The SASS instruction a GEMM's compile proof must find: the native block-scaled MMA, or the emulation's MMA (bf16
 # on decoded e2m1 for W4A4/NVFP4; f16 for W4A8, whose e4m3 operand converts to f16 exactly).
 EMULATED_MMA = {"mxfp4": "HMMA.16816.F32.BF16", "nvfp4": "HMMA.16816.F32.BF16", "mxfp8_mxfp4": "HMMA.16816.F32"}
@@ -77,12 +109,15 @@ class GemmFamily:
     menu: Menu
     candidates_of: Mapping[str, tuple[Tactic, ...]]
     proven: Mapping[str, Mapping[str, tuple[Tactic, ...]]]  # target name -> format -> tactics
-    prebuild_out_dtypes: tuple[torch.dtype, ...]
+    prebuild_out_dtypes: tuple[str, ...]
     emulation_menu_of: str = "sm_120a"  # the emulated SM90 build runs this target's menu
     describe: Callable[[str, Tactic], str] | None = None
     # Epilogues beyond "store" (write D) and which tactics serve them: (epilogue, format, tactic) -> bool.
     epilogues: tuple[str, ...] = ("store",)
     epilogue_serves: Callable[[str, str, Tactic], bool] | None = None
+    # The heuristic's sort key of a tactic for a problem (see `heuristic`); None keeps the shipped order.
+    preference: Callable[..., tuple] | None = None
+    modules: ModuleCache = field(default_factory=ModuleCache, compare=False, repr=False)
 
     def candidates(self, fmt: str) -> tuple[Tactic, ...]:
         """Every tactic the compile sweep tries for `fmt`."""
@@ -105,7 +140,23 @@ class GemmFamily:
         return epilogue in self.epilogues and self.epilogue_serves is not None and \
             self.epilogue_serves(epilogue, fmt, tactic)
 
-    def spec(self, target: Target, fmt: str, tactic: Tactic, out_dtype: torch.dtype,
+    def heuristic(self, m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None = None,
+                  sm_count: int | None = None, *, groups: int = 1) -> tuple[Tactic, ...]:
+        """The format's shipped tactics for `target` in preference order for an m x n x k problem (the grouped GEMM:
+        m routed rows over `groups` experts). Waves are counted in `sm_count` SMs (default: `assumed_sm_count`).
+        Reasoned, not measured on SM12x: FlashInfer's autotuner decides for real where it is asked."""
+        shipped = self.shipped(fmt, target)
+        if self.preference is None:
+            return shipped
+        sms = sm_count if sm_count is not None else assumed_sm_count(target)
+        return tuple(sorted(shipped, key=lambda t: self.preference(t, fmt, m, n, k, groups, sms)))
+
+    def load(self, target: Target, fmt: str, tactic: Tactic, out_dtype: Any, epilogue: str = "store") -> Any:
+        """The loaded module of `spec(...)` (built on first use), cached per parameters."""
+        key = (target, fmt, tactic, out_dtype_name(out_dtype), epilogue)
+        return self.modules.get(key, lambda: self.spec(target, fmt, tactic, out_dtype, epilogue))
+
+    def spec(self, target: Target, fmt: str, tactic: Tactic, out_dtype: Any,
              epilogue: str = "store") -> ModuleSpec:
         """The JIT module of one (format, tactic, output dtype, epilogue) on `target`; values are checked against
         the menu."""
@@ -113,7 +164,7 @@ class GemmFamily:
             raise ArchError(f"{self.name}: {fmt} has no emulated (SM90) build")
         if not self.serves(epilogue, fmt, tactic):
             raise ValueError(f"{self.name}: the {epilogue!r} epilogue does not serve {fmt} {tactic.name}")
-        out_name = OUT_DTYPE_NAMES.get(out_dtype, str(out_dtype))
+        out_name = out_dtype if isinstance(out_dtype, str) else str(out_dtype).removeprefix("torch.")
         params: dict[str, Any] = {"format": fmt, "out_dtype": out_name, "tile_m": tactic.tile_m,
                                   "tile_n": tactic.tile_n, "tile_k": tactic.tile_k, "schedule": tactic.schedule,
                                   "emulated": target.emulated, "swap_ab": tactic.swap_ab, "epilogue": epilogue}
@@ -143,14 +194,14 @@ class GemmFamily:
         return plain + fused
 
     def proof_cases(self, target: Target, *, candidates: bool = False, formats: tuple[str, ...] | None = None,
-                    out_dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> list[ProofCase]:
+                    out_dtypes: tuple[Any, ...] = ("bfloat16",)) -> list[ProofCase]:
         cases = []
         for fmt in formats or self.formats_for(target):
             if target.emulated and fmt not in self.emulated_formats:
                 continue
             for tactic in self.candidates(fmt) if candidates else self.shipped(fmt, target):
                 for out in out_dtypes:
-                    label = f"{self.name}/{fmt}/{OUT_DTYPE_NAMES[out]}/{tactic.name}"
+                    label = f"{self.name}/{fmt}/{out_dtype_name(out)}/{tactic.name}"
                     # Emulated builds are correctness vehicles: their spills are reported, not held against them.
                     cases.append(ProofCase(label, self.spec(target, fmt, tactic, out),
                                            self.required_instruction(fmt, target),
@@ -162,3 +213,14 @@ class GemmFamily:
                                                self.required_instruction(fmt, target),
                                                no_mainloop_spills=not target.emulated))
         return cases
+
+
+# The SM count a heuristic assumes when it is not given the GPU's: the one CC 12.1 part (DGX Spark's GB10) has 48;
+# SM120 parts range from 36 to 188 (RTX 5090: 170), so their callers pass the device's count (jit.arch.device_facts).
+ASSUMED_SM_COUNT = {"sm_121a": 48, "sm_121f": 48}
+DEFAULT_SM_COUNT = 170
+
+
+def assumed_sm_count(target: Target | None) -> int:
+    """The SM count a heuristic assumes for `target` without a device (48 for sm_121a, else 170)."""
+    return ASSUMED_SM_COUNT.get(target.name, DEFAULT_SM_COUNT) if target is not None else DEFAULT_SM_COUNT

@@ -11,12 +11,30 @@ with the per-tile batch choice around it.
 
 from __future__ import annotations
 
-import torch
-
-from ..jit.arch import Target
 from .family import GemmFamily, Tactic
 
 FORMATS = ("mxfp4", "mxfp8_mxfp4")
+# The MoE's format vocabulary, in one place: the activation format a MoE quantizes its GEMM inputs to ("act", as
+# fused_moe and prepare_gpt_oss_weights name it) and the grouped GEMM format that reads it.
+GEMM_FORMAT_OF_ACT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}
+ACTIVATIONS = tuple(GEMM_FORMAT_OF_ACT)
+
+
+def gemm_format(act: str) -> str:
+    """The grouped GEMM format ("mxfp4", "mxfp8_mxfp4") that reads activations quantized to `act` ("mxfp4" W4A4,
+    "mxfp8" W4A8); ValueError for anything else."""
+    fmt = GEMM_FORMAT_OF_ACT.get(act)
+    if fmt is None:
+        raise ValueError(f"the activation format must be one of {ACTIVATIONS}, got {act!r}")
+    return fmt
+
+
+def act_format(gemm_fmt: str) -> str:
+    """The inverse of `gemm_format`: the activation format a grouped GEMM format reads."""
+    for act, fmt in GEMM_FORMAT_OF_ACT.items():
+        if fmt == gemm_fmt:
+            return act
+    raise ValueError(f"the grouped GEMM format must be one of {FORMATS}, got {gemm_fmt!r}")
 EMULATED_FORMATS = ("mxfp4", "mxfp8_mxfp4")
 MENU = {
     "format": FORMATS,
@@ -57,24 +75,30 @@ PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {
     "sm_121a": {"mxfp4": (_M64, _CO128), "mxfp8_mxfp4": (_W8PP64, _W8CO128, _W8PP32)},
 }
 
-FAMILY = GemmFamily(
-    name="grouped_mm_fp4", formats=FORMATS, emulated_formats=EMULATED_FORMATS, menu=MENU,
-    candidates_of={"mxfp4": CANDIDATES, "mxfp8_mxfp4": W4A8_CANDIDATES}, proven=PROVEN,
-    prebuild_out_dtypes=(torch.bfloat16,),  # fused_moe's GEMMs write bf16
-    epilogues=EPILOGUES,
-    epilogue_serves=lambda epilogue, fmt, tactic: epilogue == "store_routed" or tactic.tile_n % 64 == 0,
-)
 
-
-def heuristic(rows: int, num_experts: int, fmt: str = "mxfp4", target: Target | None = None) -> tuple[Tactic, ...]:
-    """The shipped tactics in preference order for `rows` routed rows over `num_experts` experts.
+def preference(t: Tactic, fmt: str, m: int, n: int, k: int, groups: int, sms: int) -> tuple:
+    """The grouped heuristic's sort key (`FAMILY.heuristic`) for m routed rows over `groups` experts.
 
     W4A4: 64-row tiles while experts get few rows each (decode, small batches: less padding per expert), 128-row
     Pingpong beyond. W4A8: the 128x64 Pingpong tile (more stages than 128x128), Cooperative 128x128 once every
-    expert has several M tiles. Reasoned, not measured on SM12x."""
-    menu = FAMILY.shipped(fmt, target)
+    expert has several M tiles. Reasoned, not measured on SM12x; N, K and the SM count do not enter it yet."""
+    del n, k, sms
     if fmt == "mxfp8_mxfp4":
-        want = _W8CO128 if rows >= 512 * num_experts else _W8PP64
-        return tuple(sorted(menu, key=lambda t: t != want))
-    want_m = 64 if rows <= 64 * num_experts else 128
-    return tuple(sorted(menu, key=lambda t: (t.tile_m != want_m, t.schedule != "pingpong")))
+        want = _W8CO128 if m >= 512 * groups else _W8PP64
+        return (t != want,)
+    want_m = 64 if m <= 64 * groups else 128
+    return (t.tile_m != want_m, t.schedule != "pingpong")
+
+
+FAMILY = GemmFamily(
+    name="grouped_mm_fp4", formats=FORMATS, emulated_formats=EMULATED_FORMATS, menu=MENU,
+    candidates_of={"mxfp4": CANDIDATES, "mxfp8_mxfp4": W4A8_CANDIDATES}, proven=PROVEN,
+    prebuild_out_dtypes=("bfloat16",),  # fused_moe's GEMMs write bf16
+    epilogues=EPILOGUES,
+    epilogue_serves=lambda epilogue, fmt, tactic: epilogue == "store_routed" or tactic.tile_n % 64 == 0,
+    preference=preference,
+)
+
+
+# The family's heuristic under its own name (one signature for both GEMM families).
+heuristic = FAMILY.heuristic

@@ -8,10 +8,7 @@ D = alpha * (A * SFA)(B * SFB)^T with A [m, k] and B [n, k] both K-major, D [m, 
 
 from __future__ import annotations
 
-import torch
-
-from ..jit.arch import Target
-from .family import GemmFamily, Tactic
+from .family import GemmFamily, Tactic, assumed_sm_count
 
 FORMATS = ("mxfp4", "nvfp4", "mxfp8_mxfp4")
 # Every format has an emulated SM90 build (docs/emulation.md); W4A8's swaps its FP4 operand's smem path too.
@@ -67,12 +64,6 @@ PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {
     },
 }
 
-FAMILY = GemmFamily(
-    name="mm_fp4", formats=FORMATS, emulated_formats=EMULATED_FORMATS, menu=MENU,
-    candidates_of={fmt: tuple(t for t in CANDIDATES if applicable(fmt, t)) for fmt in FORMATS},
-    proven=PROVEN, prebuild_out_dtypes=(torch.bfloat16, torch.float16),
-)
-
 # batch_invariant=True: one tactic for every M. A row's output then comes from the same per-thread k-order of the
 # same MMA instructions whatever the number of rows and the row's position: no split-K / stream-K (a reduction
 # order that depends on the grid) and no swapped A/B (the MMA's internal summation order is undocumented, so a
@@ -81,20 +72,8 @@ FAMILY = GemmFamily(
 BATCH_INVARIANT_TACTIC = _CO128
 
 
-# The SM count the heuristic assumes when it is not given the GPU's: the one CC 12.1 part (DGX Spark's GB10) has 48;
-# SM120 parts range from 36 to 188 (RTX 5090: 170), so their callers pass the device's count (jit.arch.device_sm_count).
-ASSUMED_SM_COUNT = {"sm_121a": 48}
-DEFAULT_SM_COUNT = 170
-
-
-def assumed_sm_count(target: Target | None) -> int:
-    """The SM count `heuristic` assumes for `target` without a device (48 for sm_121a, else 170)."""
-    return ASSUMED_SM_COUNT.get(target.name, DEFAULT_SM_COUNT) if target is not None else DEFAULT_SM_COUNT
-
-
-def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None = None,
-              sm_count: int | None = None) -> tuple[Tactic, ...]:
-    """The format's shipped tactics in preference order (reasoned, not measured on SM12x: FlashInfer's autotuner,
+def preference(t: Tactic, fmt: str, m: int, n: int, k: int, groups: int, sms: int) -> tuple:
+    """The dense heuristic's sort key (`FAMILY.heuristic`; reasoned, not measured on SM12x: FlashInfer's autotuner,
     through backend="auto" inside `flashinfer.autotune()`, decides for real).
 
     Decode / small M (m <= 64) reads the whole weight once whatever the tile, so the tile should waste little
@@ -103,29 +82,35 @@ def heuristic(m: int, n: int, k: int, fmt: str = "mxfp4", target: Target | None 
     waste as swapping, with a row-major store). On a narrower layer: 128-row Pingpong with the narrowest N tile (more
     CTAs in flight), then the 64-row tile. 64 < m <= 128: the 64-row tile while its doubled CTA count still fits
     one wave, else Pingpong 128x128. Larger M: Pingpong 128x128 up to 256 rows; then Cooperative, with 256-row
-    tiles once the grid has several (4) waves; stream-K last. Waves are counted in `sm_count` SMs (default:
-    `assumed_sm_count(target)`).
+    tiles once the grid has several (4) waves; stream-K last. Waves are counted in `sms` SMs. The tile choice does
+    not depend on K today; `groups` is 1 (dense).
     """
-    del k  # the tile choice does not depend on K today
-    sms = sm_count if sm_count is not None else assumed_sm_count(target)
+    del fmt, k, groups
     tiles = -(-m // 128) * -(-n // 128)
     wide = 4 * -(-n // 128) >= 3 * sms
+    if m <= 64:
+        if wide and m <= 32:
+            rank = 0 if t.swap_ab and t.tile_n >= m else 1 if t.tile_m == 64 else 2 if t.swap_ab else 3
+        elif wide:
+            rank = 0 if t.tile_m == 64 else 1 if t.swap_ab and t.tile_n >= m else 2
+        else:
+            rank = 0 if t.tile_m == 128 and not t.swap_ab else 1 if t.tile_m == 64 else 2
+        return (rank, t.schedule != "pingpong", t.tile_n, t.tile_k)
+    if m <= 128 and 2 * -(-n // 128) <= sms:
+        return (t.tile_m != 64, t.swap_ab, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
+    if m <= 256:
+        return (t.swap_ab, t.tile_m != 128, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
+    big = tiles >= 4 * sms and m >= 1024
+    return (t.swap_ab, t.tile_m == 64, t.schedule == "streamk", t.schedule != "cooperative",
+            (t.tile_m != 256) if big else t.tile_m, abs(t.tile_n - 128), t.tile_k)
 
-    def preference(t: Tactic) -> tuple:
-        if m <= 64:
-            if wide and m <= 32:
-                rank = 0 if t.swap_ab and t.tile_n >= m else 1 if t.tile_m == 64 else 2 if t.swap_ab else 3
-            elif wide:
-                rank = 0 if t.tile_m == 64 else 1 if t.swap_ab and t.tile_n >= m else 2
-            else:
-                rank = 0 if t.tile_m == 128 and not t.swap_ab else 1 if t.tile_m == 64 else 2
-            return (rank, t.schedule != "pingpong", t.tile_n, t.tile_k)
-        if m <= 128 and 2 * -(-n // 128) <= sms:
-            return (t.tile_m != 64, t.swap_ab, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
-        if m <= 256:
-            return (t.swap_ab, t.tile_m != 128, t.schedule != "pingpong", abs(t.tile_n - 128), t.tile_k)
-        big = tiles >= 4 * sms and m >= 1024
-        return (t.swap_ab, t.tile_m == 64, t.schedule == "streamk", t.schedule != "cooperative",
-                (t.tile_m != 256) if big else t.tile_m, abs(t.tile_n - 128), t.tile_k)
 
-    return tuple(sorted(FAMILY.shipped(fmt, target), key=preference))
+FAMILY = GemmFamily(
+    name="mm_fp4", formats=FORMATS, emulated_formats=EMULATED_FORMATS, menu=MENU,
+    candidates_of={fmt: tuple(t for t in CANDIDATES if applicable(fmt, t)) for fmt in FORMATS},
+    proven=PROVEN, prebuild_out_dtypes=("bfloat16", "float16"), preference=preference,
+)
+
+# The family's heuristic under its own name (one signature for both GEMM families: m, n, k, fmt, target, sm_count).
+heuristic = FAMILY.heuristic
+__all__ = ["BATCH_INVARIANT_TACTIC", "BLOCK_SIZE", "FAMILY", "FORMATS", "assumed_sm_count", "heuristic"]

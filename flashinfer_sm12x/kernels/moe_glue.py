@@ -20,12 +20,13 @@ the compile proof requires the quantizer's conversion instruction and no spills.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..jit.arch import Target
 from ..jit.module import ModuleSpec, Source
 from ..jit.render import render
-from .family import ProofCase
+from .family import ModuleCache, ProofCase
 
 MENU = {"act_format": ("mxfp4", "mxfp8")}
 # Limits the kernels are written for (include/flashinfer_sm12x/moe/routing.cuh).
@@ -56,6 +57,11 @@ def required_instruction(act_format: str, target: Target) -> str | None:
 @dataclass(frozen=True)
 class MoeGlueFamily:
     name: str = "moe_glue"
+    modules: ModuleCache = field(default_factory=ModuleCache, compare=False, repr=False)
+
+    def load(self, target: Target, act_format: str) -> Any:
+        """The loaded glue module of `act_format` for `target` (built on first use, then cached)."""
+        return self.modules.get((target, act_format), lambda: moe_glue_spec(target, act_format))
 
     def prebuild(self, target: Target) -> list[ModuleSpec]:
         return [moe_glue_spec(target, fmt) for fmt in MENU["act_format"]]

@@ -9,12 +9,13 @@ instead of the native `cvt` instructions: tests use them to prove those paths on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..jit.arch import Target
 from ..jit.module import ModuleSpec, Source
 from ..jit.render import render
-from .family import ProofCase
+from .family import ModuleCache, ProofCase
 
 FORMATS = ("mxfp4", "mxfp8", "nvfp4")
 INPUT_DTYPES = ("bfloat16", "float16", "float32")  # all inside each module (a run-time branch)
@@ -67,6 +68,11 @@ class QuantizeFamily:
     """The quantizers as a kernel family (prebuild, compile sweep, CI proofs)."""
 
     name: str = "quantize"
+    modules: ModuleCache = field(default_factory=ModuleCache, compare=False, repr=False)
+
+    def load(self, target: Target, fmt: str) -> Any:
+        """The loaded quantizer module of `fmt` for `target` (built on first use, then cached)."""
+        return self.modules.get((target, fmt), lambda: quantize_spec(target, fmt))
 
     def prebuild(self, target: Target) -> list[ModuleSpec]:
         """One module per format (sm_90a builds are native SM90 code, so they are built too)."""

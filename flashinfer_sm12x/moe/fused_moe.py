@@ -1,152 +1,30 @@
 # SPDX-License-Identifier: Apache-2.0
-"""GPT-OSS MoE forward on SM12x: routing -> permute into expert-contiguous, tile-padded rows -> grouped GEMM1
--> fc1 bias + activation -> re-quantization -> grouped GEMM2 -> fc2 bias -> weighted finalize.
+"""`fused_moe`: the GPT-OSS MoE layer on SM12x, from bf16 activations and prepared MXFP4 expert weights.
 
 Activation modes: W4A4 (activations quantized to MXFP4, the e2m1 x e2m1 kernel) and W4A8 (MXFP8 activations,
-the e4m3 x e2m1 kernel, native SM12x only), chosen by the weights' `act`. W4A16 (bf16 activations) is not
-offered: SM12x has no bf16 x e2m1 MMA, so it would mean a mixed-input mainloop that widens every weight to bf16
-in registers and runs at the bf16 MMA rate; W4A8 keeps MXFP8's accuracy (8-bit elements, a scale per 32) at
-the FP8 rate.
+the e4m3 x e2m1 kernel), chosen by the weights' `act`. W4A16 (bf16 activations) is not offered: SM12x has no
+bf16 x e2m1 MMA, so it would mean a mixed-input mainloop that widens every weight to bf16 in registers and runs at
+the bf16 MMA rate; W4A8 keeps MXFP8's accuracy (8-bit elements, a scale per 32) at the FP8 rate.
 
-The two GEMMs (all of the FLOPs) are the grouped block-scaled kernel (ops/grouped_mm_fp4.py). The glue between
-them has two implementations, both sync-free and CUDA-graph capturable: impl="kernels" (the default on CUDA),
-glue kernels (ops/moe_glue.py: plan + scatter with quantization, one kernel at decode sizes; finalize) with the
-activation and re-quantization in GEMM1's epilogue and GEMM2 writing the routed rows only (the MoE epilogues): 4
-launches per forward at decode sizes (T <= 32 with T*k within one wave of the GPU's SMs), 5 beyond; unfused
-(fused_epilogue=False, or weights not interleaved: a standalone activation kernel) 5 / 6; impl="reference",
-device-side torch (about 185 launches), kept as the oracle.
-
-Padding without a host sync: expert e's rows are padded to a multiple of the tile height TM, so every M tile
-belongs to one expert. The host cannot know the per-expert counts without a sync, so it sizes the buffers by
-the bound  sum_e ceil(c_e / TM) * TM <= T*k + min(E, T*k) * (TM - 1)  and the device writes which expert each
-tile belongs to. Tiles past the last used one compute rows nobody reads (they are named after the last expert:
-its weights are the ones most recently in L2). At decode (T*k rows, a handful of experts) that is one tile.
+This face validates its arguments (typed errors before any launch) and hands them to the one MoE pipeline
+(moe/pipeline.py: plan -> scatter -> GEMM1 + activation -> GEMM2 -> finalize), looking the device up once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from ..jit.arch import device_sm_count, device_target
+from ..jit.arch import device_facts
 from ..kernels.family import Tactic
-from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
-from ..kernels.grouped_mm_fp4 import heuristic
-from ..ops.grouped_mm_fp4 import grouped_mm_fp4
-from ..ops.moe_glue import (
-    LAYOUT_CODE,
-    ExpertParams,
-    fuses_activation,
-    glue_module,
-    glue_views,
-    kernels_support,
-    plan_and_scatter,
-    row_plan,
-    run_pipeline,
-    target_of,
-)
-from ..ops.quantize import mxfp4_quantize, mxfp8_quantize
-from .routing import clamp_expert_ids, finalize, permute, route
+from ..kernels.grouped_mm_fp4 import ACTIVATIONS
+from ..ops.moe_glue import kernels_support
+from .pipeline import Experts, Impl, Routing, Scalar, Tokens, run_moe
 from .weights import PreparedMoEWeights
 
 Activation = Literal["swiglu_oai", "swiglu"]
-Impl = Literal["kernels", "reference"]
-_GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}  # weights.act -> grouped GEMM format
-Scalar = float | torch.Tensor  # a float, or a per-expert tensor [E]
-
-
-def _swiglu(h: torch.Tensor, w: PreparedMoEWeights, activation: Activation, alpha: Scalar, beta: Scalar,
-            limit: Scalar | None) -> torch.Tensor:
-    """h [rows, 2*Ip] float32 -> [rows, Ip]: gate/up as the prepared weights order them. alpha/beta/limit are
-    floats or per-row tensors [rows, 1]."""
-    ip = w.intermediate_size_padded
-    if w.interleaved:
-        gate, up = h[:, 0::2], h[:, 1::2]
-    elif w.up_first:
-        up, gate = h[:, :ip], h[:, ip:]
-    else:
-        gate, up = h[:, :ip], h[:, ip:]
-    if activation == "swiglu":
-        return gate * torch.sigmoid(gate) * up
-    if limit is not None:
-        gate = gate.clamp(max=limit)
-        up = up.clamp(-limit, limit)
-    return (up + beta) * gate * torch.sigmoid(alpha * gate)
-
-
-def _tile_layout(offsets: torch.Tensor, num_rows_bound: int, tile_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """From expert_offsets [E+1] (permuted, unpadded): (padded_start [E] int64, expert_of_tile int32 [tiles])."""
-    counts = offsets[1:] - offsets[:-1]
-    padded = (counts + tile_m - 1) // tile_m * tile_m
-    padded_end = torch.cumsum(padded, 0)
-    tiles = num_rows_bound // tile_m
-    tile_rows = torch.arange(tiles, device=offsets.device, dtype=torch.int64) * tile_m
-    expert_of_tile = torch.searchsorted(padded_end, tile_rows, right=True)
-    # Unused trailing tiles: the last expert (a valid index; their rows are never read).
-    return padded_end - padded, expert_of_tile.clamp(max=counts.numel() - 1).to(torch.int32)
-
-
-@dataclass(frozen=True)
-class ExpertRows:
-    """Where the T*k (token, expert) pairs live in the padded, expert-contiguous GEMM rows."""
-
-    tactic: Tactic
-    bound: int                    # padded row count the buffers are sized by
-    dest: torch.Tensor            # [T*k] padded row of permuted pair i
-    token_of_row: torch.Tensor    # [T*k] source token of permuted pair i
-    inverse: torch.Tensor         # [T*k] permuted position of expanded row t*k + slot
-    expert_of_tile: torch.Tensor  # int32 [bound / TM]
-    expert_of_row: torch.Tensor   # int64 [bound]
-
-
-def plan_expert_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | None, device: torch.device,
-                     validate_ids: bool) -> ExpertRows:
-    offsets, token_of_row, inverse = permute(ids, num_e, validate_ids=validate_ids)
-    rows = ids.numel()
-    if tactic is None:
-        target = device_target(device) if device.type == "cuda" else None
-        tactic = heuristic(rows, num_e, fmt, target)[0]
-    elif tactic not in GROUPED.candidates(fmt):
-        raise ValueError(f"fused_moe: tactic for {fmt} must be one of {[t.name for t in GROUPED.candidates(fmt)]}, "
-                         f"got {tactic!r}")
-    tm = tactic.tile_m
-    bound = -(-(rows + min(num_e, rows) * (tm - 1)) // tm) * tm
-    padded_start, expert_of_tile = _tile_layout(offsets, bound, tm)
-    pair = torch.arange(rows, device=offsets.device)
-    sorted_expert = torch.searchsorted(offsets[1:], pair, right=True)
-    dest = padded_start[sorted_expert] + pair - offsets[sorted_expert]
-    expert_of_row = expert_of_tile.long().repeat_interleave(tm)
-    return ExpertRows(tactic, bound, dest, token_of_row, inverse, expert_of_tile, expert_of_row)
-
-
-def _quantize(x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return mxfp4_quantize(x) if act == "mxfp4" else mxfp8_quantize(x, True, 32)
-
-
-def _per_row(v: Scalar | None, r: ExpertRows) -> Scalar | None:
-    return v.float().index_select(0, r.expert_of_row).unsqueeze(1) if isinstance(v, torch.Tensor) else v
-
-
-def run_experts(aq: torch.Tensor, asf: torch.Tensor, r: ExpertRows, w: PreparedMoEWeights, activation: Activation,
-             alpha: Scalar, beta: Scalar, limit: Scalar | None, fc1_scale: torch.Tensor | None = None,
-             fc2_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """GEMM1 input (quantized padded rows) -> GEMM2 output + fc2 bias, float32 [bound, Hp].
-    fc*_scale: optional per-expert output scales [E] applied to each GEMM's product before its bias."""
-    h = grouped_mm_fp4(aq, asf, w.w13, w.w13_sf, r.expert_of_tile, r.tactic).float()
-    if fc1_scale is not None:
-        h *= _per_row(fc1_scale, r)
-    if w.w13_bias is not None:
-        h += w.w13_bias.float().index_select(0, r.expert_of_row)
-    a = _swiglu(h, w, activation, _per_row(alpha, r), _per_row(beta, r), _per_row(limit, r))
-    aq2, asf2 = _quantize(a.contiguous(), w.act)
-    y = grouped_mm_fp4(aq2, asf2, w.w2, w.w2_sf, r.expert_of_tile, r.tactic).float()
-    if fc2_scale is not None:
-        y *= _per_row(fc2_scale, r)
-    if w.w2_bias is not None:
-        y += w.w2_bias.float().index_select(0, r.expert_of_row)
-    return y
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def fused_moe(
@@ -164,6 +42,8 @@ def fused_moe(
     out_dtype: torch.dtype = torch.bfloat16,
     impl: Impl | None = None,
     fused_epilogue: bool | None = None,
+    expert_offset: int = 0,
+    num_global_experts: int | None = None,
 ) -> torch.Tensor:
     """GPT-OSS mixture-of-experts layer on SM120/SM121: routing, both grouped MXFP4 GEMMs and the glue between.
 
@@ -200,6 +80,11 @@ def fused_moe(
         (gemm/epilogues/swiglu_quantize.cuh), so the [rows, 2I] intermediate never reaches memory. None (default):
         wherever it applies (interleaved gate/up weights, a tactic with tile_n % 64 == 0); False: the unfused
         pipeline (GEMM1 writes bf16, a separate activation kernel), bit-identical; True: fused or ValueError.
+    expert_offset, num_global_experts : int
+        Keyword-only. Expert parallelism: routing ids (and logits' columns) are global, in [0, num_global_experts);
+        `weights` holds the experts [expert_offset, expert_offset + E). Pairs routed to other experts contribute
+        nothing (tokens with no expert here give zero rows), and each local pair's fc2 bias is weighted like its
+        output, so the sum of every rank's output is the whole layer's. Default: all experts are here.
 
     Returns
     -------
@@ -210,13 +95,27 @@ def fused_moe(
     ------
     TypeError, ValueError
         Bad input, before any kernel launch.
+
+    Examples
+    --------
+    GPT-OSS-20B's MoE layer (32 experts, top-4), W4A8, on four tokens:
+
+    >>> import torch, flashinfer_sm12x as fs
+    >>> from flashinfer_sm12x.testing.moe_cases import make_weights
+    >>> ckpt = {k: v.cuda() for k, v in make_weights(32, 2880, 2880).items()}  # doctest: +SKIP
+    >>> w = fs.prepare_gpt_oss_weights(**ckpt, act="mxfp8")  # doctest: +SKIP
+    >>> x = torch.randn(4, 2880, device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> logits = torch.randn(4, 32, device="cuda")  # doctest: +SKIP
+    >>> y = fs.fused_moe(x, logits, w, top_k=4)  # [4, 2880] bf16  # doctest: +SKIP
+
+    With precomputed routing, inside a CUDA graph: ``fs.fused_moe(x, (ids, weights), w, validate_ids=False)``.
     """
     fn = "fused_moe"
     if not isinstance(weights, PreparedMoEWeights):
         raise TypeError(f"{fn}: weights must come from prepare_gpt_oss_weights, got {type(weights).__name__}")
-    if weights.act not in _GEMM_FORMAT:
-        raise ValueError(f"{fn}: weights were prepared for act={weights.act!r}; expected 'mxfp4' or 'mxfp8'")
-    if not isinstance(hidden, torch.Tensor) or hidden.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+    if weights.act not in ACTIVATIONS:
+        raise ValueError(f"{fn}: weights were prepared for act={weights.act!r}; expected one of {ACTIVATIONS}")
+    if not isinstance(hidden, torch.Tensor) or hidden.dtype not in _FLOATS:
         raise TypeError(f"{fn}: hidden must be a bf16/fp16/fp32 tensor")
     if hidden.ndim != 2 or hidden.shape[1] != weights.hidden_size:
         raise ValueError(f"{fn}: hidden must be [T, {weights.hidden_size}], got {tuple(hidden.shape)}")
@@ -227,57 +126,79 @@ def fused_moe(
     num_e, num_t = weights.num_experts, hidden.shape[0]
     if impl not in (None, "kernels", "reference"):
         raise ValueError(f"{fn}: impl must be 'kernels' or 'reference', got {impl!r}")
+    id_limit = _expert_range(expert_offset, num_global_experts, num_e, fn)
     if isinstance(routing, torch.Tensor):
-        if routing.ndim != 2 or routing.shape != (num_t, num_e):
-            raise ValueError(f"{fn}: router logits must be [T, E] = {(num_t, num_e)}, got {tuple(routing.shape)}")
-        if top_k is None or not 1 <= top_k <= num_e:
-            raise ValueError(f"{fn}: top_k must be in [1, {num_e}] with router logits, got {top_k}")
+        if routing.ndim != 2 or routing.shape != (num_t, id_limit):
+            raise ValueError(f"{fn}: router logits must be [T, E] = {(num_t, id_limit)}, got {tuple(routing.shape)}")
+        if top_k is None or not 1 <= top_k <= id_limit:
+            raise ValueError(f"{fn}: top_k must be in [1, {id_limit}] with router logits, got {top_k}")
         k = top_k
     else:
         ids, topk_weights = routing
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[0] != num_t:
             raise ValueError(f"{fn}: topk_ids must be [T, k] with T = {num_t}")
-        if ids.shape[1] > num_e:
-            raise ValueError(f"{fn}: top_k = {ids.shape[1]} exceeds the {num_e} experts")
+        if ids.shape[1] > id_limit:
+            raise ValueError(f"{fn}: top_k = {ids.shape[1]} exceeds the {id_limit} experts")
         if not isinstance(topk_weights, torch.Tensor) or topk_weights.shape != ids.shape:
             raise ValueError(f"{fn}: topk_weights must have topk_ids' shape {tuple(ids.shape)}")
         k = ids.shape[1]
     if impl is None:
         impl = "kernels" if hidden.is_cuda and kernels_support(num_e, k) else "reference"
     if impl == "kernels":
-        return _fused_moe_kernels(hidden, routing, k, weights, activation, alpha, beta, limit, validate_ids, tactic,
-                                  out_dtype, fused_epilogue)
-    if fused_epilogue:
+        _check_kernel_call(hidden, routing, k, weights, alpha, beta, limit, out_dtype, validate_ids, id_limit)
+    elif fused_epilogue:
         raise ValueError(f"{fn}: fused_epilogue=True needs impl='kernels'")
-    if isinstance(routing, torch.Tensor):
-        ids, topk_weights = route(routing, top_k)
-    elif not validate_ids:
-        ids, _ = clamp_expert_ids(ids, num_e)
-    devices = {t.device for t in (hidden, ids, topk_weights, weights.w13)}
-    if len(devices) != 1:  # (grouped_mm_fp4 checks for CUDA before its first launch)
-        raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got {sorted(map(str, devices))}")
+    else:
+        tensors = [hidden, weights.w13] + ([routing] if isinstance(routing, torch.Tensor) else list(routing))
+        devices = {t.device for t in tensors}
+        if len(devices) != 1:  # (grouped_mm_fp4 checks for CUDA before its first launch)
+            raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got "
+                             f"{sorted(map(str, devices))}")
+        if validate_ids and not isinstance(routing, torch.Tensor) and id_limit != num_e:
+            _check_ids(routing[0], id_limit, fn)  # the one sync; the pipeline then maps global ids to local ones
+    out = hidden.new_empty((num_t, weights.hidden_size), dtype=out_dtype)
     if num_t == 0:  # e.g. an idle data-parallel rank: nothing to launch
-        return hidden.new_zeros((0, weights.hidden_size), dtype=out_dtype)
-    r = plan_expert_rows(ids, num_e, _GEMM_FORMAT[weights.act], tactic, hidden.device, validate_ids)
+        return out
+    logits = routing if isinstance(routing, torch.Tensor) else None
+    route = Routing(logits, None if logits is not None else routing[0], None if logits is not None else routing[1],
+                    k, expert_offset, id_limit, validate_ids and impl == "reference")
+    if logits is not None and route.foreign(num_e):
+        # Expert-parallel logits cover every expert: route on the device, then run with global ids.
+        from .routing import route as top_k_route
 
-    x = torch.zeros(r.bound, weights.hidden_size_padded, dtype=torch.float32, device=hidden.device)
-    x[r.dest, : weights.hidden_size] = hidden.index_select(0, r.token_of_row.long()).float()
-    aq, asf = _quantize(x, weights.act)
-    y = run_experts(aq, asf, r, weights, activation, alpha, beta, limit)
-    y_permuted = y.index_select(0, r.dest)[:, : weights.hidden_size].contiguous()
-    return finalize(y_permuted, r.inverse, topk_weights, out_dtype=out_dtype)
+        ids, topk_weights = top_k_route(logits, k)
+        route = Routing(None, ids, topk_weights, k, expert_offset, id_limit, False)
+    experts = Experts(
+        weights.act, weights.w13, weights.w13_sf, weights.w13_bias, weights.w2, weights.w2_sf, weights.w2_bias,
+        "interleaved" if weights.interleaved else ("up_first" if weights.up_first else "gate_first"),
+        activation == "swiglu_oai", _per_expert(alpha), _per_expert(beta), _per_expert(limit))
+    device = device_facts(hidden.device) if hidden.is_cuda and impl == "kernels" else None
+    return run_moe(Tokens(hidden), route, experts, out, device=device, impl=impl, tactic=tactic,
+                   fused_epilogue=fused_epilogue)
 
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+def _expert_range(expert_offset: int, num_global_experts: int | None, num_e: int, fn: str) -> int:
+    """The global expert count (ids are valid in [0, it)) after checking the expert-parallel range."""
+    if not isinstance(expert_offset, int) or isinstance(expert_offset, bool) or expert_offset < 0:
+        raise ValueError(f"{fn}: expert_offset must be an int >= 0, got {expert_offset!r}")
+    total = num_e if num_global_experts is None else num_global_experts
+    if not isinstance(total, int) or isinstance(total, bool) or expert_offset + num_e > total:
+        raise ValueError(f"{fn}: the weights' experts [{expert_offset}, {expert_offset + num_e}) must lie within the "
+                         f"{total!r} global experts")
+    return total
 
 
-def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch.Tensor, torch.Tensor], k: int,
-                       w: PreparedMoEWeights, activation: Activation, alpha: Scalar, beta: Scalar,
-                       limit: Scalar | None, validate_ids: bool, tactic: Tactic | None,
-                       out_dtype: torch.dtype, fused_epilogue: bool | None = None) -> torch.Tensor:
-    """fused_moe's kernel pipeline (arguments already checked for shape; dtypes, devices and limits here)."""
+def _check_ids(ids: torch.Tensor, id_limit: int, fn: str) -> None:
+    if ids.numel() and bool(((ids < 0) | (ids >= id_limit)).any()):  # the one sync
+        raise ValueError(f"{fn}: topk_ids holds expert ids outside [0, {id_limit})")
+
+
+def _check_kernel_call(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch.Tensor, torch.Tensor], k: int,
+                       w: PreparedMoEWeights, alpha: Scalar, beta: Scalar, limit: Scalar | None,
+                       out_dtype: torch.dtype, validate_ids: bool, id_limit: int) -> None:
+    """The kernel pipeline's own checks (arguments already checked for shape): limits, dtypes, devices, ids."""
     fn = "fused_moe"
-    num_e, num_t = w.num_experts, hidden.shape[0]
+    num_e = w.num_experts
     if not kernels_support(num_e, k):
         raise ValueError(f"{fn}: impl='kernels' serves E <= 512 experts and top_k <= 16; got E = {num_e}, k = {k} "
                          "(use impl='reference')")
@@ -300,30 +221,11 @@ def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch
                             f"{topk_weights.dtype}")
         if not (ids.is_contiguous() and topk_weights.is_contiguous()):
             raise ValueError(f"{fn}: topk_ids and topk_weights must be contiguous")
-        if validate_ids and ids.numel() and bool(((ids < 0) | (ids >= num_e)).any()):  # the one sync
-            raise ValueError(f"{fn}: topk_ids holds expert ids outside [0, {num_e})")
+        if validate_ids:
+            _check_ids(ids, id_limit, fn)
     for name, v in (("alpha", alpha), ("beta", beta), ("limit", limit)):
         if isinstance(v, torch.Tensor) and (v.numel() != num_e or v.device != hidden.device):
             raise ValueError(f"{fn}: {name} as a tensor must hold one value per expert ({num_e}) on {hidden.device}")
-    if num_t == 0:
-        return hidden.new_zeros((0, w.hidden_size), dtype=out_dtype)
-
-    device = hidden.device
-    plan = row_plan(num_t, k, num_e, _GEMM_FORMAT[w.act], tactic, target_of(device), device_sm_count(device))
-    params = ExpertParams(
-        w.w13, w.w13_sf, w.w13_bias, w.w2, w.w2_sf, w.w2_bias,
-        LAYOUT_CODE["interleaved" if w.interleaved else ("up_first" if w.up_first else "gate_first")],
-        activation == "swiglu_oai", _per_expert(alpha), _per_expert(beta), _per_expert(limit))
-    hp, ip = w.hidden_size_padded, w.intermediate_size_padded
-    fusable = fuses_activation(params, plan, _GEMM_FORMAT[w.act], ip)
-    if fused_epilogue and not fusable:
-        raise ValueError(f"{fn}: fused_epilogue=True needs interleaved gate/up weights and a tactic with tile_n % 64 "
-                         f"== 0; got interleaved={w.interleaved}, tactic {plan.tactic.name}")
-    module = glue_module(device, w.act)
-    views = glue_views(device, plan, hp, ip, w.act, fusable if fused_epilogue is None else fused_epilogue)
-    plan_and_scatter(module, plan, views, routing, hidden, hp)
-    out = torch.empty(num_t, w.hidden_size, dtype=out_dtype, device=device)
-    return run_pipeline(plan, views, module, params, out)
 
 
 def _per_expert(v: Scalar | None) -> Scalar | None:

@@ -17,28 +17,52 @@ from typing import Any
 import torch
 
 from ..checks import check_tensor, one_device, require_tensor, round_up
-from ..jit.arch import device_target
-from ..jit.module import load_module
-from ..kernels.family import OUT_DTYPE_NAMES, Tactic
-from ..kernels.grouped_mm_fp4 import FAMILY, K_ALIGN
+from ..jit.arch import Target, device_facts
+from ..kernels.family import OUT_DTYPES, Tactic
+from ..kernels.grouped_mm_fp4 import FAMILY, FORMATS, K_ALIGN
 
 _FN = "grouped_mm_fp4"
-_FORMAT_OF_A = {torch.uint8: "mxfp4", torch.float8_e4m3fn: "mxfp8_mxfp4"}
 _A_ELEMS_PER_BYTE = {"mxfp4": 2, "mxfp8_mxfp4": 1}
 _SF_DTYPES = (torch.uint8, torch.float8_e8m0fnu)
-_MODULES: dict[tuple, tuple[Any, dict[tuple, int]]] = {}
+_E2M1X2 = getattr(torch, "float4_e2m1fn_x2", None)
+# Workspace sizes per (module, m, n, k, experts): a pure function of the module and the shape.
+_WORKSPACE_BYTES: dict[tuple, int] = {}
+
+
+def gemm_format_of(a: torch.Tensor, fmt: str | None, fn: str = _FN) -> str:
+    """The grouped GEMM format of activations `a`: `fmt` when given (checked against a's dtype), else inferred where
+    a's dtype says it alone (float8_e4m3fn: W4A8; float4_e2m1fn_x2: W4A4). uint8 bytes could hold packed e2m1 of
+    either block format or e4m3 bytes, so they need `fmt`."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"{fn}: fmt must be one of {FORMATS}, got {fmt!r}")
+    if a.dtype == torch.float8_e4m3fn:
+        inferred = "mxfp8_mxfp4"
+    elif _E2M1X2 is not None and a.dtype == _E2M1X2:
+        inferred = "mxfp4"
+    elif a.dtype == torch.uint8:
+        if fmt is None:
+            raise TypeError(f"{fn}: a is uint8, which does not say its format: pass fmt='mxfp4' (packed e2m1, W4A4) "
+                            "or fmt='mxfp8_mxfp4' (e4m3 bytes, W4A8)")
+        return fmt
+    else:
+        raise TypeError(f"{fn}: a must be uint8 (packed MXFP4) or float8_e4m3fn (MXFP8) (or float4_e2m1fn_x2), got "
+                        f"{a.dtype}")
+    if fmt is not None and fmt != inferred:
+        raise ValueError(f"{fn}: fmt={fmt!r} disagrees with a's dtype {a.dtype} ({inferred})")
+    return inferred
 
 
 def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
                    expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor | None = None,
-                   out_dtype: torch.dtype = torch.bfloat16, enable_pdl: bool = True) -> torch.Tensor:
+                   out_dtype: torch.dtype = torch.bfloat16, enable_pdl: bool = True, *,
+                   fmt: str | None = None, target: Target | None = None) -> torch.Tensor:
     """Grouped GEMM: row tile i of `a` times the weights of expert ``expert_of_tile[i]``.
 
     Parameters
     ----------
     a : torch.Tensor
         Activations, rows expert-contiguous with every expert's segment padded to ``tactic.tile_m``: uint8
-        [m_total, k/2] packed e2m1 (W4A4) or float8_e4m3fn [m_total, k] (W4A8). The format follows a's dtype.
+        [m_total, k/2] packed e2m1 (W4A4) or float8_e4m3fn [m_total, k] (W4A8).
     a_descale : torch.Tensor
         E8M0 scales of `a` in the 128x4 layout over m_total rows (uint8 or float8_e8m0fnu).
     b : torch.Tensor
@@ -55,6 +79,10 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
         torch.bfloat16 or torch.float16.
     enable_pdl : bool
         Programmatic dependent launch.
+    fmt : {"mxfp4", "mxfp8_mxfp4"}, optional
+        Keyword-only. The format; required for uint8 `a` (its dtype does not say it), else inferred from a's dtype.
+    target : Target, optional
+        Keyword-only. The device's build target when the caller has it (`jit.arch.device_facts`), else looked up.
 
     Returns
     -------
@@ -65,8 +93,18 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     ------
     TypeError, ValueError
         Bad input, before any launch.
+
+    Examples
+    --------
+    Two experts, one 64-row tile each (W4A4; `a` [128, K/2] and `b` [2, N, K/2] packed e2m1 from `mxfp4_quantize`):
+
+    >>> from flashinfer_sm12x.kernels.grouped_mm_fp4 import heuristic
+    >>> tactic = heuristic(128, 256, 512, "mxfp4", groups=2)[0]
+    >>> tiles = torch.tensor([0, 1], dtype=torch.int32, device="cuda")  # doctest: +SKIP
+    >>> out = grouped_mm_fp4(a, a_sf, b, b_sf, tiles, tactic, fmt="mxfp4")  # [128, 256] bf16  # doctest: +SKIP
     """
-    module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_dtype, enable_pdl)
+    module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_dtype, enable_pdl,
+                            fmt=fmt, target=target)
     module.run(*args)
     return args[5]
 
@@ -74,13 +112,14 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
 def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
                             expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor,
                             enable_pdl: bool = True,
-                            routed: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable[[], torch.Tensor]:
+                            routed: tuple[torch.Tensor, torch.Tensor] | None = None, *, fmt: str | None = None,
+                            target: Target | None = None) -> Callable[[], torch.Tensor]:
     """Validate once, then launch many times: for callers that reuse the same buffers every step (the fused MoE's
     kernel pipeline), so a repeated call costs one binding call of host time.
 
     Parameters
     ----------
-    a, a_descale, b, b_descale, expert_of_tile, tactic, enable_pdl
+    a, a_descale, b, b_descale, expert_of_tile, tactic, enable_pdl, fmt, target
         As for `grouped_mm_fp4`.
     out : torch.Tensor
         The output buffer (required; its dtype is the output dtype).
@@ -104,7 +143,7 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
     require_tensor("out", out, _FN)
     epilogue = "store" if routed is None else "store_routed"
     module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out.dtype, enable_pdl,
-                            epilogue)
+                            epilogue, fmt=fmt, target=target)
     a_bytes, _, a_sf, _, tiles, _, workspace, pdl = args
     if routed is not None:
         padded_start, counts = _routed_tables(routed, b.shape[0], a.device, _FN)
@@ -140,13 +179,12 @@ def _routed_tables(routed: Any, experts: int, device: torch.device, fn: str) -> 
 
 def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
              expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor | None, out_dtype: torch.dtype,
-             enable_pdl: bool, epilogue: str = "store") -> tuple[Any, tuple]:
+             enable_pdl: bool, epilogue: str = "store", *, fmt: str | None,
+             target: Target | None) -> tuple[Any, tuple]:
     """Every check of grouped_mm_fp4, the module lookup and the workspace: (module, arguments of module.run).
     With a fused epilogue `out` is not checked (the caller checks its own outputs) and not allocated."""
     require_tensor("a", a, _FN)
-    fmt = _FORMAT_OF_A.get(a.dtype)
-    if fmt is None:
-        raise TypeError(f"{_FN}: a must be uint8 (packed MXFP4) or float8_e4m3fn (MXFP8), got {a.dtype}")
+    fmt = gemm_format_of(a, fmt)
     menu = FAMILY.candidates(fmt)
     if not isinstance(tactic, Tactic) or tactic not in menu:
         raise ValueError(f"{_FN}: tactic for {fmt} must be one of {[t.name for t in menu]}, got {tactic!r}")
@@ -164,7 +202,7 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
     check_tensor(a_descale, "a_descale", _FN, _SF_DTYPES, numel=round_up(m, 128) * kb)
     check_tensor(b_descale, "b_descale", _FN, _SF_DTYPES, numel=experts * round_up(n, 128) * kb)
     check_tensor(expert_of_tile, "expert_of_tile", _FN, torch.int32, shape=(m // tactic.tile_m,))
-    if out_dtype not in OUT_DTYPE_NAMES:
+    if str(out_dtype).removeprefix("torch.") not in OUT_DTYPES:
         raise ValueError(f"{_FN}: out_dtype must be bfloat16 or float16, got {out_dtype}")
     if epilogue != "store":
         if not FAMILY.serves(epilogue, fmt, tactic):
@@ -177,20 +215,17 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
     devices = {t.device for t in tensors}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         raise ValueError(f"{_FN}: all tensors must be on one CUDA device, got {sorted(map(str, devices))}")
-    target = device_target(a.device)
+    if target is None:
+        target = device_facts(a.device).target
     if out is None and epilogue != "swiglu_quantize":
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
 
-    key = (target, fmt, tactic, out_dtype, epilogue)
-    entry = _MODULES.get(key)
-    if entry is None:
-        entry = _MODULES[key] = (load_module(FAMILY.spec(target, fmt, tactic, out_dtype, epilogue)), {})
-    module, workspace_sizes = entry
-    size = workspace_sizes.get((m, n, k, experts))
+    module = FAMILY.load(target, fmt, tactic, out_dtype, epilogue)
+    size = _WORKSPACE_BYTES.get((id(module), m, n, k, experts))
     if size is None:
-        size = workspace_sizes[(m, n, k, experts)] = int(module.workspace_bytes(m, n, k, experts))
+        size = _WORKSPACE_BYTES[(id(module), m, n, k, experts)] = int(module.workspace_bytes(m, n, k, experts))
     workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=a.device)
-    a_bytes = a.view(torch.uint8) if fmt == "mxfp8_mxfp4" else a
+    a_bytes = a if a.dtype == torch.uint8 else a.view(torch.uint8)
     return module, (a_bytes, b, a_descale.view(torch.uint8), b_descale.view(torch.uint8), expert_of_tile, out,
                     workspace, bool(enable_pdl and not target.emulated))
 
@@ -198,7 +233,6 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
 # ------------------------------------------------------------------------------------------------------------------
 # GEMM1 of the MoE with its activation fused into the epilogue (epilogue "swiglu_quantize")
 
-_ACT_FORMAT_OF = {"mxfp4": "mxfp4", "mxfp8_mxfp4": "mxfp8"}  # GEMM format -> the format GEMM2 reads its A in
 _BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -217,12 +251,13 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
         a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
         expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor, out_sf: torch.Tensor,
         enable_pdl: bool = True,
-        routed: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        routed: tuple[torch.Tensor, torch.Tensor] | None = None, *, fmt: str | None = None,
+        target: Target | None = None) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """Validate once, then launch GEMM1 with the fused activation epilogue many times (the fused MoE's pipeline).
 
     Parameters
     ----------
-    a, a_descale, b, b_descale, expert_of_tile, tactic, enable_pdl
+    a, a_descale, b, b_descale, expert_of_tile, tactic, enable_pdl, fmt, target
         As for `grouped_mm_fp4`; b's rows (n = 2 * inter) interleaved gate/up (row 2i = gate_i, 2i+1 = up_i), and
         tactic.tile_n a multiple of 64.
     out, out_sf : torch.Tensor
@@ -246,9 +281,9 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
     fn = f"{_FN} swiglu_quantize"
     require_tensor("out", out, fn)
     module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, None, torch.bfloat16, enable_pdl,
-                            "swiglu_quantize")
+                            "swiglu_quantize", fmt=fmt, target=target)
     a_bytes, _, a_sf, _, tiles, _, workspace, pdl = args
-    m, inter, fmt = a.shape[0], b.shape[1] // 2, _FORMAT_OF_A[a.dtype]
+    m, inter, fmt = a.shape[0], b.shape[1] // 2, gemm_format_of(a, fmt, fn)
     want_out, want_sf = (torch.uint8, inter // 2) if fmt == "mxfp4" else (torch.float8_e4m3fn, inter)
     check_tensor(out, "out", fn, want_out, shape=(m, want_sf))
     check_tensor(out_sf, "out_sf", fn, _SF_DTYPES, numel=round_up(m, 128) * round_up(inter // 32, 4))
@@ -277,7 +312,7 @@ def grouped_mm_fp4_swiglu_quantize(
         expert_of_tile: torch.Tensor, tactic: Tactic, *, bias: torch.Tensor | None = None,
         activation: str = "swiglu_oai", alpha: float | torch.Tensor = 1.702, beta: float | torch.Tensor = 1.0,
         limit: float | torch.Tensor | None = 7.0, g1: torch.Tensor | None = None,
-        enable_pdl: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        enable_pdl: bool = True, fmt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MoE's GEMM1 with fc1 bias, SwiGLU and the quantization for GEMM2 fused into its epilogue.
 
     Equal, bit for bit, to `grouped_mm_fp4` (bf16 out) followed by the activation kernel: h = bf16(A @ B^T);
@@ -296,6 +331,8 @@ def grouped_mm_fp4_swiglu_quantize(
         Scalars or float32 [E] per expert; limit None: no clamping.
     g1 : torch.Tensor, optional
         float32 [E]: each expert's scale of GEMM1's product, applied before the bias.
+    fmt : {"mxfp4", "mxfp8_mxfp4"}, optional
+        As for `grouped_mm_fp4`: required for uint8 `a`.
 
     Returns
     -------
@@ -313,9 +350,7 @@ def grouped_mm_fp4_swiglu_quantize(
         raise ValueError(f"{fn}: activation must be 'swiglu_oai' or 'swiglu', got {activation!r}")
     require_tensor("a", a, fn)
     require_tensor("b", b, fn)
-    fmt = _FORMAT_OF_A.get(a.dtype)
-    if fmt is None:
-        raise TypeError(f"{fn}: a must be uint8 (packed MXFP4) or float8_e4m3fn (MXFP8), got {a.dtype}")
+    fmt = gemm_format_of(a, fmt, fn)
     if b.ndim != 3:
         raise ValueError(f"{fn}: b must be 3-D [E, 2I, K/2], got {tuple(b.shape)}")
     experts, n = b.shape[0], b.shape[1]
@@ -330,7 +365,7 @@ def grouped_mm_fp4_swiglu_quantize(
     one_device([a, b, bias, *per_expert.values()], fn)
     out, out_sf = swiglu_quantize_outputs(a.shape[0], n // 2, fmt, a.device)
     launch = grouped_mm_fp4_swiglu_quantize_launcher(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_sf,
-                                                      enable_pdl)
+                                                      enable_pdl, fmt=fmt)
     scalar = {k: (0.0 if v is None or isinstance(v, torch.Tensor) else float(v))
               for k, v in (("alpha", alpha), ("beta", beta), ("limit", limit))}
     return launch(bias, activation == "swiglu_oai", per_expert.get("g1"), per_expert.get("alpha"),

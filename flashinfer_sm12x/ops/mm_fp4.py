@@ -20,9 +20,8 @@ from typing import Any
 import torch
 
 from ..checks import require_tensor, round_up
-from ..jit.arch import Target, device_sm_count, device_target
-from ..jit.module import load_module
-from ..kernels.family import OUT_DTYPE_NAMES, Tactic
+from ..jit.arch import Target, device_facts
+from ..kernels.family import OUT_DTYPES, Tactic
 from ..kernels.mm_fp4 import BATCH_INVARIANT_TACTIC, BLOCK_SIZE, FAMILY, heuristic
 
 OURS = "cutlass_sm12x"  # this package's backend name among FlashInfer's
@@ -222,7 +221,7 @@ def _validate_full(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, o
             raise ValueError(f"alpha must be a one-element float32 tensor, got {alpha.dtype} x {alpha.numel()}")
         if alpha.device != device:
             raise ValueError(f"alpha must be on {device}, got {alpha.device}")
-    if out_dtype not in OUT_DTYPE_NAMES:
+    if str(out_dtype).removeprefix("torch.") not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be torch.bfloat16 or torch.float16, got {out_dtype}")
     if out is not None:
         require_tensor("out", out)
@@ -258,18 +257,18 @@ def plan(p: Problem, tactic: Tactic | None = None, *, batch_invariant: bool = Fa
          target: Target | None = None, sm_count: int | None = None) -> Plan:
     """The module, tactic and workspace size for `p` (the heuristic's first choice unless `tactic` is given;
     `batch_invariant` pins BATCH_INVARIANT_TACTIC). Cached per (target, SM count, format, shape, output dtype,
-    tactic). Without `target` both come from `p.out`'s device; with it, the SM count defaults to the target's
-    assumed one (kernels.mm_fp4.assumed_sm_count)."""
+    tactic). Without `target` both come from `p.out`'s device (`jit.arch.device_facts`); with it, the SM count
+    defaults to the target's assumed one (kernels.family.assumed_sm_count)."""
     if target is None:
-        target = device_target(p.out.device)
-        sm_count = sm_count or device_sm_count(p.out.device)
+        facts = device_facts(p.out.device)
+        target, sm_count = facts.target, sm_count or facts.sm_count
     key = (target, sm_count, p.fmt, p.m, p.n, p.k, p.out.dtype, tactic, batch_invariant)
     found = _PLANS.get(key)
     if found is not None:
         return found
     if tactic is None:
         tactic = BATCH_INVARIANT_TACTIC if batch_invariant else heuristic(p.m, p.n, p.k, p.fmt, target, sm_count)[0]
-    module = load_module(FAMILY.spec(target, p.fmt, tactic, p.out.dtype))
+    module = FAMILY.load(target, p.fmt, tactic, p.out.dtype)
     found = Plan(tactic, module, int(module.workspace_bytes(p.m, p.n, p.k)), not target.emulated,
                  getattr(module, "run", None))
     if len(_PLANS) >= _MAX_PLANS:

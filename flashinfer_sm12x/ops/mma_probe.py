@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ArchError
-from ..jit.arch import target_for_device
+from ..jit.arch import target_for_capability
 from ..jit.module import load_module
 from ..kernels.mma_probe import MENU, mma_probe_spec
 
@@ -34,7 +34,7 @@ def mma_probe(a: torch.Tensor, b: torch.Tensor, sfa: torch.Tensor, sfb: torch.Te
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(tensors[name].shape)}")
     cc = torch.cuda.get_device_capability(a.device)
-    target = target_for_device(cc)
+    target = target_for_capability(cc)
     if target.emulated:
         raise ArchError("the MMA probe runs the native instruction only; it has no SM90 emulation")
     module = load_module(mma_probe_spec(target, k // 64))

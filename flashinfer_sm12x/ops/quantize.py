@@ -18,41 +18,30 @@ from typing import Any
 
 import torch
 
+from ..checks import round_up
 from ..errors import ArchError
 from ..formats import quantize as reference
 from ..formats.e8m0 import RECIPES, Recipe
 from ..formats.scale_layout import SfLayout, as_sf_layout, swizzled_sf_size
-from ..jit.arch import Target, device_target
-from ..jit.module import load_module
-from ..kernels.quantize import BLOCK, quantize_spec
+from ..jit.arch import Target, device_facts
+from ..kernels.quantize import BLOCK, FAMILY
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_CHUNKS = 1 << 31  # the kernel indexes 8-element chunks with 32-bit integers
 # The reference's "not given" marker for nvfp4_4over6 (FlashInfer reads the environment when it is not given).
 _UNSET: Any = inspect.signature(reference.nvfp4_quantize).parameters["nvfp4_4over6"].default
 
-_MODULES: dict[tuple[str, str], Any] = {}
-
-
-def _round_up(x: int, y: int) -> int:
-    return (x + y - 1) // y * y
-
-
 def _target(device: torch.device) -> Target | None:
-    """The build target for `device` (cached per device by device_target), or None when no quantizer kernel runs
+    """The build target for `device` (cached per device by jit.arch.device_facts), or None when no quantizer kernel runs
     there: the reference serves those GPUs, as it did before the kernels existed."""
     try:
-        return device_target(device)
+        return device_facts(device).target
     except ArchError:
         return None
 
 
 def _module(target: Target, fmt: str) -> Any:
-    key = (target.name, fmt)
-    module = _MODULES.get(key)
-    if module is None:
-        module = _MODULES[key] = load_module(quantize_spec(target, fmt))
-    return module
+    return FAMILY.load(target, fmt)
 
 
 def _is_column_major(a: Any) -> bool:
@@ -87,7 +76,7 @@ def _scales(rows: int, sf_cols: int, layout: SfLayout, device: torch.device) -> 
 
 def _sf_2d(sf: torch.Tensor, rows: int, sf_cols: int, layout: SfLayout) -> torch.Tensor:
     """The reference's 2-D scale shape: [rows, K/block] (linear) or [padded rows, round_up(K/block, 4)]."""
-    return sf.view(rows, sf_cols) if layout == SfLayout.layout_linear else sf.view(-1, _round_up(sf_cols, 4))
+    return sf.view(rows, sf_cols) if layout == SfLayout.layout_linear else sf.view(-1, round_up(sf_cols, 4))
 
 
 # ---------------------------------------------------------------------------------------------------- MXFP4
@@ -194,7 +183,7 @@ def mxfp8_quantize(
         layout = SfLayout.layout_128x4 if is_sf_swizzled_layout else SfLayout.layout_linear
     target = _servable(input, 32)
     valid_alignment = isinstance(alignment, int) and alignment > 0
-    kp = _round_up(input.shape[-1], alignment) if target is not None and valid_alignment else -1
+    kp = round_up(input.shape[-1], alignment) if target is not None and valid_alignment else -1
     if target is None or kp % 32 or backend not in ("cuda", "cute-dsl") or recipe not in RECIPES:
         return reference.mxfp8_quantize(input, is_sf_swizzled_layout, alignment, enable_pdl, backend,
                                         sf_swizzle_layout, recipe=recipe)

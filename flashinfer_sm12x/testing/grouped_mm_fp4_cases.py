@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ..formats import mxfp4_dequantize, mxfp4_quantize, mxfp8_dequantize, mxfp8_quantize
-from ..kernels.grouped_mm_fp4 import CANDIDATES
+from ..kernels.grouped_mm_fp4 import CANDIDATES, gemm_format
 from ..ops.grouped_mm_fp4 import grouped_mm_fp4, grouped_mm_fp4_launcher
 
 
@@ -28,7 +28,7 @@ def run_grouped_case(tactic, num_e: int, tiles: int, n: int, k: int, act: str = 
     expert_of_tile = torch.randint(0, num_e, (tiles,), generator=gen, dtype=torch.int32)
     expert_of_tile[0] = num_e - 1  # the last expert's batch offset is exercised every time
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, out=out)
+    grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, out=out, fmt=gemm_format(act))
     torch.cuda.synchronize()
     x = (mxfp4_dequantize(a, a_sf) if act == "mxfp4" else mxfp8_dequantize(a, a_sf)).double()
     ref = torch.empty(m, n, dtype=torch.float64, device="cuda")
@@ -46,15 +46,15 @@ def check_bad_inputs_rejected_before_launch() -> None:
     b, b_sf = expert_weights(2, 128, 128, torch.Generator().manual_seed(0))
     tiles = torch.zeros(1, dtype=torch.int32, device="cuda")
     with pytest.raises(ValueError, match="multiple of 64"):
-        grouped_mm_fp4(a[:32], a_sf, b, b_sf, tiles, tactic)
+        grouped_mm_fp4(a[:32], a_sf, b, b_sf, tiles, tactic, fmt="mxfp4")
     with pytest.raises(TypeError, match="int32"):
-        grouped_mm_fp4(a, a_sf, b, b_sf, tiles.long(), tactic)
+        grouped_mm_fp4(a, a_sf, b, b_sf, tiles.long(), tactic, fmt="mxfp4")
     with pytest.raises(ValueError, match="shape"):
-        grouped_mm_fp4(a, a_sf, b, b_sf, torch.zeros(2, dtype=torch.int32, device="cuda"), tactic)
+        grouped_mm_fp4(a, a_sf, b, b_sf, torch.zeros(2, dtype=torch.int32, device="cuda"), tactic, fmt="mxfp4")
     with pytest.raises(ValueError, match="elements"):
-        grouped_mm_fp4(a, a_sf, b, b_sf[:1], tiles, tactic)
+        grouped_mm_fp4(a, a_sf, b, b_sf[:1], tiles, tactic, fmt="mxfp4")
     with pytest.raises(ValueError, match="CUDA"):
-        grouped_mm_fp4(a, a_sf, b, b_sf, tiles.cpu(), tactic)
+        grouped_mm_fp4(a, a_sf, b, b_sf, tiles.cpu(), tactic, fmt="mxfp4")
 
 
 def _activation_workspace(expert_of_tile: torch.Tensor, num_e: int, tile_m: int) -> torch.Tensor:
@@ -98,9 +98,10 @@ def run_store_routed_case(tactic, num_e: int, tiles: int, n: int, k: int, act: s
     b, b_sf = expert_weights(num_e, n, k, gen)
     expert_of_tile = torch.sort(torch.randint(0, num_e, (tiles,), generator=gen, dtype=torch.int32)).values
     start, counts, routed = partial_routing(expert_of_tile, tactic.tile_m, num_e, gen)
-    want = grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic)
+    want = grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, fmt=gemm_format(act))
     got = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    grouped_mm_fp4_launcher(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, got, routed=(start, counts))()
+    grouped_mm_fp4_launcher(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, got, routed=(start, counts),
+                            fmt=gemm_format(act))()
     torch.cuda.synchronize()
     assert bool(routed.any()) and not bool(routed.all()), "the case must hold routed and padding rows"
     assert torch.equal(got[routed].view(torch.int16), want[routed].view(torch.int16))
@@ -134,13 +135,13 @@ def run_swiglu_quantize_case(tactic, num_e: int, tiles: int, inter: int, k: int,
     oai = activation == "swiglu_oai"
 
     # Unfused: GEMM1 writes bf16, the activation kernel quantizes.
-    h = grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic)
-    want, want_sf = swiglu_quantize_outputs(m, inter, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", h.device)
+    h = grouped_mm_fp4(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, fmt=gemm_format(act))
+    want, want_sf = swiglu_quantize_outputs(m, inter, gemm_format(act), h.device)
     glue_module(h.device, act).activation(h, _activation_workspace(expert_of_tile, num_e, tm), want.view(torch.uint8),
                                           want_sf, m, 1, num_e, tm, LAYOUT_CODE["interleaved"], oai, g1_e, bias,
                                           alpha_e, beta_e, limit_e, *scalars)
     # Fused: data pre-filled with 0xAB and scales with 0xFF, so unwritten rows and padding columns show.
-    got, got_sf = swiglu_quantize_outputs(m, inter, "mxfp4" if act == "mxfp4" else "mxfp8_mxfp4", h.device)
+    got, got_sf = swiglu_quantize_outputs(m, inter, gemm_format(act), h.device)
     got.view(torch.uint8).fill_(0xAB)
     got_sf.fill_(0xFF)
     routed = torch.ones(m, dtype=torch.bool, device="cuda")
@@ -149,7 +150,7 @@ def run_swiglu_quantize_case(tactic, num_e: int, tiles: int, inter: int, k: int,
         *tables, routed = partial_routing(expert_of_tile, tm, num_e, gen)
         tables = tuple(tables)
     launch = grouped_mm_fp4_swiglu_quantize_launcher(a, a_sf, b, b_sf, expert_of_tile.cuda(), tactic, got, got_sf,
-                                                      routed=tables)
+                                                      routed=tables, fmt=gemm_format(act))
     launch(bias, oai, g1_e, alpha_e, beta_e, limit_e, *scalars)
     torch.cuda.synchronize()
     kb = inter // 32

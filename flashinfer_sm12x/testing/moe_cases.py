@@ -181,8 +181,9 @@ def check_launches_per_forward(num_t: int, fused_epilogue: bool, act: str = "mxf
     """One fused_moe forward (E = 32, top-4) runs exactly the launches its plan says: plan_scatter or plan + scatter
     (the line depends on the GPU's SM count), GEMM1 (+ the activation kernel when unfused), GEMM2, finalize. Returns
     the count."""
-    from ..jit.arch import device_sm_count
-    from ..ops.moe_glue import GEMM_FORMAT, row_plan, target_of
+    from ..jit.arch import device_facts
+    from ..kernels.grouped_mm_fp4 import gemm_format
+    from ..moe.pipeline import row_plan
     from .profiling import device_launches
 
     _, w = weights(32, act)
@@ -191,7 +192,8 @@ def check_launches_per_forward(num_t: int, fused_epilogue: bool, act: str = "mxf
     fused_moe(hidden, logits, w, top_k=4, fused_epilogue=fused_epilogue)  # build, allocate the buffers
     launches = device_launches(lambda: fused_moe(hidden, logits, w, top_k=4, fused_epilogue=fused_epilogue))
     device = hidden.device
-    plan = row_plan(num_t, 4, 32, GEMM_FORMAT[act], None, target_of(device), device_sm_count(device))
+    facts = device_facts(device)
+    plan = row_plan(num_t, 4, 32, gemm_format(act), None, facts.target, facts.sm_count)
     want = (1 if plan.fused_plan_scatter else 2) + (2 if fused_epilogue else 3) + 1
     assert len(launches) == want, (plan.fused_plan_scatter, launches)
     return want

@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 
 from ..errors import BuildError
-from ..jit.arch import Target, parse_target, target_for_device
+from ..jit.arch import Target, parse_target, target_for_capability
 from ..jit.module import ModuleSpec
 from ..jit.prebuild import job_budget, make_plan, run_plan
 
@@ -40,7 +40,7 @@ def workload_target(arch: str | None) -> Target:
 
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA GPU here: name the target with --arch (e.g. --arch sm_90a)")
-    return target_for_device(torch.cuda.get_device_capability())
+    return target_for_capability(torch.cuda.get_device_capability())
 
 
 def unique_specs(specs: Sequence[ModuleSpec]) -> list[ModuleSpec]:

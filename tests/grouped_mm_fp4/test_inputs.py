@@ -56,5 +56,5 @@ def test_w4a8_emulated_build_uses_its_mainloop(tactic: Tactic) -> None:
 def test_heuristic_picks_only_proven_tiles(fmt: str, arch: str) -> None:
     target = parse_target(arch)
     for rows, experts in [(4, 32), (64, 32), (4000, 32), (32768, 32), (100000, 8)]:
-        order = g.heuristic(rows, experts, fmt, target)
+        order = g.heuristic(rows, 2944, 2944, fmt, target, groups=experts)
         assert order and set(order) == set(g.PROVEN[arch][fmt])

@@ -78,20 +78,20 @@ def test_bad_epilogue_inputs_are_rejected_before_launch() -> None:
     out = torch.empty(tactic.tile_m, 128, dtype=torch.bfloat16, device="cuda")
     start, counts = torch.zeros(2, dtype=torch.int32, device="cuda"), torch.ones(2, dtype=torch.int32, device="cuda")
     with pytest.raises(TypeError, match="tuple"):
-        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=[start, counts])
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=[start, counts], fmt="mxfp4")
     with pytest.raises(TypeError, match="int32"):
-        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start.long(), counts))
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start.long(), counts), fmt="mxfp4")
     with pytest.raises(ValueError, match="shape"):
-        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start[:1], counts))
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start[:1], counts), fmt="mxfp4")
     with pytest.raises(ValueError, match="device"):
-        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start.cpu(), counts))
+        grouped_mm_fp4_launcher(a, a_sf, b, b_sf, tiles, tactic, out, routed=(start.cpu(), counts), fmt="mxfp4")
     with pytest.raises(ValueError, match="activation"):
-        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, activation="gelu")
+        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, activation="gelu", fmt="mxfp4")
     with pytest.raises(TypeError, match="bias"):
-        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, bias=torch.zeros(2, 128, device="cuda",
-                                                                                          dtype=torch.int32))
+        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, fmt="mxfp4",
+                                       bias=torch.zeros(2, 128, device="cuda", dtype=torch.int32))
     with pytest.raises(ValueError, match="alpha"):
-        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, alpha=torch.ones(3, device="cuda"))
+        grouped_mm_fp4_swiglu_quantize(a, a_sf, b, b_sf, tiles, tactic, alpha=torch.ones(3, device="cuda"), fmt="mxfp4")
     narrow = [t for t in FAMILY.candidates("mxfp8_mxfp4") if not FAMILY.serves("swiglu_quantize", "mxfp8_mxfp4", t)]
     a8 = torch.zeros(128, 128, dtype=torch.float8_e4m3fn, device="cuda")
     with pytest.raises(ValueError, match="tile_n"):

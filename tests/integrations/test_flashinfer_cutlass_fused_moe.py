@@ -20,7 +20,7 @@ from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
 from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
 
-fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")
+fm = importlib.import_module("flashinfer_sm12x.moe.pipeline")  # where the MoE calls its grouped GEMM
 H, INTER, E = 64, 96, 8  # padded to 128 / 128 by the preparation
 HP = 128
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from flashinfer_sm12x.errors import ArchError, ToolchainError
-from flashinfer_sm12x.jit.arch import Target, check_nvcc_supports, parse_target, target_for_device
+from flashinfer_sm12x.jit.arch import Target, check_nvcc_supports, parse_target, target_for_capability
 
 
 @pytest.mark.parametrize(
@@ -51,24 +51,24 @@ def test_gencode() -> None:
 def test_device_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("FLASHINFER_SM12X_ARCH", "FLASHINFER_CUDA_ARCH_LIST", "FLASHINFER_SM12X_EMULATE"):
         monkeypatch.delenv(var, raising=False)
-    assert target_for_device((12, 0)).name == "sm_120a"
-    assert target_for_device((12, 1)).name == "sm_121a"
+    assert target_for_capability((12, 0)).name == "sm_120a"
+    assert target_for_capability((12, 1)).name == "sm_121a"
     with pytest.raises(ArchError, match="emulat"):
-        target_for_device((9, 0))
+        target_for_capability((9, 0))
     with pytest.raises(ArchError):
-        target_for_device((10, 0))
+        target_for_capability((10, 0))
     monkeypatch.setenv("FLASHINFER_SM12X_EMULATE", "1")
-    assert target_for_device((9, 0)).name == "sm_90a"
+    assert target_for_capability((9, 0)).name == "sm_90a"
 
 
 def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLASHINFER_SM12X_ARCH", raising=False)
     monkeypatch.setenv("FLASHINFER_CUDA_ARCH_LIST", "9.0a 10.0a 12.0f")
-    assert target_for_device((12, 1)).name == "sm_120f"
+    assert target_for_capability((12, 1)).name == "sm_120f"
     monkeypatch.setenv("FLASHINFER_SM12X_ARCH", "sm_120a")  # ours wins over FlashInfer's list
-    assert target_for_device((12, 0)).name == "sm_120a"
+    assert target_for_capability((12, 0)).name == "sm_120a"
     with pytest.raises(ArchError, match="never loaded"):
-        target_for_device((12, 1))  # SM120-only code on a DGX Spark
+        target_for_capability((12, 1))  # SM120-only code on a DGX Spark
 
 
 def test_nvcc_version_gates() -> None:

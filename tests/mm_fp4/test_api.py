@@ -137,7 +137,11 @@ def planner(monkeypatch: pytest.MonkeyPatch):
         def workspace_bytes(self, m: int, n: int, k: int) -> int:
             return 0
 
-    monkeypatch.setattr(op, "load_module", lambda spec: FakeModule())
+    from flashinfer_sm12x.kernels import family
+    from flashinfer_sm12x.kernels.mm_fp4 import FAMILY
+
+    monkeypatch.setattr(family, "load_module", lambda spec: FakeModule())
+    monkeypatch.setattr(FAMILY.modules, "_modules", {})
     monkeypatch.setattr(op, "_PLANS", {})
     return op
 
@@ -205,6 +209,30 @@ def test_autotuner_runner_is_a_flashinfer_tunable_runner(operands: dict[str, tor
     assert runner.get_valid_tactics(inputs) == list(range(len(FAMILY.shipped("mxfp4"))))
     with pytest.raises(ValueError, match="CUDA"):  # validated like the public API, before any launch
         runner.forward(inputs, tactic=0)
+
+
+def test_autotuner_runner_lists_and_runs_the_device_menu(operands: dict[str, torch.Tensor],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a DGX Spark (sm_121a) the tuner's tactic indices cover sm_121a's menu and index the same order forward
+    runs (they were sized from sm_120a's menu: NVFP4 has 10 tactics on sm_121a, 8 on sm_120a)."""
+    from flashinfer_sm12x.integrations import flashinfer_mm_fp4 as integration
+    from flashinfer_sm12x.jit.arch import DeviceFacts
+    from flashinfer_sm12x.ops import mm_fp4 as op
+
+    spark = parse_target("sm_121a")
+    monkeypatch.setattr(integration, "_facts", lambda a: DeviceFacts(0, spark, 48))
+    ran: list = []
+    monkeypatch.setattr(op, "validate", lambda *args, **kw: "problem")
+    monkeypatch.setattr(op, "run_tactic", lambda p, tactic, pdl: ran.append(tactic))
+    inputs = [operands["a"], operands["b"], operands["a_descale"], operands["b_descale"], None, torch.bfloat16,
+              None, 16, True, None]
+    runner = integration.MmFp4Runner()
+    indices = runner.get_valid_tactics(inputs)
+    assert len(indices) == len(FAMILY.shipped("nvfp4", spark)) != len(FAMILY.shipped("nvfp4", parse_target("sm_120a")))
+    for i in indices:
+        runner.forward(inputs, tactic=i)
+    m, n, k = operands["a"].shape[0], operands["b"].shape[1], operands["a"].shape[1] * 2
+    assert ran == list(heuristic(m, n, k, "nvfp4", spark, 48))
 
 
 @pytest.mark.parametrize("tactic", FAMILY.shipped("mxfp8_mxfp4", parse_target("sm_90a")), ids=lambda t: t.name)

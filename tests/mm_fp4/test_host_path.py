@@ -15,6 +15,8 @@ import torch
 
 from flashinfer_sm12x.formats import mxfp4_quantize, nvfp4_quantize
 from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.kernels import family
+from flashinfer_sm12x.kernels.mm_fp4 import FAMILY
 from flashinfer_sm12x.ops import mm_fp4 as op
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,7 +176,8 @@ def test_plan_holds_workspace_size_and_launcher(monkeypatch: pytest.MonkeyPatch,
     """The workspace size is asked once per plan (not per call); a call passes a workspace of that size, or None
     when the tactic needs none."""
     module = FakeModule(workspace)
-    monkeypatch.setattr(op, "load_module", lambda spec: module)
+    monkeypatch.setattr(family, "load_module", lambda spec: module)
+    monkeypatch.setattr(FAMILY.modules, "_modules", {})
     monkeypatch.setattr(op, "_PLANS", {})
     target = parse_target("sm_120a")
     ops = _operands("mxfp4")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import flashinfer_sm12x as fs
-from flashinfer_sm12x.jit.arch import target_for_device
+from flashinfer_sm12x.jit.arch import target_for_capability
 from flashinfer_sm12x.kernels.mm_fp4 import CANDIDATES, FAMILY, FORMATS, applicable
 from flashinfer_sm12x.testing.mm_fp4_cases import SHAPES, make_operands, prebuild, run_and_check, selected_cases
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.sm12x
 
 @pytest.fixture(scope="module", autouse=True)
 def _prebuilt(request: pytest.FixtureRequest) -> None:
-    target = target_for_device(torch.cuda.get_device_capability())
+    target = target_for_capability(torch.cuda.get_device_capability())
     cases = [(f, t, o) for f in FORMATS for t in FAMILY.shipped(f, target) for o in (torch.bfloat16, torch.float16)]
     prebuild(selected_cases(request, cases), target)
 
@@ -27,7 +27,7 @@ def _prebuilt(request: pytest.FixtureRequest) -> None:
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_tactic_matches_reference(fmt: str, tactic, out_dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
-    if tactic not in FAMILY.shipped(fmt, target_for_device(torch.cuda.get_device_capability())):
+    if tactic not in FAMILY.shipped(fmt, target_for_capability(torch.cuda.get_device_capability())):
         pytest.skip(f"{tactic.name} is not in the proven {fmt} menu for this GPU's target")
     m, n, k = shape
     run_and_check(fmt, tactic, out_dtype, m, n, k, with_alpha=(m % 2 == 1), seed=m * 7 + k)

@@ -17,12 +17,13 @@ from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
 from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
 
 fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")  # the module (the package exports the function)
+pipeline = importlib.import_module("flashinfer_sm12x.moe.pipeline")
 H, INTER = 64, 96
 
 
 @pytest.fixture
 def model_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fm, "grouped_mm_fp4", grouped_gemm_model)
+    monkeypatch.setattr(pipeline, "grouped_mm_fp4", grouped_gemm_model)
 
 
 def _prepared(num_e: int, interleaved: bool = True):
@@ -78,7 +79,7 @@ def test_tile_layout_bound_holds_for_skewed_counts() -> None:
     offsets = torch.tensor([0, 0, 130, 131, 131, 200])  # counts 0, 130, 1, 0, 69
     rows, tm = 200, 64
     bound = -(-(rows + min(5, rows) * (tm - 1)) // tm) * tm
-    start, expert_of_tile = fm._tile_layout(offsets, bound, tm)
+    start, expert_of_tile = pipeline.tile_layout(offsets, bound, tm)
     assert start.tolist() == [0, 0, 192, 256, 256]
     assert expert_of_tile.tolist()[:6] == [1, 1, 1, 2, 4, 4]
     assert expert_of_tile.numel() == bound // tm and int(expert_of_tile.max()) <= 4
@@ -110,7 +111,7 @@ def test_zero_tokens_launch_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_gemm(*a, **k):
         raise AssertionError("a GEMM ran for zero tokens")
 
-    monkeypatch.setattr(fm, "grouped_mm_fp4", no_gemm)
+    monkeypatch.setattr(pipeline, "grouped_mm_fp4", no_gemm)
     _, w = _prepared(8)
     out = fm.fused_moe(torch.zeros(0, H), (torch.zeros(0, 4, dtype=torch.int32), torch.zeros(0, 4)), w)
     assert out.shape == (0, H) and out.dtype == torch.bfloat16

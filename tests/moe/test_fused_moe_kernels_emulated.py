@@ -126,7 +126,7 @@ def test_cached_gemm_launcher_does_not_keep_weights_alive() -> None:
     b_sf = torch.zeros(2 * 128 * 4, dtype=torch.uint8, device="cuda")
     out = torch.empty(64, 64, dtype=torch.bfloat16, device="cuda")
     launch = grouped_mm_fp4_launcher(a, sf, b, b_sf, torch.zeros(1, dtype=torch.int32, device="cuda"), CANDIDATES[0],
-                                     out)
+                                     out, fmt="mxfp4")
     assert launch() is out
     del b
     with pytest.raises(RuntimeError, match="freed"):

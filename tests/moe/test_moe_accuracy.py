@@ -16,8 +16,8 @@ import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import heuristic
 from flashinfer_sm12x.moe import gpt_oss_moe_reference, route
+from flashinfer_sm12x.moe.pipeline import row_plan
 from flashinfer_sm12x.testing.moe_accuracy import (
     CSV_FIELDS,
     AccuracyRow,
@@ -141,7 +141,7 @@ def test_script_lists_the_modules_fused_moe_loads() -> None:
     want = []
     for act, fmt in (("mxfp4", "mxfp4"), ("mxfp8", "mxfp8_mxfp4")):
         for t in (16, 256):
-            spec = GROUPED.spec(target, fmt, heuristic(t * 4, 32, fmt, target)[0], torch.bfloat16)
+            spec = GROUPED.spec(target, fmt, row_plan(t, 4, 32, fmt, None, target).tactic, torch.bfloat16)
             line = f"module grouped_mm_fp4/{spec.group}/sm_90a"
             if line not in want:
                 want.append(line)

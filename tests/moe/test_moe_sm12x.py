@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashinfer_sm12x.jit.arch import device_target
+from flashinfer_sm12x.jit.arch import device_facts
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, FAMILY, W4A8_CANDIDATES
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import check_bad_inputs_rejected_before_launch as check_errors
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_grouped_case as check_grouped
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.sm12x
 @pytest.mark.parametrize(("num_e", "tiles", "n", "k"), [(4, 5, 200, 128), (3, 3, 264, 2880), (8, 6, 136, 640)],
                          ids=lambda v: str(v))
 def test_grouped_matches_per_tile_reference(tactic, num_e: int, tiles: int, n: int, k: int) -> None:
-    if tactic not in FAMILY.shipped("mxfp4", device_target(torch.device("cuda", 0))):
+    if tactic not in FAMILY.shipped("mxfp4", device_facts(0).target):
         pytest.skip(f"{tactic.name} is not in the proven grouped menu for this GPU's target")
     check_grouped(tactic, num_e, tiles, n, k)
 
@@ -37,7 +37,7 @@ def test_grouped_matches_per_tile_reference(tactic, num_e: int, tiles: int, n: i
 @pytest.mark.parametrize(("num_e", "tiles", "n", "k"), [(4, 5, 200, 128), (3, 3, 264, 2944), (8, 6, 136, 640)],
                          ids=lambda v: str(v))
 def test_grouped_w4a8_matches_per_tile_reference(tactic, num_e: int, tiles: int, n: int, k: int) -> None:
-    if tactic not in FAMILY.shipped("mxfp8_mxfp4", device_target(torch.device("cuda", 0))):
+    if tactic not in FAMILY.shipped("mxfp8_mxfp4", device_facts(0).target):
         pytest.skip(f"{tactic.name} is not in the proven W4A8 grouped menu for this GPU's target")
     check_grouped(tactic, num_e, tiles, n, k, act="mxfp8")
 
@@ -47,7 +47,7 @@ def test_grouped_w4a8_matches_per_tile_reference(tactic, num_e: int, tiles: int,
                          ids=lambda v: v if isinstance(v, str) else v.name)
 @pytest.mark.parametrize("variant", ["gpt-oss", "residue-fp32-bias-per-expert", "swiglu-g1-no-limit"])
 def test_gemm1_fused_activation_epilogue_is_bit_identical(fmt: str, tactic, variant: str) -> None:
-    if tactic not in FAMILY.shipped(fmt, device_target(torch.device("cuda", 0))) or \
+    if tactic not in FAMILY.shipped(fmt, device_facts(0).target) or \
             not FAMILY.serves("swiglu_quantize", fmt, tactic):
         pytest.skip(f"{tactic.name} does not ship the fused epilogue for {fmt} on this GPU's target")
     act, k = ("mxfp4", 2880) if fmt == "mxfp4" else ("mxfp8", 2944)

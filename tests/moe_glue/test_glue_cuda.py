@@ -16,28 +16,28 @@ import torch
 
 from flashinfer_sm12x.formats import SfLayout, swizzle_sf, unswizzle_sf
 from flashinfer_sm12x.formats.quantize import mxfp4_quantize, mxfp8_quantize
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, W4A8_CANDIDATES
-from flashinfer_sm12x.moe.fused_moe import _swiglu, plan_expert_rows
-from flashinfer_sm12x.moe.routing import route
-from flashinfer_sm12x.ops.moe_glue import (
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, W4A8_CANDIDATES, gemm_format
+from flashinfer_sm12x.moe.pipeline import (
     GlueViews,
     RowPlan,
-    glue_module,
     glue_views,
     plan_and_scatter,
+    plan_expert_rows,
     row_plan,
+    swiglu,
     workspace_part,
 )
+from flashinfer_sm12x.moe.routing import route
+from flashinfer_sm12x.ops.moe_glue import LAYOUT_CODE, glue_module
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("emulate")]
-GEMM_FORMAT = {"mxfp4": "mxfp4", "mxfp8": "mxfp8_mxfp4"}
 
 
 
 def _setup(num_t: int, num_e: int, k: int, act: str, hp: int, ip: int, tactic=None) -> tuple[RowPlan, GlueViews]:
     dev = torch.device("cuda")
     tactic = tactic or (CANDIDATES[0] if act == "mxfp4" else W4A8_CANDIDATES[0])
-    plan = row_plan(num_t, k, num_e, GEMM_FORMAT[act], tactic, None)
+    plan = row_plan(num_t, k, num_e, gemm_format(act), tactic, None)
     return plan, glue_views(dev, plan, hp, ip, act)
 
 
@@ -109,7 +109,7 @@ def test_scatter_matches_torch_gather_and_quantize(act: str, dtype: torch.dtype,
     module.plan_logits(logits, views.workspace, k, plan.tactic.tile_m, plan.tiles)
     module.scatter(hidden, views.workspace, views.x, views.x_sf, k, num_e, hp, plan.tactic.tile_m, plan.bound)
     ids, _ = route(logits, k)
-    r = plan_expert_rows(ids, num_e, GEMM_FORMAT[act], plan.tactic, hidden.device, validate_ids=False)
+    r = plan_expert_rows(ids, num_e, gemm_format(act), plan.tactic, hidden.device, validate_ids=False)
     x = torch.zeros(plan.bound, hp, dtype=torch.float32, device="cuda")
     x[r.dest, :h] = hidden.index_select(0, r.token_of_row.long()).float()
     want_q, want_sf = mxfp4_quantize(x) if act == "mxfp4" else mxfp8_quantize(x, True, 32)
@@ -149,11 +149,6 @@ def test_scatter_prequantized_copies_rows_and_scales(swizzled: bool) -> None:
     assert torch.equal(views.x_sf, swizzle_sf(want_sf, SfLayout.layout_128x4))
 
 
-class _Layout:
-    def __init__(self, interleaved: bool, up_first: bool, ip: int) -> None:
-        self.interleaved, self.up_first, self.intermediate_size_padded = interleaved, up_first, ip
-
-
 @pytest.mark.parametrize("act", ["mxfp4", "mxfp8"])
 @pytest.mark.parametrize(("layout", "activation", "per_expert"), [
     (0, "swiglu_oai", False), (1, "swiglu_oai", True), (2, "swiglu_oai", True), (0, "swiglu", False)])
@@ -183,8 +178,8 @@ def test_activation_matches_torch_within_a_rounding_flip(act: str, layout: int, 
         return v.index_select(0, e_row).unsqueeze(1) if isinstance(v, torch.Tensor) else v
 
     hf = views.h.float() * per_row(g1) + bias.float().index_select(0, e_row)
-    lay = _Layout(layout == 0, layout == 2, ip)
-    a = _swiglu(hf, lay, activation, per_row(alpha), per_row(beta), per_row(limit))
+    layout_name = {code: name for name, code in LAYOUT_CODE.items()}[layout]
+    a = swiglu(hf, layout_name, ip, activation == "swiglu_oai", per_row(alpha), per_row(beta), per_row(limit))
     want_q, want_sf = mxfp4_quantize(a.contiguous()) if act == "mxfp4" else mxfp8_quantize(a.contiguous(), True, 32)
     routed = workspace_part(views, plan, "dest").long()
     sf_cols = ip // 32

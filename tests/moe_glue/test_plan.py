@@ -13,13 +13,9 @@ from flashinfer_sm12x.kernels import FAMILIES
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
 from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS, MENU, moe_glue_spec
 from flashinfer_sm12x.moe.fused_moe import fused_moe
+from flashinfer_sm12x.moe.pipeline import row_plan
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from flashinfer_sm12x.ops.moe_glue import (
-    fused_plan_scatter_serves,
-    kernels_support,
-    row_plan,
-    workspace_offsets,
-)
+from flashinfer_sm12x.ops.moe_glue import fused_plan_scatter_serves, kernels_support, workspace_offsets
 from flashinfer_sm12x.testing.moe_cases import make_weights
 
 
@@ -147,4 +143,5 @@ def test_gemm_launcher_checks_like_grouped_mm_fp4() -> None:
     with pytest.raises(TypeError, match="a must be"):
         grouped_mm_fp4_launcher(a.float(), sf, b, b_sf, tiles, CANDIDATES[0], torch.zeros(64, 64, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="CUDA"):
-        grouped_mm_fp4_launcher(a, sf, b, b_sf, tiles, CANDIDATES[0], torch.zeros(64, 64, dtype=torch.bfloat16))
+        grouped_mm_fp4_launcher(a, sf, b, b_sf, tiles, CANDIDATES[0], torch.zeros(64, 64, dtype=torch.bfloat16),
+                                fmt="mxfp4")

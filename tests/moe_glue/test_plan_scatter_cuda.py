@@ -17,17 +17,17 @@ import torch
 from flashinfer_sm12x.formats import SfLayout, swizzle_sf, unswizzle_sf
 from flashinfer_sm12x.formats.quantize import mxfp4_quantize, mxfp8_quantize
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
-from flashinfer_sm12x.moe.fused_moe import plan_expert_rows
-from flashinfer_sm12x.moe.routing import route
-from flashinfer_sm12x.ops.moe_glue import (
+from flashinfer_sm12x.moe.pipeline import (
     GlueViews,
     RowPlan,
-    glue_module,
     glue_views,
     plan_and_scatter,
+    plan_expert_rows,
     row_plan,
     workspace_part,
 )
+from flashinfer_sm12x.moe.routing import route
+from flashinfer_sm12x.ops.moe_glue import glue_module
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("emulate")]
 K = 4

@@ -17,6 +17,7 @@ from flashinfer_sm12x.errors import ConfigError
 from flashinfer_sm12x.formats import SfLayout, e2m1_encode, e4m3_encode
 from flashinfer_sm12x.formats import quantize as reference
 from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.kernels import family
 from flashinfer_sm12x.kernels.quantize import FORMATS, prebuild, quantize_spec, required_instruction
 from flashinfer_sm12x.ops import quantize as ops
 from tests.quantize.cases import e2m1_cases, e4m3_cases, special_rows
@@ -31,7 +32,7 @@ def no_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a CPU call must not build or load a kernel module")
 
-    monkeypatch.setattr(ops, "load_module", refuse)
+    monkeypatch.setattr(family, "load_module", refuse)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,8 +43,8 @@ def test_signatures_match_the_reference(name: str) -> None:
 def test_package_and_fused_moe_use_the_ops() -> None:
     for name in NAMES:
         assert getattr(flashinfer_sm12x, name) is getattr(ops, name)
-    fused_moe = importlib.import_module("flashinfer_sm12x.moe.fused_moe")
-    assert fused_moe.mxfp4_quantize is ops.mxfp4_quantize and fused_moe.mxfp8_quantize is ops.mxfp8_quantize
+    pipeline = importlib.import_module("flashinfer_sm12x.moe.pipeline")  # fused_moe's reference implementation
+    assert pipeline.mxfp4_quantize is ops.mxfp4_quantize and pipeline.mxfp8_quantize is ops.mxfp8_quantize
     assert flashinfer_sm12x.mxfp4_dequantize is reference.mxfp4_dequantize
 
 
