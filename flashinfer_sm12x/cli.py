@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handler, not at interpreter exit
+        return status
     except BrokenPipeError:
         # The reader went away (`cache list | head -1`): stop quietly, as other command-line tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

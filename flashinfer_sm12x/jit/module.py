@@ -170,8 +170,17 @@ def verify_spec(spec: ModuleSpec, module_dir: Path) -> tuple[Path | None, str]:
     return cache.verify(module_dir, spec.source_key(), spec.header_roots(), spec.local_compilers())
 
 
-def build_module(spec: ModuleSpec, root: Path | None = None) -> Path:
+def build_module(spec: ModuleSpec, root: Path | None = None, *, announce: bool = True) -> Path:
     """Find `spec` verified in the cache, else in an installed kernel bundle, else build it.
+
+    Parameters
+    ----------
+    spec
+        The module.
+    root
+        The cache root (default: the configured cache).
+    announce
+        Print the build's own start / end lines (prebuild prints one line per module instead).
 
     Returns
     -------
@@ -198,7 +207,7 @@ def build_module(spec: ModuleSpec, root: Path | None = None) -> Path:
         if why != "not built":
             warnings.warn(f"flashinfer_sm12x: discarding cached {spec.name} and rebuilding: {why}", stacklevel=3)
         discard(module_dir)
-        _build_and_install(spec, module_dir)
+        _build_and_install(spec, module_dir, announce)
     artifact, why = verify_spec(spec, module_dir)
     if artifact is None:
         raise BuildError(f"{spec.name} was built but does not verify: {why}")
@@ -239,7 +248,7 @@ def _clean_stale_staging(arch_dir: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _build_and_install(spec: ModuleSpec, module_dir: Path) -> None:
+def _build_and_install(spec: ModuleSpec, module_dir: Path, announce: bool = True) -> None:
     arch_dir = module_dir.parent
     if not os.access(arch_dir, os.W_OK):
         raise CacheSecurityError(f"JIT cache directory {arch_dir} is not writable; cannot build {spec.name}.")
@@ -255,7 +264,7 @@ def _build_and_install(spec: ModuleSpec, module_dir: Path) -> None:
         plan = BuildPlan(
             module=spec.name, sources=tuple(paths), nvcc=str(nvcc.path) if nvcc else None, cxx=toolchain.find_cxx(),
             cuda_flags=spec.cuda_flags(), cxx_flags=spec.cxx_flags(), ldflags=spec.ldflags(),
-            jobs=env.max_jobs(),
+            jobs=env.max_jobs(), announce=announce,
         )
         seconds = run_ninja(toolchain.find_ninja(), plan, staging)
         roots = spec.include_roots()
@@ -281,6 +290,7 @@ def _build_and_install(spec: ModuleSpec, module_dir: Path) -> None:
         for old in module_dir.glob("*.so"):
             if old.name != artifact_name:
                 old.unlink()
-        say(f"installed {spec.name} ({len(headers)} headers hashed)")
+        if announce:
+            say(f"installed {spec.name} ({len(headers)} headers hashed)")
     finally:
         shutil.rmtree(staging, ignore_errors=True)

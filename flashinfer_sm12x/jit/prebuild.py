@@ -211,7 +211,7 @@ def run_plan(items: list[PlanItem], budget: JobBudget, *, root: Path | None = No
         if _is_cached(item.spec, root):
             return "cached"
         echo(f"[{index}/{total}] building {name} ({', '.join(item.translation_units)})")
-        build_module(item.spec, root)
+        build_module(item.spec, root, announce=False)
         return "built"
 
     def fits(item: PlanItem) -> bool:
