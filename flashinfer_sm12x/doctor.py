@@ -9,6 +9,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import env, paths
 from ._version import __version__
@@ -185,18 +186,69 @@ def _cache(report: Report, selftest: bool) -> None:
     except Sm12xError as exc:
         report.problems.append(str(exc))
         return
+    per_target: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        counts = per_target.setdefault(entry.target, {})
+        counts[entry.origin] = counts.get(entry.origin, 0) + 1
+    for target, counts in sorted(per_target.items()):
+        report.fact(f"  {target}", ", ".join(f"{n} {origin}" for origin, n in sorted(counts.items())))
+    _bundles(report)
     if selftest:
-        from .jit.selftest import run_selftest
+        _selftest(report)
 
-        start = time.monotonic()
+
+def _bundles(report: Report) -> None:
+    """Installed kernel bundles (prebuilt modules found before any compile), per target."""
+    from .jit import bundles
+
+    try:
+        found = bundles.find_bundles()
+    except Sm12xError as exc:
+        report.problems.append(str(exc))
+        return
+    if not found:
+        report.fact("kernel bundles", "none installed")
+        return
+    for bundle in found:
         try:
-            ok = run_selftest(42) == 42
-            report.fact("JIT self-test", f"{'ok' if ok else 'WRONG ANSWER'} ({time.monotonic() - start:.1f} s: "
-                                         "render, ninja, c++, verify, tvm_ffi load)")
-            if not ok:
-                report.problems.append("the JIT self-test module returned a wrong answer")
+            modules = bundles.bundle_contents(bundle)
         except Sm12xError as exc:
-            report.problems.append(f"JIT self-test failed: {exc}")
+            report.warnings.append(f"kernel bundle {bundle.name} ({bundle.path}) is not usable: {exc}")
+            continue
+        counts: dict[str, int] = {}
+        for packed in modules.values():
+            counts[packed.target] = counts.get(packed.target, 0) + 1
+        listing = ", ".join(f"{target}: {n}" for target, n in sorted(counts.items())) or "empty"
+        report.fact("kernel bundle", f"{bundle.name} ({bundle.path}): {listing} prebuilt module(s)")
+
+
+def _selftest(report: Report) -> None:
+    """Build and load the self-test module in a private temporary cache, quietly: the user's cache is left as it
+    was and no build line is printed among the report's."""
+    import shutil
+    import tempfile
+
+    from .jit.selftest import run_selftest
+
+    start = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="flashinfer_sm12x-doctor-"))  # 0700
+    saved = {var: os.environ.get(var) for var in (env.CACHE_DIR, env.QUIET)}
+    os.environ[env.CACHE_DIR], os.environ[env.QUIET] = str(tmp), "1"
+    try:
+        ok = run_selftest(42) == 42
+        report.fact("JIT self-test", f"{'ok' if ok else 'WRONG ANSWER'} ({time.monotonic() - start:.1f} s: "
+                                     "render, ninja, c++, verify, tvm_ffi load; in a temporary cache)")
+        if not ok:
+            report.problems.append("the JIT self-test module returned a wrong answer")
+    except Sm12xError as exc:
+        report.problems.append(f"JIT self-test failed: {exc}")
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def diagnose(selftest: bool = True) -> Report:

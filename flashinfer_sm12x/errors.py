@@ -26,3 +26,17 @@ class BuildError(Sm12xError):
 
 class CacheSecurityError(Sm12xError, PermissionError):
     """The JIT cache is not private to this user, or an artifact failed verification."""
+
+
+class ArchiveError(Sm12xError, ValueError):
+    """A kernel archive or bundle that is refused; `reason` says which check failed.
+
+    Reasons: "unsafe_member" (a symlink, link, device, absolute path or `..` inside), "tampered" (a hash or the
+    index does not match the contents), "format" (not an archive of this package, or another package version),
+    "target" (built for a target this machine cannot use), "toolchain" (another CUDA major version),
+    "sources" (built from headers that differ from this installation's).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{message} [{reason}]")
+        self.reason = reason

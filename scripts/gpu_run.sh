@@ -16,7 +16,10 @@
 #   bench      benchmarks (BENCHES: a list of scripts to run instead): host time per call, quantizers and MoE glue (native H200 kernels, against the copy
 #              bandwidth measured in the same run), reduced mm_fp4 / MoE benchmarks (emulated: correctness only)
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
-# and tools/util/include). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
+# and tools/util/include). Optional: .carry/modules*.tar.gz, sm_90a modules built on the CPU machine with
+#   flashinfer-sm12x cache export --arch sm_90a --ops grouped_mm_fp4 -o .carry/modules_sm_90a.tar.gz
+# (same tvm_ffi version and CUDA major as here; keep the carry within its 64 MiB): imported into the cache first,
+# so this machine compiles only what they lack (an archive that does not verify here is refused and logged). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
 # (the device tool returns few files). Usage: bash scripts/gpu_run.sh [stage ...]
 # EMULATION_K: a pytest -k expression, EMULATION_PATHS: test paths (default tests), to run part of the GPU tests
 # within a call's budget.
@@ -38,6 +41,12 @@ export FLASHINFER_SM12X_CUTLASS_DIR=/tmp/cutlass/cutlass
 export FLASHINFER_SM12X_CACHE_DIR=$PWD/.jit-cache
 export FLASHINFER_SM12X_EMULATE=1 FLASHINFER_SM12X_QUIET=1 MAX_JOBS=2
 mkdir -p "$FLASHINFER_SM12X_CACHE_DIR" && chmod 700 "$FLASHINFER_SM12X_CACHE_DIR"
+shopt -s nullglob
+for carried in .carry/modules*.tar .carry/modules*.tar.gz; do
+  echo "== [$(elapsed) s] cache import $carried"
+  python3 -m flashinfer_sm12x cache import "$carried" --arch sm_90a 2>&1 | tail -1 | tee -a "$RESULTS/import.log"
+done
+shopt -u nullglob
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RESULTS/device.txt"
 nvcc --version | tail -2
 

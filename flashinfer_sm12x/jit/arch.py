@@ -75,6 +75,12 @@ def parse_target(text: str, *, correct_suffix: bool = True) -> Target:
     major, minor, suffix = int(match.group(1)), int(match.group(2)), match.group(3)
     if not suffix:
         fixed = Target(major, minor, "a")
+        if fixed.name not in SUPPORTED:
+            # Suggest only targets that exist: sm_999 must not be answered with sm_999a.
+            raise ArchError(
+                f"{text!r} is not a flashinfer_sm12x target: kernels are built for SM120/SM121 "
+                f"({', '.join(SUPPORTED[:4])}); sm_90a only for the emulation tests."
+            )
         if not correct_suffix and major == 9:
             raise ArchError(f"{text!r} has no suffix: the SM90 build of the SM12x templates (emulation) is "
                             f"{fixed.name}; name it so.")

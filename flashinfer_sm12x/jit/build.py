@@ -30,6 +30,7 @@ class BuildPlan:
     cxx_flags: tuple[str, ...]
     ldflags: tuple[str, ...]
     jobs: int
+    announce: bool = True  # False where a caller (prebuild) prints its own line per module
 
 
 def _quote(args: tuple[str, ...] | list[str]) -> str:
@@ -148,7 +149,9 @@ def run_ninja(ninja: str, plan: BuildPlan, staging: Path) -> float:
         raise BuildError(f"building {plan.module}: interrupted before it started")
     write_ninja(plan, staging)
     pending = _step_names(plan)
-    say(f"building {plan.module}: {', '.join(src.name for src in plan.sources)} ({plan.jobs} job(s))")
+    if plan.announce:
+        say(f"building {plan.module}: {', '.join(src.name for src in plan.sources)} "
+            f"(up to {plan.jobs} compiler process(es) for this module, MAX_JOBS)")
     start = time.monotonic()
     env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
     # Its own process group: terminate_builds() can stop ninja and the compilers it started, all at once.
@@ -182,7 +185,8 @@ def run_ninja(ninja: str, plan: BuildPlan, staging: Path) -> float:
     seconds = time.monotonic() - start
     if proc.returncode != 0:
         raise BuildError(f"building {plan.module} failed after {seconds:.0f} s:\n{''.join(output)[-20000:]}")
-    say(f"built {plan.module} in {seconds:.1f} s")
+    if plan.announce:
+        say(f"built {plan.module} in {seconds:.1f} s")
     return seconds
 
 

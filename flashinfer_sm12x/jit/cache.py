@@ -8,8 +8,20 @@ What is checked before native code is loaded (cache hardening):
   * every cache directory is a real directory (not a symlink), owned by this user, not group/world-writable;
     new ones are created 0700. Anything else is refused with CacheSecurityError naming the directory.
   * manifest.json and the artifact are regular files (lstat: no symlinks), owned by this user, not writable
-    by others; the manifest's key equals the key being asked for, every header it lists still hashes the same,
-    and the artifact's sha256 equals the manifest's. Any mismatch: warn, discard, rebuild; never load.
+    by others; the manifest's source key equals the key being asked for, every header it lists still hashes the
+    same, and the artifact's sha256 equals the manifest's. Any mismatch: warn, discard, rebuild; never load.
+
+Relocatable keys: nothing in a key names where things are installed. Include directories are logical roots
+(`pkg/include`, `pkg/csrc`, `cutlass/include`, `cutlass/util`, `tvm_ffi/include`, `extraN`), and a header is
+recorded as `root:relative/path` with its sha256, so a module built in one venv (or cache, or machine) verifies in
+another whose headers have the same contents. Headers of the compilers themselves (`cuda:` the toolkit, `sys:` the
+host's) are recorded too; they belong to the compiler, whose version is in the manifest:
+  * the source key (module directory name, lookup): op, group, target, sources, flags with logical include dirs,
+    package / CUTLASS / tvm_ffi versions: computable without any compiler;
+  * the full key: the source key + the compilers' versions + every included header's sha256.
+A module built here is rebuilt when the local compiler's version differs from the manifest's or one of its
+headers changed; an imported or bundled module was checked against this machine's CUDA major at import, and its
+compiler's headers are not re-read (the compiler need not be installed to load it).
   * artifacts and manifests are installed by atomic rename from a private temporary directory beside them,
     artifact first, manifest last, so a half-written file is never named by a valid manifest.
 """
@@ -22,6 +34,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +44,10 @@ from ..errors import CacheSecurityError, ConfigError
 
 MANIFEST = "manifest.json"
 LAST_USED = "last_used"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+# Where a module came from: built here, imported from an archive (`cache import`), or copied from a kernel bundle.
+ORIGINS = ("built", "imported", "bundle")
+TOOLCHAIN_LABELS = ("cuda", "sys")  # header roots that belong to the compilers, not to the sources
 
 
 def default_root() -> Path:
@@ -82,11 +98,13 @@ def check_private_dir(path: Path) -> None:
         )
 
 
-def check_private_file(path: Path) -> os.stat_result:
+def check_private_file(path: Path, *, trusted_owners: tuple[int, ...] | None = None) -> os.stat_result:
+    """Refuse `path` unless it is a regular file (not a symlink) of this user (or of `trusted_owners`), not
+    writable by group or others."""
     st = os.lstat(path)  # FileNotFoundError propagates: "not built"
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
         raise CacheSecurityError(f"{path} is a symlink or not a regular file; it will not be loaded.")
-    if st.st_uid != os.getuid():
+    if st.st_uid not in (trusted_owners or (os.getuid(),)):
         raise CacheSecurityError(f"{path} is owned by uid {st.st_uid}, not by you; it will not be loaded.")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CacheSecurityError(f"{path} is writable by group or others; it will not be loaded.")
@@ -106,8 +124,45 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def full_key(base_key: str, headers: dict[str, str]) -> str:
-    return sha256_text(json.dumps({"base": base_key, "headers": sorted(headers.items())}))
+def full_key(source_key: str, headers: dict[str, str], compilers: dict[str, str] | None = None) -> str:
+    """The key of one binary: its source key, the compilers' versions and every included header's sha256."""
+    return sha256_text(json.dumps({"source": source_key, "compilers": sorted((compilers or {}).items()),
+                                   "headers": sorted(headers.items())}))
+
+
+def logical_header(path: Path, roots: Sequence[tuple[str, Path]], cuda_home: Path | None) -> str:
+    """`label:relative/path` for a header under one of `roots` (the longest match), `cuda:...` under the toolkit,
+    else `sys:/absolute/path` (the host compiler's and the C library's headers)."""
+    best: tuple[int, str] | None = None
+    for label, root in roots:
+        if root in path.parents and (best is None or len(str(root)) > best[0]):
+            best = (len(str(root)), f"{label}:{path.relative_to(root).as_posix()}")
+    if best is not None:
+        return best[1]
+    if cuda_home is not None and cuda_home in path.parents:
+        return f"cuda:{path.relative_to(cuda_home).as_posix()}"
+    return f"sys:{path}"
+
+
+def resolve_header(name: str, roots: Mapping[str, Path], build_paths: Mapping[str, str]) -> Path | None:
+    """Where a logical header is on this machine; None for an unknown root. `cuda:` resolves against the toolkit
+    the module was built with (recorded in its manifest), `sys:` is already absolute."""
+    label, sep, rest = name.partition(":")
+    if not sep or not rest:
+        return None
+    if label == "sys":
+        return Path(rest) if os.path.isabs(rest) else None
+    base = roots.get(label) if label != "cuda" else (Path(build_paths["cuda"]) if "cuda" in build_paths else None)
+    if base is None:
+        return None
+    if os.path.isabs(rest) or ".." in Path(rest).parts:
+        return None  # a crafted manifest must not point outside its root
+    return base / rest
+
+
+def compiler_facts_of(toolchain: Mapping[str, str]) -> dict[str, str]:
+    """The compilers' entries of a manifest's toolchain facts (what a rebuild here would change)."""
+    return {k: v for k, v in toolchain.items() if k in ("nvcc", "cxx")}
 
 
 @dataclass
@@ -115,39 +170,95 @@ class Manifest:
     module: str
     op: str
     target: str
-    base_key: str  # everything known before the build: sources, flags, toolchain, versions
-    key: str  # base_key + the content of every header the build included
+    source_key: str  # everything known before the build, with no install path: sources, flags, versions
+    key: str  # source_key + the compilers' versions + the content of every header the build included
     artifact: str
     artifact_sha256: str
-    headers: dict[str, str] = field(default_factory=dict)  # absolute path -> sha256
+    headers: dict[str, str] = field(default_factory=dict)  # logical header (root:relative path) -> sha256
     toolchain: dict[str, str] = field(default_factory=dict)
     built_at: str = ""
     build_seconds: float = 0.0
+    origin: str = "built"  # one of ORIGINS
+    build_paths: dict[str, str] = field(default_factory=dict)  # informational: the build machine's roots
+    imported_from: str = ""  # the archive's sha256 (imported) or the bundle's name (bundle)
     format: int = MANIFEST_FORMAT
 
     def write(self, module_dir: Path, staging_dir: Path) -> None:
         tmp = staging_dir / MANIFEST
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=1, sort_keys=True)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(self.to_bytes())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, module_dir / MANIFEST)
 
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
     @staticmethod
-    def read(module_dir: Path) -> Manifest:
+    def from_bytes(raw: bytes) -> Manifest:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            got = data.get("format") if isinstance(data, dict) else None
+            raise ValueError(f"manifest format {got} is not {MANIFEST_FORMAT}")
+        manifest = Manifest(**data)
+        if manifest.origin not in ORIGINS:
+            raise ValueError(f"manifest origin {manifest.origin!r} is not one of {', '.join(ORIGINS)}")
+        return manifest
+
+    @staticmethod
+    def read(module_dir: Path, *, trusted_owners: tuple[int, ...] | None = None) -> Manifest:
         path = module_dir / MANIFEST
-        check_private_file(path)
+        check_private_file(path, trusted_owners=trusted_owners)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd) as fh:
-            data = json.load(fh)
-        if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"manifest format {data.get('format')} is not {MANIFEST_FORMAT}")
-        return Manifest(**data)
+        with os.fdopen(fd, "rb") as fh:
+            return Manifest.from_bytes(fh.read())
 
 
-def verify(module_dir: Path, base_key: str) -> tuple[Path | None, str]:
-    """(artifact path, "") when the module at module_dir may be loaded, else (None, why not)."""
+def check_manifest(manifest: Manifest, roots: Mapping[str, Path], *, check_toolchain_headers: bool) -> str:
+    """"" when every header the manifest lists hashes the same here and its key is consistent, else why not.
+
+    Headers under a content root (`roots`) are re-hashed wherever that root is installed here; the compilers'
+    own headers (`cuda:`, `sys:`) only when `check_toolchain_headers` (a module built on this machine)."""
+    for header, digest in manifest.headers.items():
+        label = header.partition(":")[0]
+        if label in TOOLCHAIN_LABELS and not check_toolchain_headers:
+            continue
+        path = resolve_header(header, roots, manifest.build_paths)
+        if path is None:
+            return f"included header {header} is under a root unknown here"
+        try:
+            now = sha256_file(path)
+        except OSError:
+            return f"included header {header} is gone"
+        if now != digest:
+            return f"included header {header} changed"
+    if manifest.key != full_key(manifest.source_key, manifest.headers, compiler_facts_of(manifest.toolchain)):
+        return "manifest key is inconsistent with its header digests and compilers"
+    return ""
+
+
+def verify(module_dir: Path, source_key: str, roots: Mapping[str, Path] | None = None,
+           compilers: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+    """(artifact path, "") when the module at module_dir may be loaded, else (None, why not).
+
+    Parameters
+    ----------
+    module_dir
+        The module's directory in a private cache.
+    source_key
+        The key being asked for (ModuleSpec.source_key()).
+    roots
+        Logical include root -> where it is installed here (ModuleSpec.header_roots()).
+    compilers
+        The local compilers' versions (ModuleSpec.local_compilers()), or None where no compiler is installed:
+        a module built here with another compiler is then out of date.
+
+    Returns
+    -------
+    tuple
+        The artifact to load, or None and the reason.
+    """
     try:
         check_private_dir(module_dir)
     except CacheSecurityError as exc:
@@ -160,17 +271,17 @@ def verify(module_dir: Path, base_key: str) -> tuple[Path | None, str]:
         return None, "no manifest (an earlier build did not finish)"
     except (CacheSecurityError, ValueError, TypeError, json.JSONDecodeError) as exc:
         return None, f"manifest rejected: {exc}"
-    if manifest.base_key != base_key:
-        return None, "manifest key does not match the requested module (sources, flags or toolchain changed)"
-    for header, digest in manifest.headers.items():
-        try:
-            now = sha256_file(Path(header))
-        except OSError:
-            return None, f"included header {header} is gone"
-        if now != digest:
-            return None, f"included header {header} changed"
-    if manifest.key != full_key(base_key, manifest.headers):
-        return None, "manifest key is inconsistent with its header digests"
+    if manifest.source_key != source_key:
+        return None, "manifest key does not match the requested module (sources, flags or versions changed)"
+    built_here = manifest.origin == "built"
+    if built_here and compilers is not None:
+        theirs = compiler_facts_of(manifest.toolchain)
+        changed = [k for k, v in compilers.items() if k in theirs and theirs[k] != v]
+        if changed:
+            return None, f"built with another compiler ({', '.join(changed)}: {theirs[changed[0]]!r})"
+    why = check_manifest(manifest, roots or {}, check_toolchain_headers=built_here)
+    if why:
+        return None, why
     artifact = module_dir / manifest.artifact
     if os.path.basename(manifest.artifact) != manifest.artifact:
         return None, "manifest names an artifact outside its directory"
@@ -204,6 +315,7 @@ class CacheEntry:
     built_at: str
     last_used: float | None
     valid_manifest: bool
+    origin: str = "?"
 
 
 def list_entries(root: Path | None = None) -> list[CacheEntry]:
@@ -218,9 +330,9 @@ def list_entries(root: Path | None = None) -> list[CacheEntry]:
                 size = sum(f.stat().st_size for f in module_dir.iterdir() if f.is_file() and not f.is_symlink())
                 try:
                     manifest = Manifest.read(module_dir)
-                    built, valid = manifest.built_at, True
+                    built, valid, origin = manifest.built_at, True, manifest.origin
                 except (OSError, ValueError, TypeError, CacheSecurityError):
-                    built, valid = "?", False
+                    built, valid, origin = "?", False, "?"
                 last = module_dir / LAST_USED
                 entries.append(
                     CacheEntry(
@@ -232,6 +344,7 @@ def list_entries(root: Path | None = None) -> list[CacheEntry]:
                         built_at=built,
                         last_used=last.stat().st_mtime if last.exists() else None,
                         valid_manifest=valid,
+                        origin=origin,
                     )
                 )
     return entries
@@ -251,12 +364,21 @@ def clear(*, module: str | None = None, arch: str | None = None, everything: boo
                 _remove(child)
                 removed.append(child)
         return removed
-    for entry in list_entries(root):
-        if (module is not None and (entry.module == module or entry.module.startswith(module + "_"))) or (
-            arch is not None and entry.target == arch
-        ):
-            _remove(entry.path)
-            removed.append(entry.path)
+    entries = list_entries(root)
+    chosen = [e for e in entries if (module is not None and (e.module == module or e.module.startswith(module + "_")))
+              or (arch is not None and e.target == arch)]
+    if not chosen:
+        # A typo must not look like success: say what is there instead.
+        if module is not None:
+            known = sorted({e.module for e in entries})
+            raise ConfigError(f"no cached module named {module!r} (nor starting with {module + '_'!r}) in {root}; "
+                              f"cached: {', '.join(known) if known else 'none'} (see `flashinfer-sm12x cache list`)")
+        targets = sorted({e.target for e in entries})
+        raise ConfigError(f"no cached module for target {arch!r} in {root}; cached targets: "
+                          f"{', '.join(targets) if targets else 'none'}")
+    for entry in chosen:
+        _remove(entry.path)
+        removed.append(entry.path)
     return removed
 
 

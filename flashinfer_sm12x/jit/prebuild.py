@@ -20,9 +20,9 @@ from pathlib import Path
 
 from .. import env
 from ..errors import ConfigError, Sm12xError
-from . import build, cache, toolchain
+from . import build, toolchain
 from .arch import Target, check_nvcc_supports
-from .module import ModuleSpec, build_module, module_dir_for
+from .module import ModuleSpec, build_module, module_dir_for, verify_spec
 
 GIB = 1 << 30
 # Host memory one translation unit takes while it compiles (nvcc's cicc + ptxas peaks, measured).
@@ -173,7 +173,7 @@ def _children_usage() -> tuple[float, int]:
 
 
 def _is_cached(spec: ModuleSpec, root: Path | None) -> bool:
-    artifact, _ = cache.verify(module_dir_for(spec, root), spec.base_key())
+    artifact, _ = verify_spec(spec, module_dir_for(spec, root))
     return artifact is not None
 
 
@@ -211,7 +211,7 @@ def run_plan(items: list[PlanItem], budget: JobBudget, *, root: Path | None = No
         if _is_cached(item.spec, root):
             return "cached"
         echo(f"[{index}/{total}] building {name} ({', '.join(item.translation_units)})")
-        build_module(item.spec, root)
+        build_module(item.spec, root, announce=False)
         return "built"
 
     def fits(item: PlanItem) -> bool:

@@ -184,6 +184,21 @@ def tvm_ffi_include_dirs() -> tuple[Path, ...]:
     return tuple(sorted(dirs))
 
 
+def tvm_ffi_roots() -> tuple[tuple[str, Path], ...]:
+    """tvm_ffi's include directories with the logical names the cache key uses instead of their paths."""
+    import tvm_ffi.libinfo as libinfo
+
+    return (("tvm_ffi/include", Path(libinfo.find_include_path())),
+            ("tvm_ffi/dlpack", Path(libinfo.find_dlpack_include_path())))
+
+
+def cutlass_roots(cutlass: Cutlass | None = None) -> tuple[tuple[str, Path], ...]:
+    """CUTLASS's include directories with logical names (`cutlass/include`, `cutlass/util`)."""
+    cutlass = cutlass or find_cutlass()
+    labels = ("cutlass/include", "cutlass/util")
+    return tuple(zip(labels, cutlass.include_dirs, strict=False))
+
+
 def tvm_ffi_version() -> str:
     import tvm_ffi
 

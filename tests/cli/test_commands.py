@@ -112,3 +112,55 @@ def test_doctor_names_untested_flashinfer(monkeypatch: pytest.MonkeyPatch, insta
 def test_doctor_names_the_kernel_source_layout() -> None:
     facts = dict(doctor.diagnose(selftest=False).facts)
     assert facts["kernel sources"].startswith("checkout") and str(REPO) in facts["kernel sources"]
+
+
+def test_cache_clear_of_an_unknown_module_fails(cache_root: Path, capsys: pytest.CaptureFixture) -> None:
+    from flashinfer_sm12x.jit import module
+    from flashinfer_sm12x.jit.selftest import selftest_spec
+
+    built = module.build_module(selftest_spec(1)).parent.name
+    capsys.readouterr()
+    assert main(["cache", "clear", "--module", "jit_selftst"]) == 2
+    err = capsys.readouterr().err
+    assert "no cached module named 'jit_selftst'" in err and built in err  # names what is there
+    assert main(["cache", "clear", "--arch", "sm_121a"]) == 2
+    assert main(["cache", "clear", "--module", "jit_selftest"]) == 0  # a prefix still works
+    assert "1 removed" in capsys.readouterr().out
+
+
+def test_cache_list_into_a_closed_pipe_ends_quietly(cache_root: Path) -> None:
+    from flashinfer_sm12x.jit import module
+    from flashinfer_sm12x.jit.selftest import selftest_spec
+
+    for value in (1, 2, 3):
+        module.build_module(selftest_spec(value))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written (`cache list | head -0`)
+    proc = subprocess.run([sys.executable, "-m", "flashinfer_sm12x", "cache", "list"], stdout=write,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
+
+
+@pytest.mark.parametrize("arch", ["sm_999", "sm_999a", "999"])
+def test_prebuild_suggests_only_real_targets(arch: str, capsys: pytest.CaptureFixture, cache_root: Path) -> None:
+    assert main(["prebuild", "--arch", arch, "--ops", "mma_probe"]) == 2
+    err = capsys.readouterr().err
+    assert "sm_999a" not in err.replace(arch, "") and "sm_120a" in err
+
+
+def test_doctor_leaves_the_cache_alone_and_prints_its_header_first(cache_root: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "flashinfer_sm12x", "doctor"], capture_output=True, text=True,
+                         cwd=REPO, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.stdout.startswith("flashinfer-sm12x doctor"), out.stdout[:300]
+    assert "building" not in out.stderr and "JIT self-test" in out.stdout
+    assert "(0 modules" in out.stdout and not any(cache_root.iterdir())  # the self-test used a temporary cache
+
+
+def test_jobs_and_max_jobs_are_described_alike() -> None:
+    from flashinfer_sm12x.cli import JOBS_HELP
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert " ".join(JOBS_HELP.split()) in readme

@@ -136,7 +136,7 @@ def test_scheduler_keeps_to_jobs_and_memory(monkeypatch: pytest.MonkeyPatch, cac
                                             memory_gib: int, expected_peak: int) -> None:
     running, peak, lock = [0], [0], threading.Lock()
 
-    def fake_build(spec: object, root: object = None) -> Path:
+    def fake_build(spec: object, root: object = None, **kwargs: object) -> Path:
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
@@ -157,7 +157,7 @@ def test_scheduler_keeps_to_jobs_and_memory(monkeypatch: pytest.MonkeyPatch, cac
 
 def test_a_failed_module_is_reported_and_the_rest_still_build(monkeypatch: pytest.MonkeyPatch,
                                                               cache_root: Path) -> None:
-    def fake_build(spec: registry.ModuleSpec, root: object = None) -> Path:
+    def fake_build(spec: registry.ModuleSpec, root: object = None, **kwargs: object) -> Path:
         if spec.group == "g1":
             raise BuildError("nvcc said no")
         return Path("/nonexistent")
