@@ -40,7 +40,6 @@ measured ~22 us at T = 1 on an H200, README: far above its bytes), instruction-l
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 from collections.abc import Sequence
@@ -51,30 +50,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import plot_panels, write_csv  # noqa: E402
-
-
-def _public(*where: tuple[str, str]) -> Any:
-    """The first of (module, name) that exists: the package's own rules, imported by their public names (a refactor
-    may move a module; the model must follow the code, not a copy of it)."""
-    for module, name in where:
-        try:
-            value = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if value is not None:
-            return value
-    raise ImportError(f"decode_model: none of {list(where)} exists; point the model at the new home")
-
-
-_GROUPED, _GLUE, _REGISTRY = "flashinfer_sm12x.kernels.grouped_mm_fp4", "flashinfer_sm12x.ops.moe_glue", \
-    "flashinfer_sm12x.registry"
-heuristic = _public((_GROUPED, "heuristic"), ("flashinfer_sm12x.kernels", "heuristic"))
-GROUPED = _public((_GROUPED, "FAMILY"), ("flashinfer_sm12x.kernels", "GROUPED_MM_FP4"))  # candidates, epilogues
-row_plan = _public((_GLUE, "row_plan"), ("flashinfer_sm12x.ops", "row_plan"))
-PLAN_SCATTER_CTAS_PER_SM: int = _public((_GLUE, "PLAN_SCATTER_CTAS_PER_SM"))
-MODELS = _public((_REGISTRY, "MODELS"))
-GEMM_FORMAT_OF_ACT: dict[str, str] = _public((_REGISTRY, "GEMM_FORMAT_OF_ACT"))
-parse_target = _public(("flashinfer_sm12x.jit.arch", "parse_target"))
+from flashinfer_sm12x.jit.arch import parse_target  # noqa: E402
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED  # noqa: E402
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import GEMM_FORMAT_OF_ACT  # noqa: E402
+from flashinfer_sm12x.moe.pipeline import row_plan  # noqa: E402
+from flashinfer_sm12x.ops.moe_glue import PLAN_SCATTER_CTAS_PER_SM  # noqa: E402
+from flashinfer_sm12x.registry import MODELS  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------- the constants
 
@@ -412,7 +393,7 @@ def layer_plan(shape: Shape, chip: Chip, act: str, num_t: int, tactic: Any = Non
     fmt = GEMM_FORMAT_OF_ACT[act]
     target = parse_target(chip.target)
     if tactic is None:
-        tactic = heuristic(num_t * shape.top_k, shape.experts, fmt, target)[0]
+        tactic = row_plan(num_t, shape.top_k, shape.experts, fmt, None, target).tactic
     plan = row_plan(num_t, shape.top_k, shape.experts, fmt, tactic, target, chip.sms)
     return Layer(shape, chip, act, num_t, tactic, plan.bound, plan.tiles, plan.fused_plan_scatter)
 
