@@ -164,6 +164,8 @@ def fused_moe(
     out_dtype: torch.dtype = torch.bfloat16,
     impl: Impl | None = None,
     fused_epilogue: bool | None = None,
+    expert_offset: int = 0,
+    num_global_experts: int | None = None,
 ) -> torch.Tensor:
     """GPT-OSS mixture-of-experts layer on SM120/SM121: routing, both grouped MXFP4 GEMMs and the glue between.
 
@@ -200,6 +202,14 @@ def fused_moe(
         (gemm/epilogues/swiglu_quantize.cuh), so the [rows, 2I] intermediate never reaches memory. None (default):
         wherever it applies (interleaved gate/up weights, a tactic with tile_n % 64 == 0); False: the unfused
         pipeline (GEMM1 writes bf16, a separate activation kernel), bit-identical; True: fused or ValueError.
+    expert_offset : int
+        Keyword-only. Expert parallelism: `weights` holds the global experts [expert_offset, expert_offset +
+        weights.num_experts). Default 0.
+    num_global_experts : int, optional
+        Keyword-only. Expert parallelism: routing ids (and router logits' columns) are global, in
+        [0, num_global_experts); pairs routed to experts outside this rank's slice contribute nothing (fc2 bias
+        included: it is applied per routed local pair, so a sum over EP ranks counts each pair's bias once);
+        a token with no local expert gives a zero row. None: expert_offset + weights.num_experts.
 
     Returns
     -------
@@ -225,26 +235,31 @@ def fused_moe(
     if activation not in ("swiglu_oai", "swiglu"):
         raise ValueError(f"{fn}: activation must be 'swiglu_oai' or 'swiglu', got {activation!r}")
     num_e, num_t = weights.num_experts, hidden.shape[0]
+    num_g = _check_expert_slice(expert_offset, num_global_experts, num_e, fn)
+    ep = num_g != num_e
     if impl not in (None, "kernels", "reference"):
         raise ValueError(f"{fn}: impl must be 'kernels' or 'reference', got {impl!r}")
     if isinstance(routing, torch.Tensor):
-        if routing.ndim != 2 or routing.shape != (num_t, num_e):
-            raise ValueError(f"{fn}: router logits must be [T, E] = {(num_t, num_e)}, got {tuple(routing.shape)}")
-        if top_k is None or not 1 <= top_k <= num_e:
-            raise ValueError(f"{fn}: top_k must be in [1, {num_e}] with router logits, got {top_k}")
+        if routing.ndim != 2 or routing.shape != (num_t, num_g):
+            raise ValueError(f"{fn}: router logits must be [T, E] = {(num_t, num_g)}, got {tuple(routing.shape)}")
+        if top_k is None or not 1 <= top_k <= num_g:
+            raise ValueError(f"{fn}: top_k must be in [1, {num_g}] with router logits, got {top_k}")
         k = top_k
     else:
         ids, topk_weights = routing
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[0] != num_t:
             raise ValueError(f"{fn}: topk_ids must be [T, k] with T = {num_t}")
-        if ids.shape[1] > num_e:
-            raise ValueError(f"{fn}: top_k = {ids.shape[1]} exceeds the {num_e} experts")
+        if ids.shape[1] > num_g:
+            raise ValueError(f"{fn}: top_k = {ids.shape[1]} exceeds the {num_g} experts")
         if not isinstance(topk_weights, torch.Tensor) or topk_weights.shape != ids.shape:
             raise ValueError(f"{fn}: topk_weights must have topk_ids' shape {tuple(ids.shape)}")
         k = ids.shape[1]
     if impl is None:
         impl = "kernels" if hidden.is_cuda and kernels_support(num_e, k) else "reference"
     if impl == "kernels":
+        if ep:
+            raise NotImplementedError(f"{fn}: expert_offset / num_global_experts (expert parallelism) run with "
+                                      "impl='reference' only so far")
         return _fused_moe_kernels(hidden, routing, k, weights, activation, alpha, beta, limit, validate_ids, tactic,
                                   out_dtype, fused_epilogue)
     if fused_epilogue:
@@ -252,7 +267,14 @@ def fused_moe(
     if isinstance(routing, torch.Tensor):
         ids, topk_weights = route(routing, top_k)
     elif not validate_ids:
-        ids, _ = clamp_expert_ids(ids, num_e)
+        ids, _ = clamp_expert_ids(ids, num_g)
+    elif ep and ids.numel() and bool(((ids < 0) | (ids >= num_g)).any()):  # the one sync, as permute's
+        raise ValueError(f"{fn}: topk_ids holds expert ids outside [0, {num_g})")
+    if ep:  # global ids -> local; a pair of another rank's expert gets weight 0 on local expert 0 (sync-free)
+        local = ids.long() - expert_offset
+        mine = (local >= 0) & (local < num_e)
+        ids = torch.where(mine, local, 0).to(ids.dtype)
+        topk_weights = torch.where(mine, topk_weights, torch.zeros_like(topk_weights))
     devices = {t.device for t in (hidden, ids, topk_weights, weights.w13)}
     if len(devices) != 1:  # (grouped_mm_fp4 checks for CUDA before its first launch)
         raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got {sorted(map(str, devices))}")
@@ -269,6 +291,20 @@ def fused_moe(
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_expert_slice(expert_offset: object, num_global_experts: object, num_e: int, fn: str) -> int:
+    """Checks the expert-parallel slice arguments; returns the global expert count."""
+    if not isinstance(expert_offset, int) or isinstance(expert_offset, bool):
+        raise TypeError(f"{fn}: expert_offset must be an int, got {type(expert_offset).__name__}")
+    if num_global_experts is None:
+        num_global_experts = expert_offset + num_e
+    if not isinstance(num_global_experts, int) or isinstance(num_global_experts, bool):
+        raise TypeError(f"{fn}: num_global_experts must be an int or None, got {type(num_global_experts).__name__}")
+    if expert_offset < 0 or expert_offset + num_e > num_global_experts:
+        raise ValueError(f"{fn}: the local experts [{expert_offset}, {expert_offset + num_e}) must lie in "
+                         f"[0, num_global_experts = {num_global_experts})")
+    return num_global_experts
 
 
 def _fused_moe_kernels(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch.Tensor, torch.Tensor], k: int,
