@@ -280,10 +280,14 @@ def fused_moe(
         raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got {sorted(map(str, devices))}")
     if num_t == 0:  # e.g. an idle data-parallel rank: nothing to launch
         return hidden.new_zeros((0, weights.hidden_size), dtype=out_dtype)
-    r = plan_expert_rows(ids, num_e, _GEMM_FORMAT[weights.act], tactic, hidden.device, validate_ids)
+    # EP: a rank may hold fewer experts than top_k, so plan the T*k pairs as rows of one choice each (the
+    # expanded order t*k + slot, hence inverse, is the same); a pair's token is then its row // k.
+    r = plan_expert_rows(ids.reshape(-1, 1) if ep else ids, num_e, _GEMM_FORMAT[weights.act], tactic, hidden.device,
+                         validate_ids)
+    token_of_row = torch.div(r.token_of_row.long(), k, rounding_mode="floor") if ep else r.token_of_row.long()
 
     x = torch.zeros(r.bound, weights.hidden_size_padded, dtype=torch.float32, device=hidden.device)
-    x[r.dest, : weights.hidden_size] = hidden.index_select(0, r.token_of_row.long()).float()
+    x[r.dest, : weights.hidden_size] = hidden.index_select(0, token_of_row).float()
     aq, asf = _quantize(x, weights.act)
     y = run_experts(aq, asf, r, weights, activation, alpha, beta, limit)
     y_permuted = y.index_select(0, r.dest)[:, : weights.hidden_size].contiguous()

@@ -5,7 +5,7 @@ torch model of its contract): the sum over shards equals the unsharded layer, as
 TP shards follow vLLM's GPT-OSS MXFP4 loader: I is split in whole 32-blocks, cdiv(I/32, tp) per rank (the last
 rank may hold fewer), each rank's parameters sized I//tp rounded up to 128 with the loaded slice at the front, and
 the fc2 bias loaded on TP rank 0 only (zeros elsewhere). EP shards: each rank holds a contiguous slice of the
-experts (vLLM's "linear" placement, the remainder on the last rank) and sees global routing ids."""
+experts (vLLM's "linear" placement; uneven splits included) and sees global routing ids."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def tp_shard(raw: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torc
 
 
 def linear_split(num_e: int, ep: int) -> list[tuple[int, int]]:
-    """(offset, count) per EP rank: num_e // ep each, the remainder on the last rank."""
+    """(offset, count) per EP rank: num_e // ep each, the remainder on the last rank (any contiguous split will do)."""
     base = num_e // ep
     return [(r * base, base + (num_e - ep * base if r == ep - 1 else 0)) for r in range(ep)]
 
