@@ -84,7 +84,8 @@ def fused_moe(
         Keyword-only. Expert parallelism: routing ids (and logits' columns) are global, in [0, num_global_experts);
         `weights` holds the experts [expert_offset, expert_offset + E). Pairs routed to other experts contribute
         nothing (tokens with no expert here give zero rows), and each local pair's fc2 bias is weighted like its
-        output, so the sum of every rank's output is the whole layer's. Default: all experts are here.
+        output, so the sum of every rank's output is the whole layer's. Default: all experts are here
+        (num_global_experts None: expert_offset + E).
 
     Returns
     -------
@@ -177,15 +178,19 @@ def fused_moe(
                    fused_epilogue=fused_epilogue)
 
 
-def _expert_range(expert_offset: int, num_global_experts: int | None, num_e: int, fn: str) -> int:
-    """The global expert count (ids are valid in [0, it)) after checking the expert-parallel range."""
-    if not isinstance(expert_offset, int) or isinstance(expert_offset, bool) or expert_offset < 0:
-        raise ValueError(f"{fn}: expert_offset must be an int >= 0, got {expert_offset!r}")
-    total = num_e if num_global_experts is None else num_global_experts
-    if not isinstance(total, int) or isinstance(total, bool) or expert_offset + num_e > total:
-        raise ValueError(f"{fn}: the weights' experts [{expert_offset}, {expert_offset + num_e}) must lie within the "
-                         f"{total!r} global experts")
-    return total
+def _expert_range(expert_offset: object, num_global_experts: object, num_e: int, fn: str) -> int:
+    """The global expert count (ids are valid in [0, it)) after checking the expert-parallel slice; None means the
+    slice ends the global range."""
+    if not isinstance(expert_offset, int) or isinstance(expert_offset, bool):
+        raise TypeError(f"{fn}: expert_offset must be an int, got {type(expert_offset).__name__}")
+    if num_global_experts is None:
+        num_global_experts = expert_offset + num_e
+    if not isinstance(num_global_experts, int) or isinstance(num_global_experts, bool):
+        raise TypeError(f"{fn}: num_global_experts must be an int or None, got {type(num_global_experts).__name__}")
+    if expert_offset < 0 or expert_offset + num_e > num_global_experts:
+        raise ValueError(f"{fn}: the local experts [{expert_offset}, {expert_offset + num_e}) must lie in "
+                         f"[0, num_global_experts = {num_global_experts})")
+    return num_global_experts
 
 
 def _check_ids(ids: torch.Tensor, id_limit: int, fn: str) -> None:

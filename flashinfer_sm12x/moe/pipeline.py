@@ -468,7 +468,9 @@ def plan_expert_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | N
     menu)."""
     if isinstance(target, torch.device):
         target = device_facts(target).target if target.type == "cuda" else None
-    offsets, token_of_row, inverse = permute(ids, num_e, validate_ids=validate_ids)
+    # Pairs are permuted as one column, so a rank may hold fewer experts than top_k (expert parallelism).
+    offsets, pair_of_row, inverse = permute(ids.reshape(-1, 1), num_e, validate_ids=validate_ids)
+    token_of_row = torch.div(pair_of_row, ids.shape[1], rounding_mode="floor")
     rows = ids.numel()
     tactic = _checked_tactic(tactic, rows, num_e, fmt, target)
     tm = tactic.tile_m
