@@ -24,6 +24,10 @@ from .arch import Target, check_nvcc_supports, parse_target
 from .module import ModuleSpec
 
 SM120_SMEM_CAPACITY = 101_376  # bytes of shared memory one block may use on SM120/SM121
+# The mainloop shape every shipped GEMM config must have (KernelReport.mainloop_shape): what CUTLASS's own SM120
+# block-scaled collective reaches with nvcc 13.0 (6 MMAs under each barrier wait, MMA-free runs of 10-12).
+MAINLOOP_MMAS_UNDER_WAIT = 6
+MAINLOOP_MAX_MMA_FREE = 13
 # Templates may define an empty kernel with this name whose template arguments are (smem bytes, stages):
 # the mangled name carries them into the cubin, readable without running anything.
 FACTS_KERNEL = "flashinfer_sm12x_compile_facts"
@@ -44,13 +48,8 @@ class KernelReport:
     def count(self, prefix: str) -> int:
         return sum(n for op, n in self.instructions.items() if op.startswith(prefix))
 
-    def mainloop_spills(self, mma_prefix: str) -> int:
-        """STL/LDL instructions inside the innermost loops that issue `mma_prefix` (the mainloops).
-
-        A loop is a backward branch; the innermost ones holding MMAs are those containing no smaller such
-        loop. Spill bytes elsewhere (prologue, epilogue, scheduler) do not slow the mainloop. Branches after
-        the kernel's last EXIT are ptxas's out-of-line stubs (barrier try-wait retries, divergent-branch
-        fallbacks): their jump back into the body is a return, not a loop, so they are not counted as loops."""
+    def mainloops(self, mma_prefix: str) -> list[tuple[int, int]]:
+        """(first, last) address of each innermost loop that issues `mma_prefix` (see `mainloop_spills`)."""
         body_end = max((a for a, op, _ in self.code if op.startswith("EXIT")), default=None)
         loops = []
         for addr, op, text in self.code:
@@ -60,9 +59,55 @@ class KernelReport:
                 target = int(m.group(1), 16)
                 if target < addr and any(target <= a <= addr and o.startswith(mma_prefix) for a, o, _ in self.code):
                     loops.append((target, addr))
-        innermost = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+        return [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+
+    def mainloop_spills(self, mma_prefix: str) -> int:
+        """STL/LDL instructions inside the innermost loops that issue `mma_prefix` (the mainloops).
+
+        A loop is a backward branch; the innermost ones holding MMAs are those containing no smaller such
+        loop. Spill bytes elsewhere (prologue, epilogue, scheduler) do not slow the mainloop. Branches after
+        the kernel's last EXIT are ptxas's out-of-line stubs (barrier try-wait retries, divergent-branch
+        fallbacks): their jump back into the body is a return, not a loop, so they are not counted as loops."""
+        innermost = self.mainloops(mma_prefix)
         return sum(1 for a, op, _ in self.code if op.startswith(("STL", "LDL"))
                    and any(lo <= a <= hi for lo, hi in innermost))
+
+    def mainloop_shape(self, mma_prefix: str) -> MainloopShape:
+        """How the mainloops hide the pipeline's barrier wait: for every mbarrier try-wait in them, the MMAs issued
+        between it and the first branch on its predicate (the instructions that run while the wait resolves),
+        and the longest run of instructions without an MMA."""
+        shape = MainloopShape()
+        for lo, hi in self.mainloops(mma_prefix):
+            body = [(op, text) for a, op, text in self.code if lo <= a <= hi]
+            run = 0
+            for op, _ in body:
+                run = 0 if op.startswith(mma_prefix) else run + 1
+                shape.longest_mma_free = max(shape.longest_mma_free, run)
+            for i, (op, text) in enumerate(body):
+                if not (op.startswith("SYNCS.PHASECHK") and "TRYWAIT" in op):
+                    continue
+                pred = _PREDICATE_OUT.search(text)
+                mmas = 0
+                for later_op, later_text in body[i + 1:]:
+                    if later_op.startswith(mma_prefix):
+                        mmas += 1
+                    elif later_op.startswith("BRA") and pred and re.search(rf"@!?{pred.group(1)}\b", later_text):
+                        break
+                shape.waits.append(mmas)
+        return shape
+
+
+@dataclass
+class MainloopShape:
+    """See `KernelReport.mainloop_shape`."""
+
+    waits: list[int] = field(default_factory=list)  # per try-wait in the mainloops: MMAs before its check
+    longest_mma_free: int = 0
+
+    @property
+    def mmas_under_wait(self) -> int:
+        """The fewest MMAs any wait hides (0 when a mainloop has no try-wait: nothing to hide)."""
+        return min(self.waits, default=0)
 
 
 @dataclass
@@ -83,11 +128,23 @@ class CompileReport:
         return max(hits, key=lambda k: sum(k.instructions.values()))
 
     def require(self, *, instruction: str | None = None, no_spills: bool = False,
-                no_mainloop_spills: bool = True, max_smem: int | None = None, kernel: str = "") -> KernelReport:
+                no_mainloop_spills: bool = True, max_smem: int | None = None, kernel: str = "",
+                min_mmas_under_wait: int | None = None, max_mma_free: int | None = None) -> KernelReport:
         """Raise AssertionError unless the kernel meets every requirement given. `no_spills` forbids any
-        spill; `no_mainloop_spills` (needs `instruction`) forbids STL/LDL in the loops that issue it."""
+        spill; `no_mainloop_spills` (needs `instruction`) forbids STL/LDL in the loops that issue it;
+        `min_mmas_under_wait` / `max_mma_free` (need `instruction`) bound the mainloop's shape
+        (`KernelReport.mainloop_shape`): MMAs between every barrier try-wait and its check, and the longest run
+        of instructions without an MMA."""
         k = self.kernel(kernel)
         problems = []
+        if instruction and (min_mmas_under_wait is not None or max_mma_free is not None):
+            shape = k.mainloop_shape(instruction)
+            if min_mmas_under_wait is not None and (not shape.waits or shape.mmas_under_wait < min_mmas_under_wait):
+                problems.append(f"barrier waits in the mainloop hide {shape.waits} MMAs "
+                                f"(want >= {min_mmas_under_wait})")
+            if max_mma_free is not None and shape.longest_mma_free > max_mma_free:
+                problems.append(f"an MMA-free run of {shape.longest_mma_free} instructions in the mainloop "
+                                f"(want <= {max_mma_free})")
         if instruction and k.count(instruction) == 0:
             seen = sorted({op for op in k.instructions if "MMA" in op})
             problems.append(f"no {instruction} in SASS (MMA-like instructions seen: {seen})")
@@ -193,6 +250,7 @@ def parse_ptxas(log: str) -> dict[str, KernelReport]:
 
 _FUNCTION = re.compile(r"^\s*Function : (\S+)")
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+((?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)[^;]*);")
+_PREDICATE_OUT = re.compile(r"TRYWAIT\S*\s+(U?P\d+),")
 _BRANCH_TARGET = re.compile(r"BRA(?:\.\w+)*\s+(?:!?U?P[T\d]+,\s*)?0x([0-9a-f]+)")
 
 

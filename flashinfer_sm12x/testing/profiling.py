@@ -34,3 +34,31 @@ def device_launches(fn: Callable[[], Any]) -> list[str]:
 def kernel_launches(fn: Callable[[], Any]) -> int:
     """How many kernels one call of `fn` launches (memsets and copies not counted); see `device_launches`."""
     return sum(1 for name in device_launches(fn) if "Memcpy" not in name and "Memset" not in name)
+
+
+def kernel_durations_us(fn: Callable[[], Any], repeats: int = 20) -> list[float]:
+    """Device durations, in microseconds, of every kernel `repeats` back-to-back calls of `fn` run, from the GPU's
+    own activity records (torch.profiler / CUPTI): each kernel's execution alone, without launch gaps or a graph's
+    submission latency. Warm `fn` up first.
+
+    Parameters
+    ----------
+    fn : callable
+        One call.
+    repeats : int
+        Calls made under the profiler.
+
+    Returns
+    -------
+    list of float
+        One duration per kernel launched (memsets and copies not counted), in launch order.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    return [e.time_range.elapsed_us() for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+            and "Memcpy" not in e.name and "Memset" not in e.name]

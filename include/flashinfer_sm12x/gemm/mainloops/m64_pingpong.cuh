@@ -300,29 +300,45 @@ struct M64PingpongMainloop : Blueprint {
                  make_zip_tensor(frag_b(_, _, b), frag_sfb(_, _, b)), accum);
     };
 
+    // Every warp of the group holds the current stage in registers once the last k-block is read: hand the stage
+    // back to the producer.
+    auto release_stage = [&] {
+      cutlass::arch::NamedBarrier::sync(thr_size(tiled_mma), cutlass::arch::ReservedNamedBarriers::Sm120MainloopBarrier);
+      pipeline.consumer_release(read_state);
+      ++read_state;
+    };
+
     pipeline.consumer_wait(read_state);
     int stage = read_state.index();
     read_k_block(stage, Int<0>{});
+    // Every k-tile but the last: at the last k-block, release this stage and wait for the next one unconditionally
+    // (no branch on the trip count between the barrier's try-wait and its check, so the scheduler can place this
+    // k-block's MMAs there), then read its first k-block before the last MMAs of this one.
     CUTLASS_PRAGMA_NO_UNROLL
-    for (; k_tile_count > 0; --k_tile_count) {
+    for (; k_tile_count > 1; --k_tile_count) {
       for_each(make_int_sequence<kBlocks>{}, [&](auto b) {
         constexpr int kb = decltype(b)::value;
         if constexpr (kb + 1 < kBlocks) {
           read_k_block(stage, Int<kb + 1>{});
         } else {
-          // Every warp of the group has this stage in registers: hand it back, then start on the next one.
-          cutlass::arch::NamedBarrier::sync(thr_size(tiled_mma), cutlass::arch::ReservedNamedBarriers::Sm120MainloopBarrier);
-          pipeline.consumer_release(read_state);
-          ++read_state;
-          if (k_tile_count > 1) {
-            pipeline.consumer_wait(read_state);
-            stage = read_state.index();
-            read_k_block(stage, Int<0>{});
-          }
+          release_stage();
+          pipeline.consumer_wait(read_state);
+          stage = read_state.index();
+          read_k_block(stage, Int<0>{});
         }
         mma_k_block(b);
       });
     }
+    // The last k-tile, peeled: nothing to wait for after it.
+    for_each(make_int_sequence<kBlocks>{}, [&](auto b) {
+      constexpr int kb = decltype(b)::value;
+      if constexpr (kb + 1 < kBlocks) {
+        read_k_block(stage, Int<kb + 1>{});
+      } else {
+        release_stage();
+      }
+      mma_k_block(b);
+    });
   }
 };
 
