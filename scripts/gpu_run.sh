@@ -15,6 +15,15 @@
 #              unquantized activations); w4a8_summary.txt lists each run's exit status and last lines
 #   bench      benchmarks (BENCHES: a list of scripts to run instead): host time per call, quantizers and MoE glue (native H200 kernels, against the copy
 #              bandwidth measured in the same run), reduced mm_fp4 / MoE benchmarks (emulated: correctness only)
+#   oldbuild   the previous checkout's modules for `bits` and `stress` (.carry/base: a `git archive` of it), built in the
+#              background into its own cache while the later stages run
+#   bits       scripts/moe_bits.py: the MoE grid and the dense 64-row tile on this checkout and on .carry/base, compared
+#              bit for bit (needs oldbuild in the same or an earlier call)
+#   stress     tests/stress/stress_concurrency.py (8 threads on 8 streams, on one stream, graph capture beside eager
+#              threads); then the two crashes it guards against, reproduced on purpose: mm_fp4 with the bindings
+#              releasing the GIL, and the previous checkout's fused_moe from 8 streams
+#   profile    benchmarks/bench_moe_glue.py (kernel durations from the profiler and per call in graphs) and Nsight
+#              Compute's view of the glue kernels at T = 1 and 64 (stall reasons: what the plan spends its time on)
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
 # and tools/util/include). Optional: .carry/modules*.tar.gz, sm_90a modules built on the CPU machine with
 #   flashinfer-sm12x cache export --arch sm_90a --ops grouped_mm_fp4 -o .carry/modules_sm_90a.tar.gz
@@ -56,6 +65,25 @@ if [[ " $stages " == *" sweep "* ]]; then  # CPU-only work: runs beside the GPU 
       --csv "$RESULTS/compile_sweep.csv" > "$RESULTS/compile_sweep.log" 2>&1 ) &
   sweep_pid=$!
 fi
+
+OLD=$PWD/.carry/base OLD_CACHE=/tmp/old-jit-cache
+old_python() {  # the previous checkout's package, its own module cache
+  (cd "$OLD" && FLASHINFER_SM12X_CACHE_DIR=$OLD_CACHE PYTHONPATH=/tmp/site:$OLD "$@")
+}
+oldbuild_pid=""
+if [[ " $stages " == *" oldbuild "* && -d $OLD ]]; then
+  mkdir -p "$OLD_CACHE" && chmod 700 "$OLD_CACHE"
+  echo "== [$(elapsed) s] the previous checkout's modules, in the background"
+  ( old_python python3 "$PWD/scripts/moe_bits.py" --build-only --jobs 12 > "$RESULTS/oldbuild.log" 2>&1 ) &
+  oldbuild_pid=$!
+fi
+wait_oldbuild() {
+  if [[ -n $oldbuild_pid ]]; then
+    wait "$oldbuild_pid"
+    oldbuild_pid=""
+    tail -n 2 "$RESULTS/oldbuild.log"
+  fi
+}
 
 if [[ " $stages " == *" atom "* ]]; then
   for test in tests/cpp/*_test.cu; do
@@ -156,6 +184,53 @@ if [[ " $stages " == *" bench "* ]]; then
   done
 fi
 
+if [[ " $stages " == *" bits "* ]]; then
+  mkdir -p /tmp/bits
+  echo "== [$(elapsed) s] bits: this checkout"
+  python3 scripts/moe_bits.py --build-only --jobs 16 > "$RESULTS/bits_build.log" 2>&1
+  python3 scripts/moe_bits.py --out /tmp/bits/new.pt 2>&1 | tee "$RESULTS/bits_new.log" | tail -2
+  wait_oldbuild
+  echo "== [$(elapsed) s] bits: the previous checkout"
+  old_python python3 "$PWD/scripts/moe_bits.py" --out /tmp/bits/old.pt 2>&1 | tee "$RESULTS/bits_old.log" | tail -2
+  python3 scripts/moe_bits.py --compare /tmp/bits/old.pt /tmp/bits/new.pt 2>&1 | tee "$RESULTS/bits_compare.log" | tail -8
+fi
+
+if [[ " $stages " == *" stress "* ]]; then
+  echo "== [$(elapsed) s] stress: modules, then 8 threads x ${STRESS_CALLS:-420} calls per mode"
+  python3 tests/stress/stress_concurrency.py --build-only > "$RESULTS/stress_build.log" 2>&1
+  timeout 300 python3 tests/stress/stress_concurrency.py --threads 8 --calls "${STRESS_CALLS:-420}" \
+    --csv "$RESULTS/stress.csv" 2>&1 | tee "$RESULTS/stress.log" | tail -16
+  echo "== [$(elapsed) s] stress, diagnosis: mm_fp4 from 8 threads on one stream with the bindings releasing the GIL"
+  FLASHINFER_SM12X_RELEASE_GIL=1 timeout 120 python3 tests/stress/stress_concurrency.py --ops mm_fp4 \
+    --modes shared --calls 150 > "$RESULTS/stress_release_gil.log" 2>&1
+  echo "exit status $?" >> "$RESULTS/stress_release_gil.log"
+  tail -n 6 "$RESULTS/stress_release_gil.log"
+  if [[ -d $OLD ]]; then
+    wait_oldbuild
+    echo "== [$(elapsed) s] stress, diagnosis: the previous checkout's fused_moe from 8 streams"
+    old_python timeout 120 python3 "$PWD/tests/stress/stress_concurrency.py" --ops fused_moe --modes streams \
+      --calls 100 > "$RESULTS/stress_old_fused_moe.log" 2>&1
+    echo "exit status $?" >> "$RESULTS/stress_old_fused_moe.log"
+    tail -n 6 "$RESULTS/stress_old_fused_moe.log"
+  fi
+fi
+
+if [[ " $stages " == *" profile "* ]]; then
+  echo "== [$(elapsed) s] profile: glue kernels (durations from the profiler and per call in graphs)"
+  python3 benchmarks/bench_moe_glue.py --tokens "${GLUE_TOKENS:-1,8,32,64,128,1024,8192}" \
+    --csv "$RESULTS/bench_moe_glue.csv" --png "$RESULTS/bench_moe_glue.png" 2>&1 | tee "$RESULTS/bench_moe_glue.log" | tail -14
+  if command -v ncu > /dev/null; then
+    echo "== [$(elapsed) s] profile: Nsight Compute on the glue kernels at T = 1 and 64"
+    timeout 240 ncu --kernel-name regex:"plan|scatter|finalize|activation" --launch-count 10 \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      python3 benchmarks/bench_moe_glue.py --tokens 1,64 --iters 2 --launches 1 --csv /tmp/ncu_glue.csv \
+      > "$RESULTS/ncu_glue.log" 2>&1
+    echo "exit status $?" >> "$RESULTS/ncu_glue.log"
+    grep -E "^  [a-z_]+.*\(|Duration|Stall|Warp Cycles Per Issued|Achieved Occupancy" "$RESULTS/ncu_glue.log" | head -60
+  fi
+fi
+
+wait_oldbuild
 if [[ -n $sweep_pid ]]; then
   echo "== [$(elapsed) s] waiting for the compile sweep"
   wait "$sweep_pid"

@@ -25,9 +25,21 @@ from .module import ModuleSpec
 
 SM120_SMEM_CAPACITY = 101_376  # bytes of shared memory one block may use on SM120/SM121
 # The mainloop shape every shipped GEMM config must have (KernelReport.mainloop_shape): what CUTLASS's own SM120
-# block-scaled collective reaches with nvcc 13.0 (6 MMAs under each barrier wait, MMA-free runs of 10-12).
+# block-scaled collective reaches with nvcc 13.0 - 6 MMAs under each barrier wait (2 with a 32-column N tile, whose
+# k-block holds fewer MMAs), MMA-free runs of 10-13. W4A8 keeps e2m1 unpacked to 8 bits (twice the registers per
+# B fragment) and runs at the 168-register limit of Pingpong's 384 threads: with a MoE epilogue beside it, ptxas
+# stretches an MMA-free run to 15 on sm_120a.
 MAINLOOP_MMAS_UNDER_WAIT = 6
+MAINLOOP_MMAS_UNDER_WAIT_N32 = 2
 MAINLOOP_MAX_MMA_FREE = 13
+MAINLOOP_MAX_MMA_FREE_W4A8 = 16
+
+
+def mainloop_requirements(tile_n: int, fmt: str = "mxfp4") -> dict[str, int]:
+    """`CompileReport.require` arguments bounding the mainloop shape of a GEMM of format `fmt` with this N tile."""
+    under = MAINLOOP_MMAS_UNDER_WAIT_N32 if tile_n <= 32 else MAINLOOP_MMAS_UNDER_WAIT
+    free = MAINLOOP_MAX_MMA_FREE_W4A8 if fmt == "mxfp8_mxfp4" else MAINLOOP_MAX_MMA_FREE
+    return {"min_mmas_under_wait": under, "max_mma_free": free}
 # Templates may define an empty kernel with this name whose template arguments are (smem bytes, stages):
 # the mangled name carries them into the cubin, readable without running anything.
 FACTS_KERNEL = "flashinfer_sm12x_compile_facts"

@@ -406,13 +406,16 @@ def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: 
     beta, beta_e = _scalar_or_tensor(e.beta, 0.0)
     limit, limit_e = _scalar_or_tensor(e.limit, 0.0)
     layout = LAYOUT_CODE[e.layout]
+    b1 = e.w13_bias
+    if b1 is not None and b1.data_ptr() % 16:
+        b1 = b1.clone()  # the activation kernel and GEMM1's fused epilogue read bias rows in 16-byte vectors
     if views.h is None:  # the fused epilogues: GEMM1 runs the activation, GEMM2 writes the routed rows only
         routed = (views.padded_start, views.counts)
         gemm1 = ws.launcher(("swiglu_quantize", id(views.x), id(e.w13), id(e.w13_sf), id(views.a), tactic), e.w13,
                             e.w13_sf, lambda: grouped_mm_fp4_swiglu_quantize_launcher(
                                 views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile, tactic,
                                 views.a_gemm, views.a_sf, routed=routed))
-        gemm1(e.w13_bias, e.swiglu_oai, e.g1, alpha_e, beta_e, limit_e, alpha, beta, limit, e.limit is not None)
+        gemm1(b1, e.swiglu_oai, e.g1, alpha_e, beta_e, limit_e, alpha, beta, limit, e.limit is not None)
         gemm2 = ws.launcher(("store_routed", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), tactic), e.w2, e.w2_sf,
                             lambda: grouped_mm_fp4_launcher(views.a_gemm, views.a_sf, e.w2, e.w2_sf,
                                                             views.expert_of_tile, tactic, views.y, routed=routed))
@@ -421,9 +424,6 @@ def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: 
         ws.launcher(("store", id(views.x), id(e.w13), id(e.w13_sf), id(views.h), tactic), e.w13, e.w13_sf,
                     lambda: grouped_mm_fp4_launcher(views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile,
                                                     tactic, views.h))()
-        b1 = e.w13_bias
-        if b1 is not None and b1.data_ptr() % 16:
-            b1 = b1.clone()  # the activation kernel reads bias rows in 16-byte vectors
         module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
                           layout, e.swiglu_oai, e.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
                           e.limit is not None)

@@ -269,9 +269,9 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
     -------
     callable
         ``launch(bias, swiglu_oai, g1, alpha_e, beta_e, limit_e, alpha, beta, limit, has_limit)`` runs the GEMM and
-        returns (out, out_sf): bias [E, n] float32/float16/bfloat16 or None; g1 / alpha_e / beta_e / limit_e
-        float32 [E] or None (None: the scalars alpha / beta / limit; has_limit False: no clamping). Those
-        arguments are checked by the binding; the caller validates them first.
+        returns (out, out_sf): bias [E, n] float32/float16/bfloat16 (16-byte aligned) or None; g1 / alpha_e /
+        beta_e / limit_e float32 [E] or None (None: the scalars alpha / beta / limit; has_limit False: no
+        clamping). Those arguments are checked by the binding; the caller validates them first.
 
     Raises
     ------
@@ -356,6 +356,8 @@ def grouped_mm_fp4_swiglu_quantize(
     experts, n = b.shape[0], b.shape[1]
     if bias is not None:
         check_tensor(bias, "bias", fn, _BIAS_DTYPES, shape=(experts, n))
+        if bias.data_ptr() % 16:
+            bias = bias.clone()  # the epilogue reads bias rows in 16-byte vectors
     per_expert = {}
     for name, v in (("g1", g1), ("alpha", alpha), ("beta", beta), ("limit", limit)):
         if isinstance(v, torch.Tensor):

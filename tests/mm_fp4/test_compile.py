@@ -14,11 +14,10 @@ import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.jit.compile_proof import (
-    MAINLOOP_MAX_MMA_FREE,
-    MAINLOOP_MMAS_UNDER_WAIT,
     SM120_SMEM_CAPACITY,
     CompileReport,
     compile_proof,
+    mainloop_requirements,
 )
 from flashinfer_sm12x.kernels.family import Tactic
 from flashinfer_sm12x.kernels.mm_fp4 import FAMILY
@@ -61,7 +60,7 @@ def test_config_compiles_with_native_mma(reports: dict, arch: str, fmt: str, out
         raise report
     instruction = FAMILY.required_instruction(fmt, parse_target(arch))
     kernel = report.require(instruction=instruction, no_mainloop_spills=True, max_smem=SM120_SMEM_CAPACITY,
-                            min_mmas_under_wait=MAINLOOP_MMAS_UNDER_WAIT, max_mma_free=MAINLOOP_MAX_MMA_FREE)
+                            **mainloop_requirements(tactic.tile_n, fmt))
     assert report.dynamic_smem and report.stages and report.stages >= 2
     assert kernel.count(instruction) >= 1
     assert kernel.count("HMMA") == 0  # nothing emulated in a native build

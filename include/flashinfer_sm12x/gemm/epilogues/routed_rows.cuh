@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <climits>
 
 #include "cutlass/cutlass.h"
 
@@ -16,8 +17,11 @@ struct RoutedRows {
   const int32_t* padded_start = nullptr;  // [E] first row of each expert's segment
   const int32_t* counts = nullptr;        // [E] routed rows of each expert
 
-  CUTLASS_DEVICE bool operator()(int64_t row, int expert) const {
-    return padded_start == nullptr || row - __ldg(padded_start + expert) < __ldg(counts + expert);
+  // One past the last routed row of `expert`'s segment: the rows of a tile of that expert are routed below it (a
+  // tile's rows all lie at or past the segment's start). Read once per tile: the epilogues compare rows with it.
+  CUTLASS_DEVICE int64_t end_of(int expert) const {
+    if (padded_start == nullptr) return INT64_MAX;
+    return static_cast<int64_t>(__ldg(padded_start + expert)) + __ldg(counts + expert);
   }
 };
 

@@ -63,6 +63,8 @@ class StoreRoutedEpilogue : public RegisterEpilogue<StoreRoutedArguments, Elemen
     Tensor coords = tiled_mma.get_thread_slice(thread_idx).partition_C(make_identity_tensor(Shape<Int<TileM>, Int<TileN>>{}));
     CUTE_STATIC_ASSERT_V(size(coords) == size(accumulators));
     const int expert = __ldg(params_.expert_of_tile + m_tile);
+    // Rows below both bounds are written: the problem's rows and the expert's routed rows.
+    const int64_t row_end = cute::min(static_cast<int64_t>(m_total), params_.routed.end_of(expert));
     ElementD* d = static_cast<ElementD*>(params_.d);
 
     static_assert(decltype(size(accumulators))::value % 2 == 0);
@@ -71,7 +73,7 @@ class StoreRoutedEpilogue : public RegisterEpilogue<StoreRoutedArguments, Elemen
       const int64_t row = m0 + get<0>(coords(i));
       const int col = n0 + get<1>(coords(i));
       const bool adjacent = get<0>(coords(i + 1)) == get<0>(coords(i)) && get<1>(coords(i + 1)) == get<1>(coords(i)) + 1;
-      if (row >= m_total || !params_.routed(row, expert)) continue;
+      if (row >= row_end) continue;
       if (adjacent && col % 2 == 0 && col + 1 < n_total) {
         store2(d + row * n_total + col, accumulators(i), accumulators(i + 1));
       } else {  // not a pair (or the last column): each value on its own
@@ -79,7 +81,7 @@ class StoreRoutedEpilogue : public RegisterEpilogue<StoreRoutedArguments, Elemen
         for (int h = 0; h < 2; ++h) {
           const int64_t r = m0 + get<0>(coords(i + h));
           const int c = n0 + get<1>(coords(i + h));
-          if (r < m_total && c < n_total && params_.routed(r, expert)) d[r * n_total + c] = convert(accumulators(i + h));
+          if (r < row_end && c < n_total) d[r * n_total + c] = convert(accumulators(i + h));
         }
       }
     }

@@ -99,23 +99,40 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
 
     const int expert = __ldg(params_.expert_of_tile + m_tile);
     const moe::ExpertSwiglu act = moe::ExpertSwiglu::of(params_.act, expert);
+    // Rows below both bounds are written: the problem's rows and the expert's routed rows.
+    const int64_t row_end = cute::min(static_cast<int64_t>(m_total), params_.routed.end_of(expert));
     const bool last_n_tile = n0 + TileN >= n_total;
 
-    CUTLASS_PRAGMA_UNROLL
+    // The band and group loops stay rolled: this code runs beside the other warp group's mainloop (Pingpong), and
+    // one copy of the activation + quantization keeps the kernel within the instruction cache.
+    CUTLASS_PRAGMA_NO_UNROLL
     for (int chunk = 0; chunk < TileM / kChunkRows; ++chunk) {
+      static_assert(decltype(size(accumulators))::value % 2 == 0);
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(accumulators); ++i) {
-        const int r = get<0>(coords(i)) - chunk * kChunkRows;
-        if (r >= 0 && r < kChunkRows) staged[r * kPitch + get<1>(coords(i))] = __float2bfloat16_rn(accumulators(i));
+      for (int i = 0; i < size(accumulators); i += 2) {  // the MMA's C values come in column pairs (i, i + 1)
+        const int r = get<0>(coords(i)) - chunk * kChunkRows, c = get<1>(coords(i));
+        const bool pair = get<0>(coords(i + 1)) == get<0>(coords(i)) && get<1>(coords(i + 1)) == c + 1 && c % 2 == 0;
+        if (pair) {
+          if (r >= 0 && r < kChunkRows)
+            *reinterpret_cast<__nv_bfloat162*>(staged + r * kPitch + c) =
+                __floats2bfloat162_rn(accumulators(i), accumulators(i + 1));
+        } else {
+          CUTLASS_PRAGMA_UNROLL
+          for (int h = 0; h < 2; ++h) {
+            const int rh = get<0>(coords(i + h)) - chunk * kChunkRows;
+            if (rh >= 0 && rh < kChunkRows)
+              staged[rh * kPitch + get<1>(coords(i + h))] = __float2bfloat16_rn(accumulators(i + h));
+          }
+        }
       }
       cutlass::arch::NamedBarrier::sync(kThreads, kBarrier);
 
-      CUTLASS_PRAGMA_UNROLL
-      for (int base = 0; base < kGroups; base += kThreads) {  // a static trip count: the warps stay converged
+      CUTLASS_PRAGMA_NO_UNROLL
+      for (int base = 0; base < kGroups; base += kThreads) {  // a block-uniform trip count: the warps stay converged
         const int g = base + thread_idx;
         const int r = g / kGroupsPerRow, col = (g % kGroupsPerRow) * 2 * kPairs;  // staged row, first column
         const int64_t row = m0 + chunk * kChunkRows + r;
-        const bool active = g < kGroups && row < m_total && n0 + col < n_total && params_.routed(row, expert);
+        const bool active = g < kGroups && row < row_end && n0 + col < n_total;
         float a[kPairs];
         if (active) {
           float v[2 * kPairs], bias[2 * kPairs];
@@ -148,22 +165,19 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
     }
   }
 
-  // fc1 bias of 2 * kPairs consecutive GEMM1 columns; false when there is no bias.
+  // fc1 bias of 2 * kPairs consecutive GEMM1 columns; false when there is no bias. 16-byte loads: the bias base is
+  // 16-byte aligned (the launcher checks it) and n, n_total are multiples of 2 * kPairs.
   CUTLASS_DEVICE bool load_bias(int expert, int n, int n_total, float (&out)[2 * kPairs]) const {
     const int64_t at = static_cast<int64_t>(expert) * n_total + n;
     switch (params_.bias_dtype) {
       case BiasDtype::kFloat32:
-        CUTLASS_PRAGMA_UNROLL
-        for (int j = 0; j < 2 * kPairs; ++j) out[j] = __ldg(static_cast<const float*>(params_.bias) + at + j);
+        load_vectors<float>(static_cast<const float*>(params_.bias) + at, out);
         return true;
       case BiasDtype::kFloat16:
-        CUTLASS_PRAGMA_UNROLL
-        for (int j = 0; j < 2 * kPairs; ++j) out[j] = __half2float(static_cast<const __half*>(params_.bias)[at + j]);
+        load_vectors<__half>(static_cast<const __half*>(params_.bias) + at, out);
         return true;
       case BiasDtype::kBfloat16:
-        CUTLASS_PRAGMA_UNROLL
-        for (int j = 0; j < 2 * kPairs; ++j)
-          out[j] = __bfloat162float(static_cast<const __nv_bfloat16*>(params_.bias)[at + j]);
+        load_vectors<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(params_.bias) + at, out);
         return true;
       default:
         CUTLASS_PRAGMA_UNROLL
@@ -172,13 +186,31 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
     }
   }
 
+  // 2 * kPairs consecutive values from 16-byte aligned global memory, widened to float.
+  template <class T>
+  CUTLASS_DEVICE static void load_vectors(const T* src, float (&out)[2 * kPairs]) {
+    constexpr int kPerVector = 16 / static_cast<int>(sizeof(T));
+    CUTLASS_PRAGMA_UNROLL
+    for (int v = 0; v < 2 * kPairs / kPerVector; ++v) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + v);
+      const T* e = reinterpret_cast<const T*>(&raw);
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPerVector; ++j) out[v * kPerVector + j] = widen(e[j]);
+    }
+  }
+
+  CUTLASS_DEVICE static float widen(float x) { return x; }
+  CUTLASS_DEVICE static float widen(__half x) { return __half2float(x); }
+  CUTLASS_DEVICE static float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+
   // The 128x4 layout pads scale columns to a multiple of 4; GEMM2's K loop reads them (against zero data), so they
   // must hold a finite scale (E8M0 0xFF is NaN).
   CUTLASS_DEVICE void zero_pad_scale_columns(int64_t first_row, int m_total, int64_t inter, int thread_idx,
                                              int threads) const {
-    const int64_t sf_cols = inter / 32, padded = (sf_cols + 3) / 4 * 4, pad = padded - sf_cols;
+    const int64_t sf_cols = inter / 32;
+    const int pad = static_cast<int>((sf_cols + 3) / 4 * 4 - sf_cols);  // 0..3: 32-bit index math below
     if (pad == 0) return;
-    for (int64_t i = thread_idx; i < kChunkRows * pad; i += threads) {
+    for (int i = thread_idx; i < kChunkRows * pad; i += threads) {
       const int64_t row = first_row + i / pad;
       if (row < m_total) params_.out_sf[quantize::sf_offset_128x4(row, sf_cols + i % pad, sf_cols)] = 0;
     }
