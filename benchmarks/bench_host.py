@@ -28,12 +28,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import our_kernels_mode, plot_panels, write_csv  # noqa: E402
-from flashinfer_sm12x import mm_fp4  # noqa: E402
-from flashinfer_sm12x.formats import mxfp4_quantize  # noqa: E402
-from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
+from flashinfer_sm12x import mm_fp4
+from flashinfer_sm12x.formats import mxfp4_quantize
+from flashinfer_sm12x.testing.benchmarking import our_kernels_mode, plot_panels, write_csv
+from flashinfer_sm12x.testing.profiling import kernel_launches
 
 SHAPES = [(1, 5760, 2880), (16, 5760, 2880), (128, 2880, 2880), (1, 2880, 4096)]  # GPT-OSS qkv/o-sized, decode
 

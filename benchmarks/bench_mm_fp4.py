@@ -25,14 +25,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import our_kernels_mode, plot_panels, time_ms  # noqa: E402
-from flashinfer_sm12x import mm_fp4  # noqa: E402
-from flashinfer_sm12x.formats import mxfp4_quantize, nvfp4_quantize  # noqa: E402
-from flashinfer_sm12x.kernels.mm_fp4 import heuristic  # noqa: E402
-from flashinfer_sm12x.ops.mm_fp4 import run_tactic, validate  # noqa: E402
-from flashinfer_sm12x.testing.gemm_reference import mm_fp4_reference  # noqa: E402
+from flashinfer_sm12x import mm_fp4
+from flashinfer_sm12x.formats import mxfp4_quantize, nvfp4_quantize
+from flashinfer_sm12x.kernels.mm_fp4 import heuristic
+from flashinfer_sm12x.ops.mm_fp4 import run_tactic, validate
+from flashinfer_sm12x.testing.benchmarking import device_banner, plot_panels, time_ms
+from flashinfer_sm12x.testing.gemm_reference import mm_fp4_reference
 
 # Dense FP4 peaks (TFLOPS; datasheet "AI TOPS" are 2:4 sparse, halved) and bf16 for other GPUs.
 FP4_PEAK = {"RTX 5090": 1676, "RTX PRO 6000": 2015, "GB10": 500}
@@ -180,13 +178,12 @@ def main() -> int:
     parser.add_argument("--csv", default="bench_mm_fp4.csv")
     parser.add_argument("--png", default="bench_mm_fp4.png")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA GPU: nothing to benchmark")
+    banner = device_banner()
+    if banner is None:
         return 1
-    device, cc, mode = our_kernels_mode()
+    device, _, mode = banner
     native, emulated = mode == "native", mode == "emulated"
     peak = peak_for(device)
-    print(f"device: {device} (compute capability {cc[0]}.{cc[1]}); torch {torch.__version__}")
     print("our kernels: " + ("native" if native else "emulated MMA, correctness only" if emulated else
                              "not runnable on this GPU"))
     layers = QUICK_LAYERS if args.quick else list(LAYERS)

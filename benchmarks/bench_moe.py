@@ -25,13 +25,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import our_kernels_mode, plot_panels, time_ms  # noqa: E402
-from flashinfer_sm12x import cutlass_fused_moe, fused_moe  # noqa: E402
-from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp8_quantize  # noqa: E402
-from flashinfer_sm12x.formats.scale_layout import SfLayout  # noqa: E402
-from flashinfer_sm12x.moe import gpt_oss_moe_reference, prepare_gpt_oss_weights, route  # noqa: E402
+from flashinfer_sm12x import cutlass_fused_moe, fused_moe
+from flashinfer_sm12x.formats import mxfp4_dequantize, mxfp8_quantize
+from flashinfer_sm12x.formats.scale_layout import SfLayout
+from flashinfer_sm12x.moe import gpt_oss_moe_reference, prepare_gpt_oss_weights, route
+from flashinfer_sm12x.testing.benchmarking import checkpoint_weights, device_banner, plot_panels, time_ms
 
 MODELS = {"gpt-oss-20b": 32, "gpt-oss-120b": 128}  # experts; both: H = I = 2880, top-4
 H = INTER = 2880
@@ -54,19 +52,6 @@ class Row:
     def tflops(self) -> float | None:
         flops = 2 * self.tokens * TOP_K * (H * 2 * INTER + INTER * H)
         return None if self.ms is None else flops / self.ms / 1e9
-
-
-def checkpoint_weights(num_e: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random GPT-OSS-layout MXFP4 experts (scales 2^-7..2^-3 keep activations in range) on the GPU."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-
-    def u8(lo: int, hi: int, *shape: int) -> torch.Tensor:
-        return torch.randint(lo, hi, shape, generator=g, device="cuda", dtype=torch.int32).to(torch.uint8)
-
-    return {"w13": u8(0, 256, num_e, 2 * INTER, H // 2), "w13_scale": u8(120, 125, num_e, 2 * INTER, H // 32),
-            "w13_bias": (torch.randn(num_e, 2 * INTER, generator=g, device="cuda") * 0.1).bfloat16(),
-            "w2": u8(0, 256, num_e, H, INTER // 2), "w2_scale": u8(120, 125, num_e, H, INTER // 32),
-            "w2_bias": (torch.randn(num_e, H, generator=g, device="cuda") * 0.1).bfloat16()}
 
 
 def bf16_moe(raw: dict[str, torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -108,7 +93,7 @@ class Setup:
 
 
 def bench_model(model: str, num_e: int, tokens: list[int], ours: str, iters: int, check_max: int) -> list[Row]:
-    raw = checkpoint_weights(num_e)
+    raw = checkpoint_weights(num_e, H, INTER)
     try:
         import flashinfer.fused_moe as fi_moe
         fi_error = ""
@@ -209,12 +194,11 @@ def main() -> int:
     parser.add_argument("--csv", default="bench_moe.csv")
     parser.add_argument("--png", default="bench_moe.png")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA GPU: nothing to benchmark")
+    banner = device_banner()
+    if banner is None:
         return 1
-    device, cc, ours = our_kernels_mode()
+    device, _, ours = banner
     tokens = QUICK_TOKENS if args.quick else TOKENS
-    print(f"device: {device} (compute capability {cc[0]}.{cc[1]}); torch {torch.__version__}")
     print(f"our kernels: {ours}; shapes: " + ", ".join(f"{m} E={MODELS[m]}" for m in args.models.split(","))
           + f", top-{TOP_K}, H=I={H} (padded to 2944); T in {tokens}")
     rows: list[Row] = []

@@ -27,23 +27,19 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import plot_panels, time_ms  # noqa: E402
-from flashinfer_sm12x.jit.arch import device_facts  # noqa: E402
-from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS  # noqa: E402
-from flashinfer_sm12x.moe.fused_moe import fused_moe  # noqa: E402
-from flashinfer_sm12x.moe.pipeline import glue_views, row_plan  # noqa: E402
-from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights  # noqa: E402
-from flashinfer_sm12x.ops.moe_glue import glue_module  # noqa: E402
-from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights  # noqa: E402
-from flashinfer_sm12x.testing.profiling import kernel_durations_us, kernel_launches  # noqa: E402
+from flashinfer_sm12x.jit.arch import device_facts
+from flashinfer_sm12x.kernels.moe_glue import FUSED_MAX_PAIRS, FUSED_MAX_TOKENS
+from flashinfer_sm12x.moe.fused_moe import fused_moe
+from flashinfer_sm12x.moe.pipeline import glue_views, row_plan
+from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
+from flashinfer_sm12x.ops.moe_glue import glue_module
+from flashinfer_sm12x.testing.benchmarking import host_us, plot_panels, time_ms
+from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights
+from flashinfer_sm12x.testing.profiling import kernel_durations_us, kernel_launches
 
 NUM_E, TOP_K, H = 32, 4, 2880
 
@@ -53,17 +49,6 @@ def copy_bandwidth() -> float:
     x = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     ms = time_ms(lambda: x.clone(), 20, graph=False)
     return 2 * x.numel() / (ms * 1e-3)
-
-
-def host_us_per_call(fn, calls: int = 50) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return host / calls * 1e6
 
 
 def measure(num_t: int, w, module, target, bw: float, iters: int, per_graph: int, panels_us: dict,
@@ -80,7 +65,7 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, per_graph: int
     forward()
     launches = kernel_launches(forward)
     torch_launches = kernel_launches(lambda: forward("reference"))
-    host = host_us_per_call(forward)
+    host = host_us(forward, 50)
     plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target, device_facts(dev).sm_count)
     v = glue_views(dev, plan, hp, ip, "mxfp4")
     tm, pairs = plan.tactic.tile_m, num_t * TOP_K

@@ -22,21 +22,17 @@ import argparse
 import csv
 import datetime
 import re
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import plot_panels, time_ms  # noqa: E402
-from flashinfer_sm12x.formats import quantize as reference  # noqa: E402
-from flashinfer_sm12x.formats import swizzled_sf_size  # noqa: E402
-from flashinfer_sm12x.ops import quantize as ops  # noqa: E402
-from flashinfer_sm12x.testing.profiling import kernel_launches  # noqa: E402
+from flashinfer_sm12x.formats import quantize as reference
+from flashinfer_sm12x.formats import swizzled_sf_size
+from flashinfer_sm12x.ops import quantize as ops
+from flashinfer_sm12x.testing.benchmarking import host_us, plot_panels, time_ms
+from flashinfer_sm12x.testing.profiling import kernel_launches
 
 MS = [1, 16, 128, 4096, 16384]
 KS = [2880, 4096, 8192]
@@ -96,18 +92,6 @@ def flashinfer_call(fmt: str, x: torch.Tensor, gs: torch.Tensor) -> tuple[Callab
     except Exception as exc:
         return None, f"flashinfer {fmt}_quantize does not run here: {str(exc).splitlines()[0][:90]}"
     return fn, ""
-
-
-def host_us(fn: Callable[[], object], n: int = 200) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / n * 1e6
 
 
 def timed(fn: Callable[[], object], iters: int, graph: bool, launches: int = 1) -> float:
@@ -177,7 +161,7 @@ def main() -> int:
                         if not ours:
                             row.note = "eager timing"
                         if m == 1:
-                            per_call[(fmt, backend)] = (kernel_launches(fn), host_us(fn))
+                            per_call[(fmt, backend)] = (kernel_launches(fn), host_us(fn, 200, warmup=5))
                     rows.append(row)
     for row in rows:
         if (row.fmt, row.backend) in per_call:

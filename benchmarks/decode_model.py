@@ -47,15 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import plot_panels, write_csv  # noqa: E402
-from flashinfer_sm12x.jit.arch import parse_target  # noqa: E402
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED  # noqa: E402
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import GEMM_FORMAT_OF_ACT  # noqa: E402
-from flashinfer_sm12x.moe.pipeline import row_plan  # noqa: E402
-from flashinfer_sm12x.ops.moe_glue import PLAN_SCATTER_CTAS_PER_SM  # noqa: E402
-from flashinfer_sm12x.registry import MODELS  # noqa: E402
+from flashinfer_sm12x.checks import round_up
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import GEMM_FORMAT_OF_ACT
+from flashinfer_sm12x.moe.pipeline import row_plan
+from flashinfer_sm12x.ops.moe_glue import PLAN_SCATTER_CTAS_PER_SM
+from flashinfer_sm12x.registry import MODELS
+from flashinfer_sm12x.testing.benchmarking import plot_panels, write_csv
 
 # ------------------------------------------------------------------------------------------------- the constants
 
@@ -111,11 +110,11 @@ class Shape:
 
     @property
     def hp(self) -> int:
-        return _round_up(self.hidden, PAD_TO)
+        return round_up(self.hidden, PAD_TO)
 
     @property
     def ip(self) -> int:
-        return _round_up(self.inter, PAD_TO)
+        return round_up(self.inter, PAD_TO)
 
 
 def shape_of(model: str) -> Shape:
@@ -124,13 +123,9 @@ def shape_of(model: str) -> Shape:
     return Shape(model, m.num_experts, m.top_k, m.hidden_size, m.intermediate_size)
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 def scale_bytes(rows: int, cols: int) -> int:
     """E8M0 scale bytes of [rows, cols] in the 128x4 layout (rows padded to 128, scale columns to 4)."""
-    return _round_up(rows, 128) * _round_up(cols // SF_BLOCK, 4)
+    return round_up(rows, 128) * round_up(cols // SF_BLOCK, 4)
 
 
 # ------------------------------------------------------------------------------------------- uniform routing
@@ -238,7 +233,7 @@ def row_kernel_ctas(pairs: int, sf_rows: int, cols: int) -> int:
     """scatter / activation grid (glue.cuh row_kernel_ctas, C++): a CTA per pair, or enough that no warp zeroes more
     than one 512-byte scale tile."""
     warps = THREADS["scatter"] // 32
-    tiles = sf_rows // 128 * _round_up(cols // SF_BLOCK, 4) // 4
+    tiles = sf_rows // 128 * round_up(cols // SF_BLOCK, 4) // 4
     return max(pairs, -(-tiles // warps))
 
 
@@ -276,7 +271,7 @@ def plan_scatter_cost(layer: Layer) -> list[KernelCost]:
     plan = KernelCost("plan", "plan/scatter", chunks, glue_slots("plan"), inflight * THREADS["plan"],
                       logits + _workspace_bytes(layer, chunks))
     tables = I32 * (3 * layer.pairs + 2 * s.experts + layer.tiles)  # ids, rank, dest; starts, counts; tile table
-    scatter = KernelCost("scatter", "plan/scatter", row_kernel_ctas(layer.pairs, _round_up(layer.bound, 128), s.hp),
+    scatter = KernelCost("scatter", "plan/scatter", row_kernel_ctas(layer.pairs, round_up(layer.bound, 128), s.hp),
                          glue_slots("scatter"), inflight * THREADS["scatter"], tables + _scatter_rows_bytes(layer))
     return [plan, scatter]
 
@@ -316,7 +311,7 @@ def activation_cost(layer: Layer) -> KernelCost:
     bias = layer.active * expert_param_bytes(s)["b1"]
     moved = (layer.pairs * 2 * s.ip * BF16 + I32 * 2 * layer.pairs + bias + int(layer.pairs * s.ip * layer.act_bytes)
              + scale_bytes(layer.bound, s.ip))
-    return KernelCost("activation", "activation", row_kernel_ctas(layer.pairs, _round_up(layer.bound, 128), s.ip),
+    return KernelCost("activation", "activation", row_kernel_ctas(layer.pairs, round_up(layer.bound, 128), s.ip),
                       glue_slots("activation"), GLUE_INFLIGHT_BYTES_PER_THREAD * THREADS["activation"], moved,
                       weight_bytes=bias)
 

@@ -35,18 +35,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from flashinfer_sm12x.checks import round_up  # noqa: E402
-from flashinfer_sm12x.errors import Sm12xError  # noqa: E402
-from flashinfer_sm12x.jit.arch import Target  # noqa: E402
-from flashinfer_sm12x.jit.module import ModuleSpec  # noqa: E402
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED  # noqa: E402
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import gemm_format  # noqa: E402
-from flashinfer_sm12x.kernels.moe_glue import moe_glue_spec  # noqa: E402
-from flashinfer_sm12x.moe.pipeline import row_plan  # noqa: E402
-from flashinfer_sm12x.testing.moe_accuracy import ACTS, AccuracyRow, format_table, measure, write_csv  # noqa: E402
-from flashinfer_sm12x.testing.workloads import build_modules, unique_specs, workload_target  # noqa: E402
+from flashinfer_sm12x.checks import round_up
+from flashinfer_sm12x.errors import Sm12xError
+from flashinfer_sm12x.jit.arch import Target
+from flashinfer_sm12x.jit.module import ModuleSpec
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import gemm_format
+from flashinfer_sm12x.kernels.moe_glue import moe_glue_spec
+from flashinfer_sm12x.moe.pipeline import row_plan
+from flashinfer_sm12x.testing.moe_accuracy import ACTS, AccuracyRow, format_table, measure, write_csv
+from flashinfer_sm12x.testing.workloads import build_modules, unique_specs, workload_target
 
 H = INTER = 2880
 TOP_K = 4
@@ -69,9 +67,9 @@ def modules(target: Target, num_e: int, tokens: list[int]) -> list[ModuleSpec]:
 def make_weights(data: str, num_e: int) -> dict[str, torch.Tensor]:
     """Checkpoint-layout MXFP4 expert weights on the GPU, generated as `data` does."""
     if data == "bench_moe":
-        from benchmarks.bench_moe import checkpoint_weights
+        from flashinfer_sm12x.testing.benchmarking import checkpoint_weights
 
-        return checkpoint_weights(num_e)
+        return checkpoint_weights(num_e, H, INTER)
     from flashinfer_sm12x.testing.moe_cases import make_weights as test_weights
 
     return {k: v.cuda() for k, v in test_weights(num_e, H, INTER).items()}

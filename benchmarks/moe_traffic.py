@@ -23,13 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import plot_panels, write_csv  # noqa: E402
-from flashinfer_sm12x.checks import round_up  # noqa: E402
-from flashinfer_sm12x.jit.arch import parse_target  # noqa: E402
-from flashinfer_sm12x.moe.pipeline import row_plan  # noqa: E402
-from flashinfer_sm12x.ops.moe_glue import fused_plan_scatter_serves  # noqa: E402
+from flashinfer_sm12x.checks import round_up
+from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.moe.pipeline import row_plan
+from flashinfer_sm12x.ops.moe_glue import fused_plan_scatter_serves
+from flashinfer_sm12x.testing.benchmarking import plot_panels, write_csv
 
 TOKENS = (1, 8, 32, 64, 128, 1024, 8192)
 EXPERTS = (32, 128)

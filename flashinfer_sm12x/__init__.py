@@ -44,13 +44,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .formats.quantize import mxfp4_dequantize, mxfp4_quantize, mxfp8_dequantize, mxfp8_quantize, nvfp4_quantize
+    from .formats.quantize import mxfp4_dequantize, mxfp8_dequantize
     from .integrations.flashinfer_cutlass_fused_moe import cutlass_fused_moe
     from .integrations.flashinfer_mm_fp4 import mm_fp4
     from .moe.fused_moe import fused_moe
     from .moe.weights import prepare_gpt_oss_weights
     from .ops.grouped_mm_fp4 import grouped_mm_fp4
     from .ops.mm_fp4 import mm_mxfp8_mxfp4
+    from .ops.quantize import mxfp4_quantize, mxfp8_quantize, nvfp4_quantize
 
 
 def __getattr__(name: str) -> Any:

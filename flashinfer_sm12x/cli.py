@@ -11,8 +11,9 @@ import argparse
 import datetime
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from .errors import ConfigError, Sm12xError
 from .jit.arch import Target, parse_target
@@ -192,31 +193,37 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--arch", help="every module of one target, e.g. sm_120a")
     which.add_argument("--all", action="store_true", help="everything")
     clear.set_defaults(func=_cache_clear)
-    export = cache_sub.add_parser(
-        "export", help="build (if needed) and pack modules into one archive for another path, cache or machine",
-        description="Pack the modules of --ops or a --model deployment for --arch into one archive (a tar with an "
-                    "index and each module's manifest), building those not cached yet. `cache import` on the "
-                    "other machine verifies and installs them; loading them needs no compiler there.")
-    _add_plan_arguments(export)
+    export = _command(
+        cache_sub, "export", _cache_export,
+        "build (if needed) and pack modules into one archive for another path, cache or machine",
+        "Pack the modules of --ops or a --model deployment for --arch into one archive (a tar with an index and each "
+        "module's manifest), building those not cached yet. `cache import` on the other machine verifies and installs "
+        "them; loading them needs no compiler there.", plan_arguments=True)
     export.add_argument("-o", "--output", required=True, type=os.path.abspath,
                         help="the archive to write (.tar, or .tar.gz / .tgz compressed)")
-    export.set_defaults(func=_cache_export)
-    imp = cache_sub.add_parser(
-        "import", help="verify an exported archive and install its modules into the cache",
-        description="Check every member, hash, target, the CUDA major version and the headers the modules were "
-                    "built from, then install them; any failed check refuses the whole archive and changes nothing.")
+    imp = _command(
+        cache_sub, "import", _cache_import, "verify an exported archive and install its modules into the cache",
+        "Check every member, hash, target, the CUDA major version and the headers the modules were built from, then "
+        "install them; any failed check refuses the whole archive and changes nothing.")
     imp.add_argument("archive", type=os.path.abspath, help="the archive from `cache export`")
     imp.add_argument("--arch", default=None,
                      help="accept only these targets (default: what runs on this GPU; any target without a GPU)")
     imp.add_argument("--sha256", default=None, help="refuse the archive unless it has this sha256")
-    imp.set_defaults(func=_cache_import)
-    prebuild = sub.add_parser(
-        "prebuild", help="build modules ahead of time (no GPU needed)",
-        description="Build JIT modules ahead of time: every module of some ops (--ops), or exactly what one model "
-                    "deployment loads (--model). Modules build in parallel within the cores and memory available "
-                    "(~5.5 GB per CUTLASS translation unit).")
-    _add_plan_arguments(prebuild)
-    prebuild.set_defaults(func=_prebuild)
+    _command(sub, "prebuild", _prebuild, "build modules ahead of time (no GPU needed)",
+             "Build JIT modules ahead of time: every module of some ops (--ops), or exactly what one model deployment "
+             "loads (--model). Modules build in parallel within the cores and memory available (~5.5 GB per CUTLASS "
+             "translation unit).", plan_arguments=True)
+    return parser
+
+
+def _command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], summary: str, description: str, *,
+             plan_arguments: bool = False) -> argparse.ArgumentParser:
+    """A subcommand running `func`, with `summary` in its parent's help and `description` in its own (and the
+    module-plan arguments where it builds or packs modules)."""
+    parser = sub.add_parser(name, help=summary, description=description)
+    if plan_arguments:
+        _add_plan_arguments(parser)
+    parser.set_defaults(func=func)
     return parser
 
 

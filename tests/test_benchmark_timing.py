@@ -1,16 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""benchmarks/_common.py's timing contract (the parts that need no GPU)."""
+"""The benchmarks' timing contract (flashinfer_sm12x/testing/benchmarking.py; the parts that need no GPU)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("bench_common", Path(__file__).parents[1] / "benchmarks/_common.py")
-common = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(common)
+from flashinfer_sm12x.testing import benchmarking as common
 
 
 @pytest.mark.parametrize(("graph", "launches"), [(False, 2), (True, 0), (False, 0)])

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_tensor
+from ..checks import check_tensor, one_device, round_up
 from ..jit.arch import device_facts
 from ..moe.pipeline import Experts, Routing, Tokens, run_moe
 from ..ops.moe_glue import kernels_support
@@ -56,6 +56,7 @@ RELEASE_DEFAULTS = {"use_fused_finalize": (True, None)}
 USE_KERNELS = True
 _SWIGLU, _SWIGLU_BIAS = 3, 5  # flashinfer.tllm_enums.ActivationType values (IntEnum; compared by value)
 _FN = "cutlass_fused_moe"
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _need(cond: bool, msg: str, exc: type[Exception] = ValueError) -> None:
@@ -63,14 +64,10 @@ def _need(cond: bool, msg: str, exc: type[Exception] = ValueError) -> None:
         raise exc(f"{_FN}: {msg}")
 
 
-def _tensor(t: Any, name: str, dtypes: tuple[torch.dtype, ...], ndim: int) -> torch.Tensor:
-    return check_tensor(t, name, _FN, dtypes, ndim=ndim)
-
-
 def _per_expert(t: Any, name: str, num_e: int) -> torch.Tensor | None:
     if t is None:
         return None
-    t = _tensor(t, name, (torch.float32,), 1)
+    t = check_tensor(t, name, _FN, torch.float32, ndim=1)
     _need(t.numel() == num_e, f"{name} must have one value per local expert ({num_e}), got {t.numel()}")
     return t
 
@@ -169,6 +166,24 @@ def cutlass_fused_moe(
         Bad input, before any kernel launch.
     NotImplementedError
         A FlashInfer mode this path does not serve.
+
+    Examples
+    --------
+    The call vLLM makes for MXFP4 x MXFP8 experts, with weights prepared in FlashInfer's layout:
+
+    >>> import torch, flashinfer_sm12x as fs
+    >>> from flashinfer_sm12x.testing.moe_cases import make_weights
+    >>> ckpt = {k: v.cuda() for k, v in make_weights(32, 2880, 2880).items()}  # doctest: +SKIP
+    >>> w = fs.prepare_gpt_oss_weights(**ckpt, interleaved=False, up_first=True, act="mxfp8")  # doctest: +SKIP
+    >>> x = torch.randn(4, w.hidden_size_padded, device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> x8, x8_sf = fs.mxfp8_quantize(x)  # doctest: +SKIP
+    >>> ids = torch.randint(0, 32, (4, 4), device="cuda", dtype=torch.int32)  # doctest: +SKIP
+    >>> scales = torch.full((4, 4), 0.25, device="cuda")  # doctest: +SKIP
+    >>> ones = torch.ones(32, device="cuda")  # doctest: +SKIP
+    >>> y = fs.cutlass_fused_moe(x8, ids, scales, w.w13, w.w2, torch.bfloat16, w.flashinfer_quant_scales(),
+    ...                          w.w13_bias, w.w2_bias, input_sf=x8_sf, swiglu_alpha=1.702 * ones,
+    ...                          swiglu_beta=ones, swiglu_limit=7.0 * ones,
+    ...                          use_mxfp8_act_scaling=True)  # [4, 2944] bf16  # doctest: +SKIP
     """
     del tune_max_num_tokens, enable_pdl, use_fused_finalize, profile_ids, workspace_buffer, tp_rank  # no effect
     _unsupported(enable_alltoall=enable_alltoall, use_deepseek_fp8_block_scale=use_deepseek_fp8_block_scale,
@@ -189,10 +204,10 @@ def cutlass_fused_moe(
             f"use_mxfp8_act_scaling=True); got input {input.dtype}, use_mxfp8_act_scaling={use_mxfp8_act_scaling}. "
             "For bf16 activations call flashinfer_sm12x.fused_moe, which quantizes them itself")
     _need(output_dtype in (torch.bfloat16, torch.float16), f"output_dtype must be bf16 or fp16, got {output_dtype}")
-    x = _tensor(input, "input", (torch.float8_e4m3fn,), 2)
-    fc1 = _tensor(fc1_expert_weights, "fc1_expert_weights", (torch.uint8,), 3)
-    fc2 = _tensor(fc2_expert_weights, "fc2_expert_weights", (torch.uint8,), 3)
-    ids = _tensor(token_selected_experts, "token_selected_experts", (torch.int32, torch.int64), 2)
+    x = check_tensor(input, "input", _FN, (torch.float8_e4m3fn,), ndim=2)
+    fc1 = check_tensor(fc1_expert_weights, "fc1_expert_weights", _FN, (torch.uint8,), ndim=3)
+    fc2 = check_tensor(fc2_expert_weights, "fc2_expert_weights", _FN, (torch.uint8,), ndim=3)
+    ids = check_tensor(token_selected_experts, "token_selected_experts", _FN, (torch.int32, torch.int64), ndim=2)
     num_e, hp, ip = fc2.shape[0], fc2.shape[1], fc2.shape[2] * 2
     num_t, k = ids.shape
     _need(tuple(fc1.shape) == (num_e, 2 * ip, hp // 2),
@@ -200,7 +215,7 @@ def cutlass_fused_moe(
           f"got {tuple(fc1.shape)}")
     _need(hp % 128 == 0 and ip % 128 == 0, f"hidden {hp} and intermediate {ip} must be padded to multiples of 128")
     _need(x.shape[1] == hp, f"input must be [T, {hp}] (the padded hidden size), got {tuple(x.shape)}")
-    scales = _tensor(token_final_scales, "token_final_scales", (torch.float32, torch.bfloat16, torch.float16), 2)
+    scales = check_tensor(token_final_scales, "token_final_scales", _FN, _FLOATS, ndim=2)
     _need(ids.shape[0] == x.shape[0] and scales.shape == ids.shape,
           f"token_selected_experts and token_final_scales must be [T, k] with T = {x.shape[0]}")
     _need(isinstance(ep_size, int) and ep_size >= 1 and 0 <= ep_rank < ep_size,
@@ -209,8 +224,8 @@ def cutlass_fused_moe(
     _need(k <= num_e * ep_size, f"top_k = {k} exceeds the {num_e * ep_size} experts")
     _need(isinstance(quant_scales, (list, tuple)) and len(quant_scales) == 4,
           "quant_scales must be [fc1 block scales, fc1 global, fc2 block scales, fc2 global] for MXFP4 W4A8")
-    sf1 = _tensor(quant_scales[0], "quant_scales[0] (fc1 block scales)", (torch.int32,), 3)
-    sf2 = _tensor(quant_scales[2], "quant_scales[2] (fc2 block scales)", (torch.int32,), 3)
+    sf1 = check_tensor(quant_scales[0], "quant_scales[0] (fc1 block scales)", _FN, (torch.int32,), ndim=3)
+    sf2 = check_tensor(quant_scales[2], "quant_scales[2] (fc2 block scales)", _FN, (torch.int32,), ndim=3)
     _need(tuple(sf1.shape) == (num_e, 2 * ip, hp // 128), f"quant_scales[0] must be {(num_e, 2 * ip, hp // 128)}, "
           f"got {tuple(sf1.shape)}")
     _need(tuple(sf2.shape) == (num_e, hp, ip // 128), f"quant_scales[2] must be {(num_e, hp, ip // 128)}, "
@@ -222,13 +237,11 @@ def cutlass_fused_moe(
     limit = _per_expert(swiglu_limit, "swiglu_limit", num_e)
     b1 = b2 = None
     if fc1_expert_biases is not None:
-        b1 = _tensor(fc1_expert_biases, "fc1_expert_biases", (torch.bfloat16, torch.float16, torch.float32), 2)
-        _need(tuple(b1.shape) == (num_e, 2 * ip), f"fc1_expert_biases must be {(num_e, 2 * ip)}")
+        b1 = check_tensor(fc1_expert_biases, "fc1_expert_biases", _FN, _FLOATS, shape=(num_e, 2 * ip))
     if fc2_expert_biases is not None:
-        b2 = _tensor(fc2_expert_biases, "fc2_expert_biases", (torch.bfloat16, torch.float16, torch.float32), 2)
-        _need(tuple(b2.shape) == (num_e, hp), f"fc2_expert_biases must be {(num_e, hp)}")
+        b2 = check_tensor(fc2_expert_biases, "fc2_expert_biases", _FN, _FLOATS, shape=(num_e, hp))
     _need(isinstance(input_sf, torch.Tensor), "input_sf must be provided when use_mxfp8_act_scaling=True")
-    rows_sf = -(-num_t // 128) * 128 if swizzled_input_sf else num_t
+    rows_sf = round_up(num_t, 128) if swizzled_input_sf else num_t
     in_sf = input_sf.view(torch.uint8) if input_sf.dtype != torch.uint8 and input_sf.element_size() == 1 else input_sf
     _need(in_sf.dtype == torch.uint8 and in_sf.numel() == rows_sf * (hp // 32),
           f"input_sf must hold {rows_sf * (hp // 32)} E8M0 bytes ({'swizzled' if swizzled_input_sf else 'linear'} "
@@ -238,8 +251,7 @@ def cutlass_fused_moe(
               and output.is_contiguous(), f"output must be a contiguous {output_dtype} tensor of shape {(num_t, hp)}")
     tensors = [t for t in (x, ids, scales, fc1, fc2, sf1, sf2, g1, g2, b1, b2, alpha, beta, limit, in_sf, output)
                if t is not None]
-    devices = {t.device for t in tensors}
-    _need(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    one_device(tensors, _FN)
 
     if num_t == 0:
         return output if output is not None else x.new_zeros((0, hp), dtype=output_dtype)

@@ -209,6 +209,21 @@ def mm_fp4(
         Bad input (before anything is launched); an unknown backend.
     ArchError
         A GPU our kernels do not serve (the message names the fix).
+
+    Examples
+    --------
+    MXFP4 activations times MXFP4 weights [N, K] (FlashInfer's defaults mean NVFP4, so MXFP4 says
+    ``block_size=32, use_nvfp4=False``; `b` and its scales are passed transposed, as FlashInfer takes them):
+
+    >>> import torch, flashinfer_sm12x as fs
+    >>> x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> w = torch.randn(8192, 4096, device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> a, a_sf = fs.mxfp4_quantize(x)  # doctest: +SKIP
+    >>> b, b_sf = fs.mxfp4_quantize(w)  # doctest: +SKIP
+    >>> y = fs.mm_fp4(a, b.T, a_sf, b_sf.T, block_size=32, use_nvfp4=False)  # [16, 8192] bf16  # doctest: +SKIP
+
+    Inside ``with flashinfer.autotune():`` the default ``backend="auto"`` times our tactics against FlashInfer's SM12x
+    FP4 backends and keeps the fastest per shape bucket.
     """
     if backend != OURS and backend != "auto":
         try:

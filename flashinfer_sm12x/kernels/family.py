@@ -100,6 +100,30 @@ class KernelFamily(Protocol):
 
 
 @dataclass(frozen=True)
+class VariantFamily:
+    """A family of small modules, one per (target, variant): each variant is one rendering of the template (e.g. the
+    quantizers' output format), everything else a run-time argument. Prebuild builds every variant; the compile
+    proof of each requires `instruction_of(variant, target)` in the SASS ("" requires nothing) and no spills."""
+
+    name: str
+    variants: tuple[str, ...]
+    spec_of: Callable[[Target, str], ModuleSpec]
+    instruction_of: Callable[[str, Target], str | None]
+    modules: ModuleCache = field(default_factory=ModuleCache, compare=False, repr=False)
+
+    def load(self, target: Target, variant: str) -> Any:
+        """The loaded module of `variant` for `target` (built on first use, then cached)."""
+        return self.modules.get((target, variant), lambda: self.spec_of(target, variant))
+
+    def prebuild(self, target: Target) -> list[ModuleSpec]:
+        return [self.spec_of(target, v) for v in self.variants]
+
+    def proof_cases(self, target: Target, *, candidates: bool = False) -> list[ProofCase]:
+        return [ProofCase(f"{self.name}/{v}", self.spec_of(target, v), self.instruction_of(v, target) or "",
+                          no_mainloop_spills=False, no_spills=True) for v in self.variants]
+
+
+@dataclass(frozen=True)
 class GemmFamily:
     """A block-scaled GEMM template: formats, candidate tactics, the proven menu per target, its module specs."""
 

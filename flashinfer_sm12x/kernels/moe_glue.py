@@ -20,13 +20,10 @@ the compile proof requires the quantizer's conversion instruction and no spills.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from ..jit.arch import Target
 from ..jit.module import ModuleSpec, Source
 from ..jit.render import render
-from .family import ModuleCache, ProofCase
+from .family import VariantFamily
 
 MENU = {"act_format": ("mxfp4", "mxfp8")}
 # Limits the kernels are written for (include/flashinfer_sm12x/moe/routing.cuh).
@@ -54,21 +51,4 @@ def required_instruction(act_format: str, target: Target) -> str | None:
     return REQUIRED_INSTRUCTION.get((act_format, not target.emulated))
 
 
-@dataclass(frozen=True)
-class MoeGlueFamily:
-    name: str = "moe_glue"
-    modules: ModuleCache = field(default_factory=ModuleCache, compare=False, repr=False)
-
-    def load(self, target: Target, act_format: str) -> Any:
-        """The loaded glue module of `act_format` for `target` (built on first use, then cached)."""
-        return self.modules.get((target, act_format), lambda: moe_glue_spec(target, act_format))
-
-    def prebuild(self, target: Target) -> list[ModuleSpec]:
-        return [moe_glue_spec(target, fmt) for fmt in MENU["act_format"]]
-
-    def proof_cases(self, target: Target, *, candidates: bool = False) -> list[ProofCase]:
-        return [ProofCase(f"moe_glue/{fmt}", moe_glue_spec(target, fmt), required_instruction(fmt, target) or "",
-                          no_mainloop_spills=False, no_spills=True) for fmt in MENU["act_format"]]
-
-
-FAMILY = MoeGlueFamily()
+FAMILY = VariantFamily("moe_glue", MENU["act_format"], moe_glue_spec, required_instruction)

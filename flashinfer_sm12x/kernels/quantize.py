@@ -9,13 +9,10 @@ instead of the native `cvt` instructions: tests use them to prove those paths on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from ..jit.arch import Target
 from ..jit.module import ModuleSpec, Source
 from ..jit.render import render
-from .family import ModuleCache, ProofCase
+from .family import VariantFamily
 
 FORMATS = ("mxfp4", "mxfp8", "nvfp4")
 INPUT_DTYPES = ("bfloat16", "float16", "float32")  # all inside each module (a run-time branch)
@@ -63,28 +60,8 @@ def required_instruction(fmt: str, target: Target) -> str:
     return "F2FP.SATFINITE.E4M3.F32" if fmt in ("mxfp8", "nvfp4") else ""
 
 
-@dataclass(frozen=True)
-class QuantizeFamily:
-    """The quantizers as a kernel family (prebuild, compile sweep, CI proofs)."""
-
-    name: str = "quantize"
-    modules: ModuleCache = field(default_factory=ModuleCache, compare=False, repr=False)
-
-    def load(self, target: Target, fmt: str) -> Any:
-        """The loaded quantizer module of `fmt` for `target` (built on first use, then cached)."""
-        return self.modules.get((target, fmt), lambda: quantize_spec(target, fmt))
-
-    def prebuild(self, target: Target) -> list[ModuleSpec]:
-        """One module per format (sm_90a builds are native SM90 code, so they are built too)."""
-        return [quantize_spec(target, fmt) for fmt in FORMATS]
-
-    def proof_cases(self, target: Target, *, candidates: bool = False) -> list[ProofCase]:
-        """Every format's module: its native conversion in SASS (where the target has one) and no spills."""
-        return [ProofCase(f"quantize/{fmt}", quantize_spec(target, fmt), required_instruction(fmt, target),
-                          no_mainloop_spills=False, no_spills=True) for fmt in FORMATS]
-
-
-FAMILY = QuantizeFamily()
+# One module per format (sm_90a builds are native SM90 code, so they are built and proven too).
+FAMILY = VariantFamily("quantize", FORMATS, quantize_spec, required_instruction)
 
 
 def prebuild(target: Target) -> list[ModuleSpec]:

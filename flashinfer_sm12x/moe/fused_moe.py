@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from ..checks import check_tensor, one_device
 from ..jit.arch import device_facts
 from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import ACTIVATIONS
@@ -116,9 +117,8 @@ def fused_moe(
         raise TypeError(f"{fn}: weights must come from prepare_gpt_oss_weights, got {type(weights).__name__}")
     if weights.act not in ACTIVATIONS:
         raise ValueError(f"{fn}: weights were prepared for act={weights.act!r}; expected one of {ACTIVATIONS}")
-    if not isinstance(hidden, torch.Tensor) or hidden.dtype not in _FLOATS:
-        raise TypeError(f"{fn}: hidden must be a bf16/fp16/fp32 tensor")
-    if hidden.ndim != 2 or hidden.shape[1] != weights.hidden_size:
+    check_tensor(hidden, "hidden", fn, _FLOATS, ndim=2, contiguous=False)
+    if hidden.shape[1] != weights.hidden_size:
         raise ValueError(f"{fn}: hidden must be [T, {weights.hidden_size}], got {tuple(hidden.shape)}")
     if not hidden.is_contiguous():
         raise ValueError(f"{fn}: hidden must be contiguous")
@@ -150,11 +150,8 @@ def fused_moe(
     elif fused_epilogue:
         raise ValueError(f"{fn}: fused_epilogue=True needs impl='kernels'")
     else:
-        tensors = [hidden, weights.w13] + ([routing] if isinstance(routing, torch.Tensor) else list(routing))
-        devices = {t.device for t in tensors}
-        if len(devices) != 1:  # (grouped_mm_fp4 checks for CUDA before its first launch)
-            raise ValueError(f"{fn}: hidden, routing and weights must be on one device, got "
-                             f"{sorted(map(str, devices))}")
+        # (grouped_mm_fp4 checks for CUDA before its first launch)
+        one_device([hidden, weights.w13, *_routing_tensors(routing)], fn, "hidden, routing and weights")
         if validate_ids and not isinstance(routing, torch.Tensor) and id_limit != num_e:
             _check_ids(routing[0], id_limit, fn)  # the one sync; the pipeline then maps global ids to local ones
     out = hidden.new_empty((num_t, weights.hidden_size), dtype=out_dtype)
@@ -209,11 +206,9 @@ def _check_kernel_call(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch
                          "(use impl='reference')")
     if out_dtype not in _FLOATS:
         raise TypeError(f"{fn}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-    tensors = [hidden, w.w13] + ([routing] if isinstance(routing, torch.Tensor) else list(routing))
-    devices = {t.device for t in tensors}
-    if len(devices) != 1 or hidden.device.type != "cuda":
-        raise ValueError(f"{fn}: impl='kernels' needs hidden, routing and weights on one CUDA device, got "
-                         f"{sorted(map(str, devices))}")
+    device = one_device([hidden, w.w13, *_routing_tensors(routing)], fn, "hidden, routing and weights")
+    if device.type != "cuda":
+        raise ValueError(f"{fn}: impl='kernels' needs hidden, routing and weights on a CUDA device, got {device}")
     if isinstance(routing, torch.Tensor):
         if routing.dtype not in _FLOATS:
             raise TypeError(f"{fn}: router logits must be float32/float16/bfloat16, got {routing.dtype}")
@@ -231,6 +226,10 @@ def _check_kernel_call(hidden: torch.Tensor, routing: torch.Tensor | tuple[torch
     for name, v in (("alpha", alpha), ("beta", beta), ("limit", limit)):
         if isinstance(v, torch.Tensor) and (v.numel() != num_e or v.device != hidden.device):
             raise ValueError(f"{fn}: {name} as a tensor must hold one value per expert ({num_e}) on {hidden.device}")
+
+
+def _routing_tensors(routing: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+    return [routing] if isinstance(routing, torch.Tensor) else list(routing)
 
 
 def _per_expert(v: Scalar | None) -> Scalar | None:

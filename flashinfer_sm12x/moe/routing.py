@@ -25,8 +25,10 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ID_DTYPES = (torch.int32, torch.int64)
 
 
-def _check_tensor(x: object, name: str, fn: str, dtypes: tuple[torch.dtype, ...], dim: int) -> torch.Tensor:
-    return check_tensor(x, name, fn, dtypes, ndim=dim)
+def _check_fits(k: int, num_e: int, message: str) -> None:
+    """A token picks k distinct experts: k <= E (ValueError with `message` otherwise)."""
+    if k > num_e:
+        raise ValueError(message)
 
 
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,11 +47,9 @@ def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True) -> 
     Device ops only (sort, gather, softmax): no host synchronisation.
     """
     fn = "route"
-    logits = _check_tensor(router_logits, "router_logits", fn, _FLOAT_DTYPES, 2)
-    k = check_count(top_k, "top_k", fn)
-    num_e = logits.shape[1]
-    if k > num_e:
-        raise ValueError(f"{fn}: top_k = {k} exceeds the number of experts {num_e}")
+    logits = check_tensor(router_logits, "router_logits", fn, _FLOAT_DTYPES, ndim=2)
+    k, num_e = check_count(top_k, "top_k", fn), logits.shape[1]
+    _check_fits(k, num_e, f"{fn}: top_k = {k} exceeds the number of experts {num_e}")
     x = logits.float()
     # Sorting E (128 for GPT-OSS) values per token costs little next to the GEMMs and gives stable ties.
     vals, ids = torch.sort(x, dim=1, descending=True, stable=True)
@@ -67,7 +67,7 @@ def clamp_expert_ids(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Te
     for that token, never an out-of-bounds access. Then call permute(..., validate_ids=False).
     """
     fn = "clamp_expert_ids"
-    ids = _check_tensor(topk_ids, "topk_ids", fn, _ID_DTYPES, 2)
+    ids = check_tensor(topk_ids, "topk_ids", fn, _ID_DTYPES, ndim=2)
     num_e = check_count(num_experts, "num_experts", fn)
     bad = (ids < 0) | (ids >= num_e)
     flag = bad.reshape(-1).any().reshape(1).to(torch.int32)  # device tensor; any() of an empty tensor is 0
@@ -95,11 +95,9 @@ def permute(
     Device ops only (stable sort, searchsorted, scatter, integer math): no sync when validate_ids=False.
     """
     fn = "permute"
-    ids = _check_tensor(topk_ids, "topk_ids", fn, _ID_DTYPES, 2)
-    num_e = check_count(num_experts, "num_experts", fn)
-    k = ids.shape[1]
-    if k > num_e:
-        raise ValueError(f"{fn}: top_k = {k} (topk_ids columns) exceeds num_experts = {num_e}")
+    ids = check_tensor(topk_ids, "topk_ids", fn, _ID_DTYPES, ndim=2)
+    k, num_e = ids.shape[1], check_count(num_experts, "num_experts", fn)
+    _check_fits(k, num_e, f"{fn}: top_k = {k} (topk_ids columns) exceeds num_experts = {num_e}")
     if k == 0:
         raise ValueError(f"{fn}: topk_ids has no columns (top_k must be >= 1)")
     if not isinstance(validate_ids, bool):
@@ -134,9 +132,9 @@ def finalize(
     (that would need a sync); `permute` always produces valid ones.
     """
     fn = "finalize"
-    y = _check_tensor(expert_out, "expert_out", fn, _FLOAT_DTYPES, 2)
-    inv = _check_tensor(inverse, "inverse", fn, _ID_DTYPES, 1)
-    w = _check_tensor(topk_weights, "topk_weights", fn, _FLOAT_DTYPES, 2)
+    y = check_tensor(expert_out, "expert_out", fn, _FLOAT_DTYPES, ndim=2)
+    inv = check_tensor(inverse, "inverse", fn, _ID_DTYPES, ndim=1)
+    w = check_tensor(topk_weights, "topk_weights", fn, _FLOAT_DTYPES, ndim=2)
     num_t, k = w.shape
     if inv.numel() != num_t * k:
         raise ValueError(f"{fn}: inverse has {inv.numel()} entries, expected T*k = {num_t * k}")

@@ -30,12 +30,15 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ..checks import round_up
+from ..checks import check_tensor, one_device, round_up
 from ..formats import SfLayout, swizzle_sf, swizzled_sf_size, unswizzle_sf
 
 ActFormat = Literal["mxfp4", "mxfp8"]
 _ACTS = ("mxfp4", "mxfp8")
-_E8M0 = getattr(torch, "float8_e8m0fnu", None)
+_FN = "prepare_gpt_oss_weights"
+_BYTE_DTYPES = tuple(d for d in (torch.uint8, getattr(torch, "float8_e8m0fnu", None)) if d is not None)
+# A bias of any floating dtype is accepted (the pipeline reads it in float32).
+_ANY_FLOAT = tuple(d for d in vars(torch).values() if isinstance(d, torch.dtype) and d.is_floating_point)
 
 
 class CheckpointMoEWeights(NamedTuple):
@@ -95,25 +98,13 @@ class PreparedMoEWeights:
 
 
 def _as_uint8(t: object, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"prepare_gpt_oss_weights: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if _E8M0 is not None and t.dtype == _E8M0:  # torch's own E8M0 dtype: same bytes
-        return t.view(torch.uint8)
-    if t.dtype != torch.uint8:
-        raise TypeError(f"prepare_gpt_oss_weights: {name} must be uint8, got {t.dtype}")
-    return t
+    """A 3-D uint8 tensor (torch's own E8M0 dtype is accepted: the same bytes)."""
+    t = check_tensor(t, name, _FN, _BYTE_DTYPES, ndim=3, contiguous=False)
+    return t if t.dtype == torch.uint8 else t.view(torch.uint8)
 
 
 def _check_bias(t: object, want: tuple[int, ...], name: str) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"prepare_gpt_oss_weights: {name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"prepare_gpt_oss_weights: {name} must be a float tensor, got {t.dtype}")
-    if tuple(t.shape) != want:
-        raise ValueError(f"prepare_gpt_oss_weights: {name} must have shape {want}, got {tuple(t.shape)}")
-    return t
+    return None if t is None else check_tensor(t, name, _FN, _ANY_FLOAT, shape=want, contiguous=False)
 
 
 def _to_pairs(x: torch.Tensor, interleaved: bool, up_first: bool) -> torch.Tensor:
@@ -204,8 +195,21 @@ def prepare_gpt_oss_weights(
         Wrong types or dtypes.
     ValueError
         Inconsistent shapes, devices or options.
+
+    Examples
+    --------
+    GPT-OSS-20B's experts (32, H = I = 2880) for W4A8; the tensors are the checkpoint's as vLLM loads them:
+
+    >>> import flashinfer_sm12x as fs
+    >>> from flashinfer_sm12x.testing.moe_cases import make_weights
+    >>> ckpt = make_weights(32, 2880, 2880)  # the six checkpoint tensors (random)  # doctest: +SKIP
+    >>> w = fs.prepare_gpt_oss_weights(**ckpt, act="mxfp8")  # doctest: +SKIP
+    >>> w.w13.shape, w.hidden_size_padded  # H and I padded to 2944  # doctest: +SKIP
+    (torch.Size([32, 5888, 1472]), 2944)
+
+    FlashInfer's `cutlass_fused_moe` wants halves with up first: ``interleaved=False, up_first=True``.
     """
-    fn = "prepare_gpt_oss_weights"
+    fn = _FN
     if not isinstance(pad_to, int) or isinstance(pad_to, bool):
         raise TypeError(f"{fn}: pad_to must be an int, got {type(pad_to).__name__}")
     for name, flag in (("interleaved", interleaved), ("up_first", up_first)):
@@ -220,8 +224,6 @@ def prepare_gpt_oss_weights(
         raise ValueError(f"{fn}: up_first applies to the halves layout; pass interleaved=False with it")
     w13, w13_scale = _as_uint8(w13, "w13"), _as_uint8(w13_scale, "w13_scale")
     w2, w2_scale = _as_uint8(w2, "w2"), _as_uint8(w2_scale, "w2_scale")
-    if w13.dim() != 3 or w2.dim() != 3 or w13_scale.dim() != 3 or w2_scale.dim() != 3:
-        raise ValueError(f"{fn}: w13, w13_scale, w2 and w2_scale must be 3-D [E, rows, cols]")
     num_e, two_i, h = w13.shape[0], w13.shape[1], 2 * w13.shape[2]
     if two_i % 2:
         raise ValueError(f"{fn}: w13 must have 2*I rows (gate and up), got {two_i}")
@@ -238,9 +240,7 @@ def prepare_gpt_oss_weights(
             raise ValueError(f"{fn}: {name} must have shape {want} (from w13 {tuple(w13.shape)}), got {tuple(t.shape)}")
     w13_bias = _check_bias(w13_bias, (num_e, two_i), "w13_bias")
     w2_bias = _check_bias(w2_bias, (num_e, h), "w2_bias")
-    tensors = [t for t in (w13, w13_scale, w13_bias, w2, w2_scale, w2_bias) if t is not None]
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"{fn}: all weights must be on one device")
+    one_device((w13, w13_scale, w13_bias, w2, w2_scale, w2_bias), fn, "all weights")
 
     hp, ip = round_up(h, pad_to), round_up(inter, pad_to)
     # GEMM1: work in [E, I, 2(gate, up), cols] form, pad I and the K columns, then lay the rows out.

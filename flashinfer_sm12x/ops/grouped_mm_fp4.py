@@ -96,12 +96,18 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
 
     Examples
     --------
-    Two experts, one 64-row tile each (W4A4; `a` [128, K/2] and `b` [2, N, K/2] packed e2m1 from `mxfp4_quantize`):
+    Two experts (N = 256, K = 512), one row tile each, W4A4. N is a multiple of 128, so the experts' weights quantized
+    as one [2 * N, K] matrix are each expert's own 128x4 block:
 
+    >>> import torch, flashinfer_sm12x as fs
     >>> from flashinfer_sm12x.kernels.grouped_mm_fp4 import heuristic
     >>> tactic = heuristic(128, 256, 512, "mxfp4", groups=2)[0]
+    >>> rows = 2 * tactic.tile_m  # expert 0's tile, then expert 1's
+    >>> a, a_sf = fs.mxfp4_quantize(torch.randn(rows, 512, device="cuda"))  # doctest: +SKIP
+    >>> b, b_sf = fs.mxfp4_quantize(torch.randn(2 * 256, 512, device="cuda"))  # doctest: +SKIP
+    >>> b, b_sf = b.view(2, 256, 256), b_sf.view(2, 256, 16)  # doctest: +SKIP
     >>> tiles = torch.tensor([0, 1], dtype=torch.int32, device="cuda")  # doctest: +SKIP
-    >>> out = grouped_mm_fp4(a, a_sf, b, b_sf, tiles, tactic, fmt="mxfp4")  # [128, 256] bf16  # doctest: +SKIP
+    >>> out = grouped_mm_fp4(a, a_sf, b, b_sf, tiles, tactic, fmt="mxfp4")  # [rows, 256] bf16  # doctest: +SKIP
     """
     module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_dtype, enable_pdl,
                             fmt=fmt, target=target)

@@ -331,6 +331,15 @@ def mm_mxfp8_mxfp4(
     ------
     TypeError, ValueError
         Bad input, before any launch. ArchError (a ValueError) on a GPU without W4A8 kernels.
+
+    Examples
+    --------
+    >>> import torch, flashinfer_sm12x as fs
+    >>> x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> w = torch.randn(8192, 4096, device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> a, a_sf = fs.mxfp8_quantize(x)  # float8_e4m3fn [16, 4096], E8M0 scales (128x4)  # doctest: +SKIP
+    >>> b, b_sf = fs.mxfp4_quantize(w)  # doctest: +SKIP
+    >>> y = fs.mm_mxfp8_mxfp4(a, b.T, a_sf, b_sf.T)  # [16, 8192] bf16  # doctest: +SKIP
     """
     p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, 32, False, False, fp8_a=True)
     return run(p, plan(p), enable_pdl)

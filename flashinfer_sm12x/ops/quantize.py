@@ -116,6 +116,14 @@ def mxfp4_quantize(
         `a` is not a float32 / float16 / bfloat16 tensor.
     ValueError
         Unknown backend, layout or recipe; fewer than 2 dimensions; K not a positive multiple of 32.
+
+    Examples
+    --------
+    >>> import torch, flashinfer_sm12x as fs
+    >>> x_q, sf = fs.mxfp4_quantize(torch.randn(16, 4096))  # CPU: the torch reference
+    >>> x_q.shape, x_q.dtype, sf.shape  # 16 rows padded to 128 in the 128x4 layout
+    (torch.Size([16, 2048]), torch.uint8, torch.Size([128, 128]))
+    >>> x_q, sf = fs.mxfp4_quantize(torch.randn(16, 4096, device="cuda"))  # one kernel  # doctest: +SKIP
     """
     layout = as_sf_layout(sfLayout)
     if backend in ("cuda", "cute-dsl") and _is_column_major(a):
@@ -176,6 +184,14 @@ def mxfp8_quantize(
     ValueError
         Unknown backend, layout or recipe; fewer than 2 dimensions; K not a positive multiple of 32; an alignment
         that does not pad K to a multiple of 32.
+
+    Examples
+    --------
+    >>> import torch, flashinfer_sm12x as fs
+    >>> x_q, sf = fs.mxfp8_quantize(torch.randn(16, 4096), is_sf_swizzled_layout=False)  # CPU: the torch reference
+    >>> x_q.dtype, x_q.shape, sf.shape  # linear scales: 16 rows x 128 blocks, flat
+    (torch.float8_e4m3fn, torch.Size([16, 4096]), torch.Size([2048]))
+    >>> x_q, sf = fs.mxfp8_quantize(torch.randn(16, 4096, device="cuda"))  # one kernel  # doctest: +SKIP
     """
     if sf_swizzle_layout is not None:
         layout = as_sf_layout(sf_swizzle_layout)
@@ -244,6 +260,18 @@ def nvfp4_quantize(
         Unknown backend or layout, sf_vec_size != 16, a bad shape, or a global scale of neither 1 nor rows values.
     NotImplementedError
         An option the reference does not implement.
+
+    Examples
+    --------
+    The usual global scale maps the tensor's amax to the largest E4M3 scale times the largest E2M1 value; the GEMM
+    multiplies by ``1 / (gs_a * gs_b)`` (mm_fp4's `alpha`):
+
+    >>> import torch, flashinfer_sm12x as fs
+    >>> x = torch.randn(16, 4096)
+    >>> gs = 448 * 6 / x.abs().amax()
+    >>> x_q, sf = fs.nvfp4_quantize(x, gs)  # CPU: the torch reference
+    >>> x_q.shape, sf.shape, sf.dtype  # E4M3 scale bytes per 16 elements, 128x4 layout
+    (torch.Size([16, 2048]), torch.Size([128, 256]), torch.uint8)
     """
     layout = as_sf_layout(sfLayout)
     unsupported = (do_shuffle or per_token_activation or expanded_idx_to_permuted_idx is not None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
@@ -63,22 +64,22 @@ def _amax_samples() -> torch.Tensor:
     return torch.cat([t, up, down, torch.tensor([1e-45, 2.0**-126, 3.4e38])])
 
 
-@pytest.mark.parametrize("elem_max", [6.0, 448.0])
-def test_rceil_matches_brute_force(elem_max: float) -> None:
+def _check_recipe(recipe: str, brute: Callable[[float, float], int], elem_max: float) -> None:
+    """e8m0_from_amax under `recipe` equals the brute-force search on every finite sample."""
     a = _amax_samples()
     a = a[torch.isfinite(a)]
-    ours = e8m0_from_amax(a, "rceil", elem_max=elem_max).tolist()
-    ref = [_brute_rceil(float(v), elem_max) for v in a.tolist()]
-    assert ours == ref
+    ours = e8m0_from_amax(a, recipe, elem_max=elem_max).tolist()
+    assert ours == [brute(float(v), elem_max) for v in a.tolist()]
+
+
+@pytest.mark.parametrize("elem_max", [6.0, 448.0])
+def test_rceil_matches_brute_force(elem_max: float) -> None:
+    _check_recipe("rceil", _brute_rceil, elem_max)
 
 
 @pytest.mark.parametrize("elem_max", [6.0, 448.0])
 def test_floor_matches_brute_force(elem_max: float) -> None:
-    a = _amax_samples()
-    a = a[torch.isfinite(a)]
-    ours = e8m0_from_amax(a, "floor", elem_max=elem_max).tolist()
-    ref = [_brute_floor(float(v), elem_max) for v in a.tolist()]
-    assert ours == ref
+    _check_recipe("floor", _brute_floor, elem_max)
 
 
 @pytest.mark.parametrize("k", [-20, -5, -1, 0, 1, 3, 40])

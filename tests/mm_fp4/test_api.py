@@ -14,16 +14,14 @@ from flashinfer_sm12x.integrations.flashinfer_mm_fp4 import mm_fp4
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.kernels.mm_fp4 import FAMILY, FORMATS, heuristic
 from flashinfer_sm12x.ops.mm_fp4 import mm_mxfp8_mxfp4
+from tests.mm_fp4.operands import mxfp4_operands as make_operands
 
 M, N, K = 7, 24, 256
 
 
 @pytest.fixture(scope="module")
 def operands() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    a, a_sf = mxfp4_quantize(torch.randn(M, K, generator=gen))
-    w, w_sf = mxfp4_quantize(torch.randn(N, K, generator=gen))
-    return {"a": a, "b": w.T, "a_descale": a_sf, "b_descale": w_sf.T}
+    return make_operands(M, N, K, seed=0)
 
 
 def call(ops: dict[str, torch.Tensor], **changes: object) -> torch.Tensor:

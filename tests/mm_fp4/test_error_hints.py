@@ -6,18 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashinfer_sm12x.formats import mxfp4_quantize
 from flashinfer_sm12x.integrations.flashinfer_mm_fp4 import mm_fp4
+from tests.mm_fp4.operands import mxfp4_operands as make_operands
 
 M, N, K = 7, 24, 256
 
 
 @pytest.fixture(scope="module")
 def mxfp4_operands() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    a, a_sf = mxfp4_quantize(torch.randn(M, K, generator=gen))
-    w, w_sf = mxfp4_quantize(torch.randn(N, K, generator=gen))
-    return {"a": a, "b": w.T, "a_descale": a_sf, "b_descale": w_sf.T}
+    return make_operands(M, N, K, seed=1)
 
 
 def test_flashinfer_defaults_on_mxfp4_data_hint_block_size_32(mxfp4_operands: dict[str, torch.Tensor]) -> None:

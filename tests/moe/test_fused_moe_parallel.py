@@ -14,6 +14,7 @@ import importlib
 import pytest
 import torch
 
+from flashinfer_sm12x.checks import round_up
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
 from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
 
@@ -28,17 +29,13 @@ def model_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "grouped_mm_fp4", grouped_gemm_model)
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 def tp_shard(raw: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
     """Rank `rank`'s parameters under TP, laid out as vLLM loads them (see the module docstring)."""
     num_e, two_i, _ = raw["w13"].shape
     inter = two_i // 2
     per_rank = -(-(inter // BLOCK) // tp) * BLOCK
     start, end = rank * per_rank, min((rank + 1) * per_rank, inter)
-    width = _round_up(inter // tp, 128)  # the parameter: I // tp, padded by the method to the kernel's multiple
+    width = round_up(inter // tp, 128)  # the parameter: I // tp, padded by the method to the kernel's multiple
     assert end - start <= width
 
     def into(shape: tuple[int, ...], src: torch.Tensor) -> torch.Tensor:

@@ -17,17 +17,12 @@ import torch
 from flashinfer_sm12x.formats import SfLayout, swizzle_sf, unswizzle_sf
 from flashinfer_sm12x.formats.quantize import mxfp4_quantize, mxfp8_quantize
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES
-from flashinfer_sm12x.moe.pipeline import (
-    GlueViews,
-    RowPlan,
-    glue_views,
-    plan_and_scatter,
-    plan_expert_rows,
-    row_plan,
-    workspace_part,
-)
+from flashinfer_sm12x.moe import pipeline
+from flashinfer_sm12x.moe.pipeline import glue_views, plan_and_scatter, plan_expert_rows, row_plan, workspace_part
 from flashinfer_sm12x.moe.routing import route
 from flashinfer_sm12x.ops.moe_glue import glue_module
+
+Plan, Views = pipeline.RowPlan, pipeline.GlueViews  # the pipeline's types in annotations
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("emulate")]
 K = 4
@@ -35,7 +30,7 @@ STALE = 0xAB  # what the data buffers hold before a run: padding rows must keep 
 
 
 
-def _setup(num_t: int, num_e: int, act: str, hp: int, tile: int = 0, k: int = K) -> tuple[RowPlan, GlueViews]:
+def _setup(num_t: int, num_e: int, act: str, hp: int, tile: int = 0, k: int = K) -> tuple[Plan, Views]:
     plan = row_plan(num_t, k, num_e, "mxfp4", CANDIDATES[tile], None)  # CANDIDATES: tile heights 64 and 128
     return plan, glue_views(torch.device("cuda"), plan, hp, 128, act)
 
@@ -52,7 +47,7 @@ def _hidden(num_t: int, h: int, dtype: torch.dtype, seed: int = 1) -> torch.Tens
     return x.to(dtype).cuda()
 
 
-def _run(module: object, plan: RowPlan, views: GlueViews, routing, hidden: torch.Tensor, hp: int, fused: bool,
+def _run(module: object, plan: Plan, views: Views, routing, hidden: torch.Tensor, hp: int, fused: bool,
          **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One way through plan_and_scatter over stale buffers; returns (workspace, x, x_sf) copies."""
     views.workspace[1] = 0  # the error flag (the done counter, [0], must stay 0)
@@ -64,7 +59,7 @@ def _run(module: object, plan: RowPlan, views: GlueViews, routing, hidden: torch
     return views.workspace.clone(), views.x.clone(), views.x_sf.clone()
 
 
-def _both_ways(module: object, plan: RowPlan, views: GlueViews, routing, hidden: torch.Tensor, hp: int,
+def _both_ways(module: object, plan: Plan, views: Views, routing, hidden: torch.Tensor, hp: int,
                **kw) -> None:
     """The fused kernel and the two kernels leave identical workspaces and buffers (views hold the fused run)."""
     two = _run(module, plan, views, routing, hidden, hp, False, **kw)
@@ -73,7 +68,7 @@ def _both_ways(module: object, plan: RowPlan, views: GlueViews, routing, hidden:
         assert torch.equal(a, b), f"{name} differs between plan_scatter and plan + scatter"
 
 
-def _check_against_oracle(plan: RowPlan, views: GlueViews, ids: torch.Tensor, hidden: torch.Tensor, hp: int,
+def _check_against_oracle(plan: Plan, views: Views, ids: torch.Tensor, hidden: torch.Tensor, hp: int,
                           act: str) -> None:
     """dest / counts / expert_of_tile against fused_moe's torch row plan; routed rows and every scale byte against
     the torch quantizer; padding rows' data untouched."""

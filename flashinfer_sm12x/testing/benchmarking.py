@@ -1,10 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared by the benchmarks: timing (CUDA-graph replay, `launches` calls per graph; median of `iters`), the CSV
-and the PNG plot."""
+"""What the benchmarks (benchmarks/*.py) share: device timing (CUDA-graph replay, `launches` calls per graph; median
+of `iters`), host time per call, the device banner, GPT-OSS-shaped random weights, the CSV and the PNG plot.
+
+Kept in the package (not beside the scripts) so that each benchmark runs as a plain script,
+`python benchmarks/bench_x.py`, importing the installed package only: no `sys.path` edits."""
 
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +84,44 @@ def plot_panels(panels: dict[str, dict[str, list[tuple[float, float]]]], path: P
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
+
+
+def host_us(fn: Callable[[], object], calls: int, warmup: int = 1) -> float:
+    """Host microseconds per call of `fn` over `calls` back-to-back calls after `warmup` calls (the device is drained
+    before the clock starts, and after it stops so the next measurement starts idle)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def device_banner() -> tuple[str, tuple[int, int], str] | None:
+    """`our_kernels_mode()` after printing the device line; None (after saying so) without a CUDA GPU."""
+    if not torch.cuda.is_available():
+        print("no CUDA GPU: nothing to benchmark")
+        return None
+    device, cc, mode = our_kernels_mode()
+    print(f"device: {device} (compute capability {cc[0]}.{cc[1]}); torch {torch.__version__}")
+    return device, cc, mode
+
+
+def checkpoint_weights(num_e: int, hidden: int = 2880, inter: int = 2880, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random GPT-OSS-layout MXFP4 experts (checkpoint layout, linear scales 2^-7..2^-3 that keep activations in
+    range) on the GPU: the weights bench_moe times and moe_accuracy's "bench_moe" data set."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def u8(lo: int, hi: int, *shape: int) -> torch.Tensor:
+        return torch.randint(lo, hi, shape, generator=g, device="cuda", dtype=torch.int32).to(torch.uint8)
+
+    return {"w13": u8(0, 256, num_e, 2 * inter, hidden // 2), "w13_scale": u8(120, 125, num_e, 2 * inter, hidden // 32),
+            "w13_bias": (torch.randn(num_e, 2 * inter, generator=g, device="cuda") * 0.1).bfloat16(),
+            "w2": u8(0, 256, num_e, hidden, inter // 2), "w2_scale": u8(120, 125, num_e, hidden, inter // 32),
+            "w2_bias": (torch.randn(num_e, hidden, generator=g, device="cuda") * 0.1).bfloat16()}
 
 
 def our_kernels_mode() -> tuple[str, tuple[int, int], str]:
