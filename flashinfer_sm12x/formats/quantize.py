@@ -191,8 +191,16 @@ mxfp8_dequantize_host = mxfp8_dequantize
 
 
 # ---------------------------------------------------------------------------------------- NVFP4
+def check_global_scale_device(gs: object, device: torch.device, fn: str) -> None:
+    """A global scale tensor must be on the data's device or the CPU (a host value, copied once); one on another
+    device (another GPU) is a caller bug: ValueError, before anything is copied or launched."""
+    if isinstance(gs, torch.Tensor) and gs.device != device and gs.device.type != "cpu":
+        raise ValueError(f"{fn}: a_global_sf must be on the input's device ({device}) or the CPU, got {gs.device}")
+
+
 def _global_scale(gs: torch.Tensor | float, rows: int, device: torch.device, fn: str) -> torch.Tensor:
     """Per-tensor ([1]) or per-row ([rows]) float32 global scale, shaped to broadcast over [rows, KB]."""
+    check_global_scale_device(gs, device, fn)
     t = torch.as_tensor(gs, dtype=torch.float32).to(device=device, dtype=torch.float32)
     if t.numel() == 1:
         return t.reshape(1, 1)

@@ -290,6 +290,7 @@ def nvfp4_quantize(
     target = _servable(a, 16)
     if target is None:
         return run_reference()
+    reference.check_global_scale_device(a_global_sf, a.device, "nvfp4_quantize")
     x = _rows_view(a)
     rows, k = x.shape
     gs = torch.as_tensor(a_global_sf, dtype=torch.float32).to(device=a.device, dtype=torch.float32).detach().reshape(-1)

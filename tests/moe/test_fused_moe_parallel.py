@@ -2,10 +2,9 @@
 """Tensor- and expert-parallel shards of the fused MoE on the CPU (reference glue, the grouped GEMM replaced by the
 torch model of its contract): the sum over shards equals the unsharded layer, as vLLM's all-reduce forms it.
 
-TP shards follow vLLM's GPT-OSS MXFP4 loader: I is split in whole 32-blocks, cdiv(I/32, tp) per rank (the last
-rank may hold fewer), each rank's parameters sized I//tp rounded up to 128 with the loaded slice at the front, and
-the fc2 bias loaded on TP rank 0 only (zeros elsewhere). EP shards: each rank holds a contiguous slice of the
-experts (vLLM's "linear" placement; uneven splits included) and sees global routing ids."""
+The shards (flashinfer_sm12x/testing/moe_shards.py, shared with scripts/multi_gpu.py) follow vLLM's GPT-OSS MXFP4
+loader: TP splits I in whole 32-blocks with the fc2 bias on TP rank 0 only; EP gives each rank a contiguous slice of
+the experts (uneven splits included), addressed by global routing ids."""
 
 from __future__ import annotations
 
@@ -14,49 +13,19 @@ import importlib
 import pytest
 import torch
 
-from flashinfer_sm12x.checks import round_up
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
 from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
+from flashinfer_sm12x.testing.moe_shards import ep_shard, linear_split, tp_shard
 
 fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")
 pipeline = importlib.import_module("flashinfer_sm12x.moe.pipeline")  # where the MoE calls its grouped GEMM
 routing = importlib.import_module("flashinfer_sm12x.moe.routing")
-H, BLOCK = 64, 32
+H = 64
 
 
 @pytest.fixture(autouse=True)
 def model_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "grouped_mm_fp4", grouped_gemm_model)
-
-
-def tp_shard(raw: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
-    """Rank `rank`'s parameters under TP, laid out as vLLM loads them (see the module docstring)."""
-    num_e, two_i, _ = raw["w13"].shape
-    inter = two_i // 2
-    per_rank = -(-(inter // BLOCK) // tp) * BLOCK
-    start, end = rank * per_rank, min((rank + 1) * per_rank, inter)
-    width = round_up(inter // tp, 128)  # the parameter: I // tp, padded by the method to the kernel's multiple
-    assert end - start <= width
-
-    def into(shape: tuple[int, ...], src: torch.Tensor) -> torch.Tensor:
-        dst = torch.zeros(shape, dtype=src.dtype)
-        dst[tuple(slice(0, n) for n in src.shape)] = src
-        return dst
-
-    return {
-        "w13": into((num_e, 2 * width, H // 2), raw["w13"][:, 2 * start:2 * end]),
-        "w13_scale": into((num_e, 2 * width, H // BLOCK), raw["w13_scale"][:, 2 * start:2 * end]),
-        "w13_bias": into((num_e, 2 * width), raw["w13_bias"][:, 2 * start:2 * end]),
-        "w2": into((num_e, H, width // 2), raw["w2"][..., start // 2:end // 2]),
-        "w2_scale": into((num_e, H, width // BLOCK), raw["w2_scale"][..., start // BLOCK:end // BLOCK]),
-        "w2_bias": raw["w2_bias"].clone() if rank == 0 else torch.zeros_like(raw["w2_bias"]),
-    }
-
-
-def linear_split(num_e: int, ep: int) -> list[tuple[int, int]]:
-    """(offset, count) per EP rank: num_e // ep each, the remainder on the last rank (any contiguous split will do)."""
-    base = num_e // ep
-    return [(r * base, base + (num_e - ep * base if r == ep - 1 else 0)) for r in range(ep)]
 
 
 def _run(raw: dict[str, torch.Tensor], hidden: torch.Tensor, routing, act: str, out_dtype: torch.dtype,
@@ -94,10 +63,6 @@ def test_tp_shards_sum_to_the_full_layer(act: str, tp: int) -> None:
     assert float((wrong - full - (tp - 1) * routed_bias).abs().max()) <= 1e-5 * tp * scale
 
 
-def _ep_shard(raw: dict[str, torch.Tensor], offset: int, count: int) -> dict[str, torch.Tensor]:
-    return {k: v[offset:offset + count].clone() for k, v in raw.items()}
-
-
 @pytest.mark.parametrize("act", ["mxfp4", "mxfp8"])
 @pytest.mark.parametrize(("num_e", "ep", "skew"), [(32, 3, False), (32, 3, True), (32, 4, False), (8, 2, True)])
 def test_ep_shards_sum_to_the_full_layer(act: str, num_e: int, ep: int, skew: bool) -> None:
@@ -111,7 +76,7 @@ def test_ep_shards_sum_to_the_full_layer(act: str, num_e: int, ep: int, skew: bo
     full = _run(raw, hidden, (ids, weights), act, torch.float32)
     outs = []
     for offset, count in linear_split(num_e, ep):
-        out = _run(_ep_shard(raw, offset, count), hidden, (ids, weights), act, torch.float32,
+        out = _run(ep_shard(raw, offset, count), hidden, (ids, weights), act, torch.float32,
                    expert_offset=offset, num_global_experts=num_e)
         local = ((ids >= offset) & (ids < offset + count)).any(1)
         assert torch.equal(out[~local], torch.zeros_like(out[~local]))  # no local expert: an exact zero row
@@ -126,16 +91,16 @@ def test_ep_router_logits_are_global_and_tokens_may_be_zero() -> None:
     raw = make_weights(32, H, 128)
     hidden, logits = make_inputs(8, H, 32)
     full = _run(raw, hidden, logits, "mxfp8", torch.float32)
-    outs = [_run(_ep_shard(raw, o, n), hidden, logits, "mxfp8", torch.float32, expert_offset=o,
+    outs = [_run(ep_shard(raw, o, n), hidden, logits, "mxfp8", torch.float32, expert_offset=o,
                  num_global_experts=32) for o, n in linear_split(32, 3)]
     assert float((sum(outs) - full).abs().max()) <= 1e-5 * float(full.abs().max())
-    empty = _run(_ep_shard(raw, 10, 10), hidden[:0], (torch.zeros(0, 4, dtype=torch.int32), torch.zeros(0, 4)),
+    empty = _run(ep_shard(raw, 10, 10), hidden[:0], (torch.zeros(0, 4, dtype=torch.int32), torch.zeros(0, 4)),
                  "mxfp8", torch.float32, expert_offset=10, num_global_experts=32)
     assert empty.shape == (0, H)
 
 
 def test_ep_bad_slices_and_ids_are_rejected() -> None:
-    raw = _ep_shard(make_weights(32, H, 128), 10, 10)
+    raw = ep_shard(make_weights(32, H, 128), 10, 10)
     w = prepare_gpt_oss_weights(**raw, pad_to=128, act="mxfp8")
     hidden, _ = make_inputs(2, H, 32)
     ids, tw = torch.tensor([[0, 31, 12, 5]] * 2, dtype=torch.int32), torch.full((2, 4), 0.25)

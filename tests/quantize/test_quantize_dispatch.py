@@ -113,6 +113,8 @@ MORE_BAD: list[tuple[str, Callable[[Any], Any]]] = [
     ("nvfp4 4over6", lambda m: m.nvfp4_quantize(torch.ones(2, 32), 1.0, nvfp4_4over6=object())),
     ("nvfp4 backend", lambda m: m.nvfp4_quantize(torch.ones(2, 32), 1.0, backend="triton")),
     ("nvfp4 dtype", lambda m: m.nvfp4_quantize(torch.ones(2, 32, dtype=torch.float64), 1.0)),
+    # meta stands in for another GPU: a global scale on neither the input's device nor the CPU
+    ("nvfp4 gs device", lambda m: m.nvfp4_quantize(torch.ones(2, 32), torch.ones(1, device="meta"))),
 ]
 
 
@@ -121,6 +123,36 @@ def test_option_errors_match_the_reference(what: str, call: Callable[[Any], Any]
     ours = _raised(lambda: call(ops))
     theirs = _raised(lambda: call(reference))
     assert ours == theirs and issubclass(ours[0], (TypeError, ValueError, NotImplementedError))
+
+
+class _Elsewhere(torch.Tensor):
+    """A meta tensor that reports another device (a GPU this machine may not have): the device rule reads only
+    `.device`."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return self._where
+
+
+def _tensor_on(device: str | torch.device) -> torch.Tensor:
+    t = torch.Tensor._make_subclass(_Elsewhere, torch.empty(1, device="meta"))
+    t._where = torch.device(device)
+    return t
+
+
+def test_nvfp4_global_scale_on_another_device_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"a_global_sf must be on the input's device \(cpu\) or the CPU, got meta"):
+        ops.nvfp4_quantize(torch.ones(2, 32), torch.ones(1, device="meta"))
+    check = reference.check_global_scale_device
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    for gs, data_device in ((_tensor_on(cuda0), cuda1), (_tensor_on("meta"), cuda1), (_tensor_on(cuda1), "cpu")):
+        with pytest.raises(ValueError, match="a_global_sf must be on"):
+            check(gs, torch.device(data_device), "nvfp4_quantize")
+    # The input's own device and the CPU (a host value) are served.
+    for gs in (_tensor_on(cuda1), torch.ones(1), 1.0):
+        check(gs, cuda1, "nvfp4_quantize")
+    x_q, sf = ops.nvfp4_quantize(torch.ones(2, 32), torch.ones(1))
+    assert x_q.shape == (2, 16) and sf.dtype == torch.uint8
 
 
 def test_nvfp4_4over6_none_is_served() -> None:
