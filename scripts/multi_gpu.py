@@ -52,8 +52,8 @@ MODES = ("tp", "ep", "ep-skew")
 ACTS = ("mxfp4", "mxfp8")
 TOKENS = (0, 1, 7, 64, 1024)
 # Injected faults (for the self-test that shows the comparison can fail): the fc2 bias loaded on every TP rank,
-# and rank 0 comparing its own shard's output without the all-reduce.
-FAULTS = ("bias-every-rank", "no-reduce")
+# rank 0 comparing its own shard's output without the all-reduce, and rank 1's forward raising.
+FAULTS = ("bias-every-rank", "no-reduce", "rank1-raises")
 SHAPES = {"cuda": (2880, 2880), "cpu": (64, 96)}  # (H, I): GPT-OSS on GPUs, the CPU tests' small layer
 CSV_FIELDS = ("mode", "ranks", "act", "tokens", "max_error", "tolerance", "graph", "zero_rows", "passed", "seconds")
 
@@ -217,42 +217,56 @@ def _run_case(cfg: Config, case: Case, layer: _Layer, rank: int, group: Any) -> 
     w, kw = layer.weights("tp" if case.mode == "tp" else "ep", case.ranks, rank, case.act)
 
     def shard_forward(validate_ids: bool = True) -> torch.Tensor:
+        if cfg.fault == "rank1-raises" and rank == 1:
+            raise RuntimeError("injected fault")
         return fused_moe(hidden, routing, w, top_k=cfg.top_k, out_dtype=torch.float32, impl=impl, tactic=tactic,
                          validate_ids=validate_ids, **kw)
 
-    out = shard_forward()
-    # Flags every rank contributes, reduced with MIN: 1 = fine, 0 = failed, -1 = not applicable.
-    flags = torch.tensor([-1, -1], dtype=torch.int32)
-    if cuda and cfg.graphs and case.tokens > 0:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = shard_forward(validate_ids=False)  # nothing may sync inside a capture
-        graph.replay()
-        torch.cuda.synchronize(device)
-        flags[0] = int(torch.equal(captured, out))
-    if case.mode != "tp":
-        ids = routing[0] if isinstance(routing, tuple) else _global_ids(routing, cfg.top_k)
-        local = ((ids >= kw["expert_offset"]) & (ids < kw["expert_offset"] + w.num_experts)).any(1)
-        flags[1] = int(not out[~local].any())
+    # Flags every rank contributes, reduced with MIN: 1 = fine, 0 = failed, -1 = not applicable. A rank whose
+    # forward raises still joins every collective (with zeros), so the other ranks never wait for it.
+    flags = torch.tensor([1, -1, -1], dtype=torch.int32)  # ran, graph, zero rows
+    try:
+        out = shard_forward()
+        if cuda and cfg.graphs and case.tokens > 0:
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the NCCL watchdog thread's event queries must not invalidate this thread's capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                captured = shard_forward(validate_ids=False)  # nothing may sync inside a capture
+            graph.replay()
+            torch.cuda.synchronize(device)
+            flags[1] = int(torch.equal(captured, out))
+        if case.mode != "tp":
+            ids = routing[0] if isinstance(routing, tuple) else _global_ids(routing, cfg.top_k)
+            local = ((ids >= kw["expert_offset"]) & (ids < kw["expert_offset"] + w.num_experts)).any(1)
+            flags[2] = int(not out[~local].any())
+    except Exception as e:
+        print(f"rank {rank}: {case}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        out, flags[0] = torch.zeros(case.tokens, cfg.hidden, device=device), 0
     total = out.clone()
     if cfg.fault != "no-reduce":
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)  # float32: the shards' outputs as they are
     flags_dev = flags.to(device)
     dist.all_reduce(flags_dev, op=dist.ReduceOp.MIN, group=group)
-    flags = flags_dev.cpu()
+    ran, graph_flag, zero_flag = (int(f) for f in flags_dev.cpu())
     if rank != 0:
         return None
-    full_w, _ = layer.weights("full", case.ranks, 0, case.act)
-    full = fused_moe(hidden, routing, full_w, top_k=cfg.top_k, out_dtype=torch.float32, impl=impl, tactic=tactic)
+    tol = tolerance(case)
+    verdict = {-1: "-", 0: "differs", 1: "equal"}[graph_flag]
+    zero_rows = {-1: "-", 0: "nonzero", 1: "zero"}[zero_flag]
+    try:
+        full_w, _ = layer.weights("full", case.ranks, 0, case.act)
+        full = fused_moe(hidden, routing, full_w, top_k=cfg.top_k, out_dtype=torch.float32, impl=impl,
+                         tactic=tactic)
+    except Exception as e:
+        return Result(case, math.inf, tol, verdict, zero_rows, False, time.perf_counter() - start,
+                      [f"the full layer raised {type(e).__name__}: {e}"])
     scale = float(full.abs().max()) if full.numel() else 0.0
     diff = float((total - full).abs().max()) if full.numel() else 0.0
     err = diff / scale if scale else diff
-    verdict = {-1: "-", 0: "differs", 1: "equal"}[int(flags[0])]
-    zero_rows = {-1: "-", 0: "nonzero", 1: "zero"}[int(flags[1])]
-    tol = tolerance(case)
-    passed = (total.shape == full.shape and bool(total.isfinite().all()) and err <= tol and verdict != "differs"
-              and zero_rows != "nonzero")
-    return Result(case, err, tol, verdict, zero_rows, passed, time.perf_counter() - start)
+    notes = [] if ran else ["a rank's forward raised (its stderr says which)"]
+    passed = (ran == 1 and total.shape == full.shape and bool(total.isfinite().all()) and err <= tol
+              and verdict != "differs" and zero_rows != "nonzero")
+    return Result(case, err, tol, verdict, zero_rows, passed, time.perf_counter() - start, notes)
 
 
 def _global_ids(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -309,7 +323,7 @@ def _line(r: Result) -> str:
     c = r.case
     return (f"{'PASS' if r.passed else 'FAIL'} {c.mode:7s} ranks={c.ranks} act={c.act} T={c.tokens:<5d} "
             f"max_err={r.max_error:.3e} (tol {r.tolerance:.2e}) graph={r.graph} zero_rows={r.zero_rows} "
-            f"{r.seconds:.2f}s")
+            f"{r.seconds:.2f}s" + "".join(f"; {n}" for n in r.notes))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -412,7 +426,8 @@ def _grouped_args(d: torch.device, tiles_on: torch.device | None = None) -> tupl
     from flashinfer_sm12x.kernels.grouped_mm_fp4 import heuristic
 
     o = _ops()
-    tactic = heuristic(128, 0, 0, "mxfp4", device_facts(d).target, groups=3)[0]
+    target = device_facts(d).target if d.type == "cuda" else None  # None: the emulation menu (CPU self-test)
+    tactic = heuristic(128, 0, 0, "mxfp4", target, groups=3)[0]
     rows = 2 * tactic.tile_m
     a, a_sf = ref_mxfp4(torch.cat([o["x"]] * (-(-rows // o["x"].shape[0])))[:rows])
     tiles = torch.tensor([2, 0], dtype=torch.int32)
@@ -429,11 +444,11 @@ def _op_calls() -> dict[str, Callable[[torch.device], Any]]:
         "nvfp4_quantize": lambda d: fs.nvfp4_quantize(o["x"].to(d), o["gs"].to(d)),
         "mm_fp4": lambda d: fs.mm_fp4(o["a"].to(d), o["b"].to(d).T, o["a_sf"].to(d), o["b_sf"].to(d).T, None,
                                       torch.bfloat16, block_size=32, use_nvfp4=False, backend="cutlass_sm12x"),
-        "grouped_mm_fp4": lambda d: fs.grouped_mm_fp4(*_grouped_args(d)),
+        "grouped_mm_fp4": lambda d: fs.grouped_mm_fp4(*_grouped_args(d), fmt="mxfp4"),
         "fused_moe mxfp4": lambda d: fs.fused_moe(o["hidden"].to(d), o["logits"].to(d), _moe_weights(d, "mxfp4"),
-                                                  top_k=4),
+                                                  top_k=4, impl="kernels"),
         "fused_moe mxfp8": lambda d: fs.fused_moe(o["hidden"].to(d), o["logits"].to(d), _moe_weights(d, "mxfp8"),
-                                                  top_k=4),
+                                                  top_k=4, impl="kernels"),
     }
 
 
@@ -448,11 +463,12 @@ def _mixed_calls() -> dict[str, Callable[[torch.device, torch.device], Any]]:
         "mm_fp4 a on cuda:0": lambda d0, d1: fs.mm_fp4(
             o["a"].to(d0), o["b"].to(d1).T, o["a_sf"].to(d1), o["b_sf"].to(d1).T, None, torch.bfloat16,
             block_size=32, use_nvfp4=False, backend="cutlass_sm12x"),
-        "grouped_mm_fp4 expert_of_tile on cuda:0": lambda d0, d1: fs.grouped_mm_fp4(*_grouped_args(d1, d0)),
+        "grouped_mm_fp4 expert_of_tile on cuda:0": lambda d0, d1: fs.grouped_mm_fp4(*_grouped_args(d1, d0),
+                                                                                     fmt="mxfp4"),
         "fused_moe logits on cuda:0": lambda d0, d1: fs.fused_moe(o["hidden"].to(d1), o["logits"].to(d0),
-                                                                  _moe_weights(d1, "mxfp4"), top_k=4),
+                                                                  _moe_weights(d1, "mxfp4"), top_k=4, impl="kernels"),
         "fused_moe weights on cuda:0": lambda d0, d1: fs.fused_moe(o["hidden"].to(d1), o["logits"].to(d1),
-                                                                   _moe_weights(d0, "mxfp4"), top_k=4),
+                                                                   _moe_weights(d0, "mxfp4"), top_k=4, impl="kernels"),
     }
 
 
@@ -550,7 +566,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _modes(cfg: Config) -> list[str]:
+    return list(dict.fromkeys(c.mode for c in cfg.cases))
+
+
 def make_config(args: argparse.Namespace, world: int) -> Config:
+    """The Config every rank runs, from the command line (SystemExit on group sizes or T out of range)."""
     hidden, inter = SHAPES[args.device]
     ranks = tuple(args.ranks or range(2, world + 1))
     if not ranks or any(not 2 <= r <= world for r in ranks):
@@ -589,9 +610,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.device == "cuda" and torch.cuda.device_count() < (int(os.environ.get("LOCAL_WORLD_SIZE", world))):
         raise SystemExit(f"{world} ranks on this host need as many GPUs, found {torch.cuda.device_count()}")
-    log(describe_plan(cfg, world).split("\n")[0])
+    rank = int(os.environ["RANK"]) if torchrun else 0
+    if rank == 0:
+        log(describe_plan(cfg, world).split("\n")[0])
     if torchrun:
-        rank = int(os.environ["RANK"])
         results = run_rank(rank, world, cfg, "env://", log if rank == 0 else None,
                            local_rank=int(os.environ.get("LOCAL_RANK", rank)))
         if rank != 0:
@@ -600,17 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = spawn(world, cfg, "spawn" if args.device == "cuda" else "fork")
         lines += [_line(r) for r in results]  # printed by rank 0's process
     failed = [r for r in results if not r.passed]
-    worst = {m: max((r.max_error for r in results if r.case.mode == m), default=math.nan) for m in cfg_modes(cfg)}
+    worst = {m: max((r.max_error for r in results if r.case.mode == m), default=math.nan) for m in _modes(cfg)}
     log(f"{len(results) - len(failed)}/{len(results)} comparisons passed; worst max_err per mode "
         + ", ".join(f"{m} {e:.3e}" for m, e in worst.items()))
     if args.results:
         for p in write_results(args.results, results, lines, _device_label(args.device)):
             log(f"wrote {p}")
     return 1 if failed else 0
-
-
-def cfg_modes(cfg: Config) -> list[str]:
-    return list(dict.fromkeys(c.mode for c in cfg.cases))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ def test_injected_faults_fail(mg: ModuleType) -> None:
     alone = mg.spawn(2, _config(mg, 9, (2,), (7,), acts=("mxfp4",), fault="no-reduce"), "fork")
     assert [r.case.mode for r in alone] == ["tp", "ep", "ep-skew"]
     assert not any(r.passed for r in alone)
+    # A rank whose forward raises still joins the collectives: no hang, and rank 0 fails the case saying why.
+    raised = mg.spawn(2, _config(mg, 9, (2,), (7,), modes=("ep",), acts=("mxfp4",), fault="rank1-raises"), "fork")
+    assert len(raised) == 1 and not raised[0].passed and "raised" in raised[0].notes[0]
 
 
 def test_dry_run_prints_the_plan(mg: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,3 +94,22 @@ def test_results_csv_and_log(mg: ModuleType, tmp_path: Path) -> None:
                         "seconds": "0.250"}
     assert (rows[1]["mode"], rows[1]["act"], rows[1]["passed"]) == ("device-index", "mm_fp4", "False")
     assert log_path.read_text() == "a line\n" and log_path.parent.name == "logs"
+
+
+def test_device_check_calls_are_well_formed(mg: ModuleType) -> None:
+    """The device-index checks' calls, run here with the CPU in place of cuda:1 and meta in place of cuda:0: the
+    quantizers return, the GPU ops get past every shape and dtype check to the CUDA one (so on two GPUs they launch),
+    and each mixed-device call is refused for its devices."""
+    import torch
+
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    calls = mg._op_calls()
+    assert len(calls) + len(mg._mixed_calls()) == 12  # tests/test_multi_gpu.py counts the same
+    for name in ("mxfp4_quantize", "mxfp8_quantize", "nvfp4_quantize"):
+        assert all(t.device == cpu for t in mg._flat(calls[name](cpu)))
+    for name in ("mm_fp4", "grouped_mm_fp4", "fused_moe mxfp4", "fused_moe mxfp8"):
+        with pytest.raises(ValueError, match="CUDA"):
+            calls[name](cpu)
+    for call in mg._mixed_calls().values():
+        with pytest.raises(ValueError, match=r"one (CUDA )?device, got \['cpu', 'meta'\]|a_global_sf must be on"):
+            call(meta, cpu)
