@@ -133,6 +133,11 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
   # racecheck of the whole pipeline: the GEMMs too (their fused epilogue stages tiles through shared memory)
   [[ -n ${SANITIZE_RACECHECK_MOE:-} ]] && run_sanitizer racecheck moe scripts/sanitize_moe.py
   [[ -n ${SANITIZE_MM_FP4:-} ]] && run_sanitizer memcheck mm_fp4 scripts/sanitize_mm_fp4.py
+  # initcheck (reads of uninitialised memory: padding rows, workspaces) and synccheck of the glue kernels
+  if [[ -n ${SANITIZE_GLUE_ALL:-} ]]; then
+    run_sanitizer initcheck moe_glue scripts/sanitize_moe.py --glue-only
+    run_sanitizer synccheck moe_glue scripts/sanitize_moe.py --glue-only
+  fi
 fi
 
 if [[ " $stages " == *" w4a8 "* ]]; then
