@@ -53,7 +53,7 @@ Impl = Literal["kernels", "reference"]
 Scalar = float | torch.Tensor  # a float, or a per-expert tensor [E]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per call: a plain slotted init is the cheapest
 class Tokens:
     """The input rows: float activations [T, H] the pipeline quantizes, or rows already quantized to MXFP8
     (`data` uint8 bytes [T, Hp] with E8M0 `scales`, 128x4-swizzled over T rows or linear)."""
@@ -67,7 +67,7 @@ class Tokens:
         return self.data.shape[0]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per call: a plain slotted init is the cheapest
 class Routing:
     """Router logits [T, E] (top_k softmax-renormalised, as GPT-OSS), or precomputed (ids [T, k], weights [T, k]).
 
@@ -88,7 +88,7 @@ class Routing:
         return self.id_base != 0 or (self.id_limit is not None and self.id_limit != num_experts)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per call: a plain slotted init is the cheapest
 class Experts:
     """What the two GEMMs and the activation need: MXFP4 weights with 128x4 scales, biases, the gate/up layout of
     GEMM1's rows, the activation and its parameters (floats or per-expert float32 [E]), optional per-expert scales
