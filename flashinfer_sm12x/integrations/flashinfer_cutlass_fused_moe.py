@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_tensor
+from ..checks import check_no_alias, check_tensor, require_tensor
 from ..jit.arch import device_facts
 from ..moe.pipeline import Experts, Routing, Tokens, run_moe
 from ..ops.moe_glue import kernels_support
@@ -181,6 +181,12 @@ def cutlass_fused_moe(
                                   "quantization options; the SM12x path is MXFP4 W4A8 (leave it unset or None)")
     if backend not in ("cutlass", "sm12x"):
         raise ValueError(f"{_FN}: backend must be 'cutlass' (FlashInfer's name) or 'sm12x', got {backend!r}")
+    for name, value in (("tp_size", tp_size), ("ep_size", ep_size), ("ep_rank", ep_rank)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{_FN}: {name} must be an int, got {type(value).__name__}")
+    if not isinstance(activation_type, int) or isinstance(activation_type, bool):
+        raise TypeError(f"{_FN}: activation_type must be an ActivationType, got {type(activation_type).__name__}")
+    require_tensor("input", input, _FN)
     if int(activation_type) not in (_SWIGLU, _SWIGLU_BIAS):
         raise NotImplementedError(f"{_FN}: activation_type {activation_type!r}: only Swiglu / SwigluBias")
     if not use_mxfp8_act_scaling or input.dtype != torch.float8_e4m3fn:
@@ -227,7 +233,9 @@ def cutlass_fused_moe(
     if fc2_expert_biases is not None:
         b2 = _tensor(fc2_expert_biases, "fc2_expert_biases", (torch.bfloat16, torch.float16, torch.float32), 2)
         _need(tuple(b2.shape) == (num_e, hp), f"fc2_expert_biases must be {(num_e, hp)}")
-    _need(isinstance(input_sf, torch.Tensor), "input_sf must be provided when use_mxfp8_act_scaling=True")
+    _need(input_sf is not None, "input_sf must be provided when use_mxfp8_act_scaling=True")
+    require_tensor("input_sf", input_sf, _FN)
+    _need(input_sf.is_contiguous(), "input_sf must be contiguous")
     rows_sf = -(-num_t // 128) * 128 if swizzled_input_sf else num_t
     in_sf = input_sf.view(torch.uint8) if input_sf.dtype != torch.uint8 and input_sf.element_size() == 1 else input_sf
     _need(in_sf.dtype == torch.uint8 and in_sf.numel() == rows_sf * (hp // 32),
@@ -240,6 +248,12 @@ def cutlass_fused_moe(
                if t is not None]
     devices = {t.device for t in tensors}
     _need(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    if output is not None:
+        check_no_alias(output, (("input", x), ("token_selected_experts", ids), ("token_final_scales", scales),
+                                ("fc1_expert_weights", fc1), ("fc2_expert_weights", fc2), ("quant_scales[0]", sf1),
+                                ("quant_scales[1]", g1), ("quant_scales[2]", sf2), ("quant_scales[3]", g2),
+                                ("fc1_expert_biases", b1), ("fc2_expert_biases", b2), ("swiglu_alpha", alpha),
+                                ("swiglu_beta", beta), ("swiglu_limit", limit), ("input_sf", in_sf)), _FN, "output")
 
     if num_t == 0:
         return output if output is not None else x.new_zeros((0, hp), dtype=output_dtype)
