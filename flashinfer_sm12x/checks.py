@@ -61,3 +61,48 @@ def one_device(tensors: Sequence[torch.Tensor | None], fn: str | None, what: str
     if len(devices) != 1:
         raise ValueError(f"{_prefix(fn)}{what} must be on one device, got {sorted(map(str, devices))}")
     return next(iter(devices))
+
+
+# The kernels take sizes and row counts as 32-bit ints (the bindings cast them; CUTLASS's scale-factor layouts are
+# built from int shapes): a count above this would wrap. Element offsets inside the kernels are 64-bit.
+INDEX_LIMIT = 2**31 - 1
+
+
+def check_index_range(fn: str | None, **counts: int) -> None:
+    """ValueError naming the first count above INDEX_LIMIT (the 32-bit line of the kernels' sizes)."""
+    for name, value in counts.items():
+        if value > INDEX_LIMIT:
+            raise ValueError(f"{_prefix(fn)}{name} = {value} exceeds {INDEX_LIMIT} (2^31 - 1): the kernels index it "
+                             "with 32-bit integers; split the call")
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last) bytes of `t` inside its storage (an over-estimate for strided views, never an under-estimate)."""
+    if t.numel() == 0:
+        return 0, 0
+    extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride(), strict=True))
+    first = t.storage_offset() * t.element_size()
+    return first, first + extent * t.element_size()
+
+
+def overlaps(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether two tensors may share memory: same storage and intersecting byte spans. Empty tensors never do;
+    tensors on different devices never do; meta tensors (no storage) compare by storage identity alone."""
+    if x.numel() == 0 or y.numel() == 0 or x.device != y.device:
+        return False
+    sx, sy = x.untyped_storage(), y.untyped_storage()
+    # Meta storages have no address: the same storage object is the only sharing there is.
+    same = sx._cdata == sy._cdata if x.device.type == "meta" else sx.data_ptr() == sy.data_ptr()
+    if not same:
+        return False
+    (a0, a1), (b0, b1) = _byte_span(x), _byte_span(y)
+    return a0 < b1 and b0 < a1
+
+
+def check_no_alias(out: torch.Tensor, inputs: Sequence[tuple[str, Any]], fn: str | None,
+                   out_name: str = "out") -> None:
+    """ValueError when `out` shares memory with one of the named inputs (non-tensors and None skipped): a kernel
+    that writes its output while reading an overlapping input reads values it has already overwritten."""
+    for name, t in inputs:
+        if isinstance(t, torch.Tensor) and overlaps(out, t):
+            raise ValueError(f"{_prefix(fn)}{out_name} overlaps {name} in memory; pass a separate output tensor")

@@ -40,6 +40,8 @@ RESULTS=/tmp/gpu-results/$(echo "$stages" | tr ' ' '_')
 mkdir -p "$OUT" "$RESULTS"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
+# The results so far, packed after every stage: a call cut off at its time limit still returns what ran.
+pack() { tar -C "$RESULTS" -czf "$OUT/gpu_results_$(basename "$RESULTS").tgz" . 2>/dev/null; }
 
 if [[ ! -d /tmp/site/tvm_ffi ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/*.whl || exit 1
@@ -65,6 +67,7 @@ if [[ " $stages " == *" sweep "* ]]; then  # CPU-only work: runs beside the GPU 
       --csv "$RESULTS/compile_sweep.csv" > "$RESULTS/compile_sweep.log" 2>&1 ) &
   sweep_pid=$!
 fi
+pack
 
 OLD=$PWD/.carry/base OLD_CACHE=/tmp/old-jit-cache
 old_python() {  # the previous checkout's package, its own module cache
@@ -77,6 +80,7 @@ if [[ " $stages " == *" oldbuild "* && -d $OLD ]]; then
   ( old_python python3 "$PWD/scripts/moe_bits.py" --build-only --jobs 12 > "$RESULTS/oldbuild.log" 2>&1 ) &
   oldbuild_pid=$!
 fi
+pack
 wait_oldbuild() {
   if [[ -n $oldbuild_pid ]]; then
     wait "$oldbuild_pid"
@@ -93,6 +97,7 @@ if [[ " $stages " == *" atom "* ]]; then
       -gencode=arch=compute_90a,code=sm_90a -o "/tmp/$name" "$test" && "/tmp/$name" 2>&1 | tee "$RESULTS/$name.log" | tail -5
   done
 fi
+pack
 
 if [[ " $stages " == *" prebuild "* ]]; then  # PREBUILD_OPS: the families the tests load without prebuilding
   if [[ -n ${PREBUILD_DEPLOYMENTS:-} ]]; then  # model:act:max_tokens ...: exactly what those deployments load
@@ -110,6 +115,7 @@ if [[ " $stages " == *" prebuild "* ]]; then  # PREBUILD_OPS: the families the t
       | tee "$RESULTS/prebuild.log" | tail -3
   fi
 fi
+pack
 
 if [[ " $stages " == *" emulation "* ]]; then
   echo "== [$(elapsed) s] pytest -m 'emulation or cuda' (fixtures build the sm_90a modules, 8 at a time)"
@@ -117,6 +123,7 @@ if [[ " $stages " == *" emulation "* ]]; then
     ${EMULATION_PATHS:-tests} \
     -m "emulation or cuda" ${EMULATION_K:+-k "$EMULATION_K"} 2>&1 | tee "$RESULTS/emulation.log" | tail -40
 fi
+pack
 
 if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per run (default 600)
   limit=${SANITIZER_TIMEOUT:-600}
@@ -133,7 +140,13 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
   # racecheck of the whole pipeline: the GEMMs too (their fused epilogue stages tiles through shared memory)
   [[ -n ${SANITIZE_RACECHECK_MOE:-} ]] && run_sanitizer racecheck moe scripts/sanitize_moe.py
   [[ -n ${SANITIZE_MM_FP4:-} ]] && run_sanitizer memcheck mm_fp4 scripts/sanitize_mm_fp4.py
+  # initcheck (reads of uninitialised memory: padding rows, workspaces) and synccheck of the glue kernels
+  if [[ -n ${SANITIZE_GLUE_ALL:-} ]]; then
+    run_sanitizer initcheck moe_glue scripts/sanitize_moe.py --glue-only
+    run_sanitizer synccheck moe_glue scripts/sanitize_moe.py --glue-only
+  fi
 fi
+pack
 
 if [[ " $stages " == *" w4a8 "* ]]; then
   # W4A8_TIMEOUT: seconds per run (default: what is left of 570 s since the start, so that a 600 s device call
@@ -174,6 +187,7 @@ if [[ " $stages " == *" w4a8 "* ]]; then
   done
   { echo "-- moe_accuracy"; tail -n 14 "$RESULTS/moe_accuracy.log"; } | tee -a "$RESULTS/w4a8_summary.txt"
 fi
+pack
 
 if [[ " $stages " == *" bench "* ]]; then
   for bench in ${BENCHES:-benchmarks/bench_host.py benchmarks/bench_quantize.py benchmarks/bench_moe_glue.py}; do
@@ -183,6 +197,7 @@ if [[ " $stages " == *" bench "* ]]; then
     python3 "$bench" --csv "$RESULTS/$name.csv" --png "$RESULTS/$name.png" 2>&1 | tee "$RESULTS/$name.log" | tail -40
   done
 fi
+pack
 
 if [[ " $stages " == *" bits "* ]]; then
   mkdir -p /tmp/bits
@@ -194,6 +209,7 @@ if [[ " $stages " == *" bits "* ]]; then
   old_python python3 "$PWD/scripts/moe_bits.py" --out /tmp/bits/old.pt 2>&1 | tee "$RESULTS/bits_old.log" | tail -2
   python3 scripts/moe_bits.py --compare /tmp/bits/old.pt /tmp/bits/new.pt 2>&1 | tee "$RESULTS/bits_compare.log" | tail -8
 fi
+pack
 
 if [[ " $stages " == *" stress "* ]]; then
   echo "== [$(elapsed) s] stress: modules, then 8 threads x ${STRESS_CALLS:-420} calls per mode"
@@ -214,6 +230,7 @@ if [[ " $stages " == *" stress "* ]]; then
     tail -n 6 "$RESULTS/stress_old_fused_moe.log"
   fi
 fi
+pack
 
 if [[ " $stages " == *" profile "* ]]; then
   echo "== [$(elapsed) s] profile: glue kernels (durations from the profiler and per call in graphs)"
@@ -229,6 +246,7 @@ if [[ " $stages " == *" profile "* ]]; then
     grep -E "^  [a-z_]+.*\(|Duration|Stall|Warp Cycles Per Issued|Achieved Occupancy" "$RESULTS/ncu_glue.log" | head -60
   fi
 fi
+pack
 
 wait_oldbuild
 if [[ -n $sweep_pid ]]; then

@@ -151,6 +151,8 @@ def mxfp8_quantize(
     layout = _mxfp8_layout(is_sf_swizzled_layout, sf_swizzle_layout)
     _check_backend(backend, ("cuda", "cute-dsl"), "mxfp8_quantize")
     _check_input(input, 32, "mxfp8_quantize")
+    if not isinstance(alignment, int) or isinstance(alignment, bool):
+        raise TypeError(f"mxfp8_quantize: alignment must be an int, got {type(alignment).__name__}")
     k = input.shape[-1]
     kp = round_up(k, alignment) if alignment > 0 else -1
     if kp < 0 or kp % 32:

@@ -44,6 +44,8 @@ def as_sf_layout(layout: SfLayout | int | str) -> SfLayout:
         if key not in _BY_NAME:
             raise ValueError(f"unknown scale-factor layout {layout!r}; use one of {sorted(_BY_NAME)}")
         return _BY_NAME[key]
+    if isinstance(layout, bool) or not hasattr(type(layout), "__index__"):  # True / 1.0 as a layout: a caller bug
+        raise TypeError(f"scale-factor layout must be an SfLayout, its int value or its name, got {layout!r}")
     try:
         return SfLayout(int(layout))
     except (ValueError, TypeError):

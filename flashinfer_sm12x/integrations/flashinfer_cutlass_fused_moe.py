@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_tensor, one_device, round_up
+from ..checks import check_no_alias, check_tensor, one_device, require_tensor, round_up
 from ..jit.arch import device_facts
 from ..moe.pipeline import Experts, Routing, Tokens, run_moe
 from ..ops.moe_glue import kernels_support
@@ -196,6 +196,12 @@ def cutlass_fused_moe(
                                   "quantization options; the SM12x path is MXFP4 W4A8 (leave it unset or None)")
     if backend not in ("cutlass", "sm12x"):
         raise ValueError(f"{_FN}: backend must be 'cutlass' (FlashInfer's name) or 'sm12x', got {backend!r}")
+    for name, value in (("tp_size", tp_size), ("ep_size", ep_size), ("ep_rank", ep_rank)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{_FN}: {name} must be an int, got {type(value).__name__}")
+    if not isinstance(activation_type, int) or isinstance(activation_type, bool):
+        raise TypeError(f"{_FN}: activation_type must be an ActivationType, got {type(activation_type).__name__}")
+    require_tensor("input", input, _FN)
     if int(activation_type) not in (_SWIGLU, _SWIGLU_BIAS):
         raise NotImplementedError(f"{_FN}: activation_type {activation_type!r}: only Swiglu / SwigluBias")
     if not use_mxfp8_act_scaling or input.dtype != torch.float8_e4m3fn:
@@ -240,7 +246,9 @@ def cutlass_fused_moe(
         b1 = check_tensor(fc1_expert_biases, "fc1_expert_biases", _FN, _FLOATS, shape=(num_e, 2 * ip))
     if fc2_expert_biases is not None:
         b2 = check_tensor(fc2_expert_biases, "fc2_expert_biases", _FN, _FLOATS, shape=(num_e, hp))
-    _need(isinstance(input_sf, torch.Tensor), "input_sf must be provided when use_mxfp8_act_scaling=True")
+    _need(input_sf is not None, "input_sf must be provided when use_mxfp8_act_scaling=True")
+    require_tensor("input_sf", input_sf, _FN)
+    _need(input_sf.is_contiguous(), "input_sf must be contiguous")
     rows_sf = round_up(num_t, 128) if swizzled_input_sf else num_t
     in_sf = input_sf.view(torch.uint8) if input_sf.dtype != torch.uint8 and input_sf.element_size() == 1 else input_sf
     _need(in_sf.dtype == torch.uint8 and in_sf.numel() == rows_sf * (hp // 32),
@@ -252,6 +260,12 @@ def cutlass_fused_moe(
     tensors = [t for t in (x, ids, scales, fc1, fc2, sf1, sf2, g1, g2, b1, b2, alpha, beta, limit, in_sf, output)
                if t is not None]
     one_device(tensors, _FN)
+    if output is not None:
+        check_no_alias(output, (("input", x), ("token_selected_experts", ids), ("token_final_scales", scales),
+                                ("fc1_expert_weights", fc1), ("fc2_expert_weights", fc2), ("quant_scales[0]", sf1),
+                                ("quant_scales[1]", g1), ("quant_scales[2]", sf2), ("quant_scales[3]", g2),
+                                ("fc1_expert_biases", b1), ("fc2_expert_biases", b2), ("swiglu_alpha", alpha),
+                                ("swiglu_beta", beta), ("swiglu_limit", limit), ("input_sf", in_sf)), _FN, "output")
 
     if num_t == 0:
         return output if output is not None else x.new_zeros((0, hp), dtype=output_dtype)

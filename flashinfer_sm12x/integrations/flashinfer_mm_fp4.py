@@ -206,7 +206,8 @@ def mm_fp4(
     Raises
     ------
     TypeError, ValueError
-        Bad input (before anything is launched); an unknown backend.
+        Bad input (before anything is launched); an unknown backend. M = 0 is not an error: the empty [0, n] result
+        comes back without a launch (also under CUDA graph capture).
     ArchError
         A GPU our kernels do not serve (the message names the fix).
 
@@ -239,6 +240,8 @@ def mm_fp4(
                        enable_pdl=enable_pdl)
         return _delegate(a, b, a_descale, b_descale, options, batch_invariant, skip_check)
     p = op.validate(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout, use_nvfp4)
+    if p.m == 0:  # an empty batch (an idle rank): the empty [0, n] result without a launch, as torch.matmul
+        return p.out
     facts = device_facts(p.out.device)  # ArchError on chips we do not serve (with the fix in the message)
     target = facts.target
     if backend == "auto" and not batch_invariant:

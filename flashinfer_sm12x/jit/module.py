@@ -297,7 +297,8 @@ def _build_and_install(spec: ModuleSpec, module_dir: Path, announce: bool = True
         os.chmod(staging / ARTIFACT, 0o700)
         digest = cache.sha256_file(staging / ARTIFACT)
         cache.ensure_private_dir(module_dir)
-        os.replace(staging / ARTIFACT, module_dir / artifact_name)
+        installed = module_dir / artifact_name
+        os.replace(staging / ARTIFACT, installed)
         build_paths = {label: str(path) for label, path in roots}
         if cuda_home is not None:
             build_paths["cuda"] = str(cuda_home)
@@ -306,7 +307,12 @@ def _build_and_install(spec: ModuleSpec, module_dir: Path, announce: bool = True
             artifact=artifact_name, artifact_sha256=digest, headers=headers, toolchain=facts,
             built_at=cache.now_iso(), build_seconds=round(seconds, 2), origin="built", build_paths=build_paths,
         )
-        manifest.write(module_dir, staging)  # the commit point: last
+        try:
+            manifest.write(module_dir, staging)  # the commit point: last
+        except BaseException:
+            # No manifest names the artifact (a full disk, an interrupt): leave no half-installed module behind.
+            installed.unlink(missing_ok=True)
+            raise
         for old in module_dir.glob("*.so"):
             if old.name != artifact_name:
                 old.unlink()

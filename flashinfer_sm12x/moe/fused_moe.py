@@ -128,21 +128,40 @@ def fused_moe(
     if impl not in (None, "kernels", "reference"):
         raise ValueError(f"{fn}: impl must be 'kernels' or 'reference', got {impl!r}")
     id_limit = _expert_range(expert_offset, num_global_experts, num_e, fn)
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)):
+        raise TypeError(f"{fn}: top_k must be an int or None, got {type(top_k).__name__}")
     if isinstance(routing, torch.Tensor):
+        if routing.dtype not in _FLOATS:
+            raise TypeError(f"{fn}: router logits must be float32/float16/bfloat16, got {routing.dtype}")
         if routing.ndim != 2 or routing.shape != (num_t, id_limit):
             raise ValueError(f"{fn}: router logits must be [T, E] = {(num_t, id_limit)}, got {tuple(routing.shape)}")
         if top_k is None or not 1 <= top_k <= id_limit:
             raise ValueError(f"{fn}: top_k must be in [1, {id_limit}] with router logits, got {top_k}")
         k = top_k
     else:
+        if not isinstance(routing, (tuple, list)) or len(routing) != 2:
+            raise TypeError(f"{fn}: routing must be router logits [T, E] or a (topk_ids, topk_weights) pair, got "
+                            f"{type(routing).__name__}")
         ids, topk_weights = routing
-        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[0] != num_t:
-            raise ValueError(f"{fn}: topk_ids must be [T, k] with T = {num_t}")
+        if not isinstance(ids, torch.Tensor) or not isinstance(topk_weights, torch.Tensor):
+            raise TypeError(f"{fn}: topk_ids and topk_weights must be tensors")
+        if ids.dtype not in (torch.int32, torch.int64) or topk_weights.dtype not in _FLOATS:
+            raise TypeError(f"{fn}: topk_ids must be int32/int64 and topk_weights float, got {ids.dtype} and "
+                            f"{topk_weights.dtype}")
+        if ids.ndim != 2 or ids.shape[0] != num_t or ids.shape[1] == 0:
+            raise ValueError(f"{fn}: topk_ids must be [T, k] with T = {num_t} and k >= 1, got {tuple(ids.shape)}")
         if ids.shape[1] > id_limit:
             raise ValueError(f"{fn}: top_k = {ids.shape[1]} exceeds the {id_limit} experts")
-        if not isinstance(topk_weights, torch.Tensor) or topk_weights.shape != ids.shape:
+        if topk_weights.shape != ids.shape:
             raise ValueError(f"{fn}: topk_weights must have topk_ids' shape {tuple(ids.shape)}")
+        if top_k is not None and top_k != ids.shape[1]:
+            raise ValueError(f"{fn}: top_k = {top_k} disagrees with topk_ids' {ids.shape[1]} columns")
         k = ids.shape[1]
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in _FLOATS:
+        raise TypeError(f"{fn}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    _check_scalars(fn, num_e, hidden.device, alpha=alpha, beta=beta, limit=limit)
+    if not isinstance(validate_ids, bool):
+        raise TypeError(f"{fn}: validate_ids must be a bool, got {type(validate_ids).__name__}")
     if impl is None:
         impl = "kernels" if hidden.is_cuda and kernels_support(num_e, k) else "reference"
     if impl == "kernels":
@@ -173,6 +192,22 @@ def fused_moe(
     device = device_facts(hidden.device) if hidden.is_cuda and impl == "kernels" else None
     return run_moe(Tokens(hidden), route, experts, out, device=device, impl=impl, tactic=tactic,
                    fused_epilogue=fused_epilogue)
+
+
+def _check_scalars(fn: str, num_e: int, device: torch.device, **values: object) -> None:
+    """alpha / beta / limit: a real number (limit also None) or a float tensor with one value per local expert on
+    `device`."""
+    for name, v in values.items():
+        if v is None and name == "limit":
+            continue
+        if isinstance(v, torch.Tensor):
+            if not v.is_floating_point():
+                raise TypeError(f"{fn}: {name} as a tensor must be floating point, got {v.dtype}")
+            if v.numel() != num_e or v.device != device:
+                raise ValueError(f"{fn}: {name} as a tensor must hold one value per expert ({num_e}) on {device}, "
+                                 f"got {v.numel()} on {v.device}")
+        elif not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise TypeError(f"{fn}: {name} must be a float or a per-expert tensor, got {type(v).__name__}")
 
 
 def _expert_range(expert_offset: object, num_global_experts: object, num_e: int, fn: str) -> int:

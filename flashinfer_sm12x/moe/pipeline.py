@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..checks import round_up
+from ..checks import check_index_range, round_up
 from ..formats import SfLayout, swizzle_sf, unswizzle_sf
 from ..jit.arch import DeviceFacts, Target, device_facts
 from ..kernels.family import Tactic
@@ -53,7 +53,7 @@ Impl = Literal["kernels", "reference"]
 Scalar = float | torch.Tensor  # a float, or a per-expert tensor [E]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per call: a plain slotted init is the cheapest
 class Tokens:
     """The input rows: float activations [T, H] the pipeline quantizes, or rows already quantized to MXFP8
     (`data` uint8 bytes [T, Hp] with E8M0 `scales`, 128x4-swizzled over T rows or linear)."""
@@ -67,7 +67,7 @@ class Tokens:
         return self.data.shape[0]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per call: a plain slotted init is the cheapest
 class Routing:
     """Router logits [T, E] (top_k softmax-renormalised, as GPT-OSS), or precomputed (ids [T, k], weights [T, k]).
 
@@ -88,7 +88,7 @@ class Routing:
         return self.id_base != 0 or (self.id_limit is not None and self.id_limit != num_experts)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per call: a plain slotted init is the cheapest
 class Experts:
     """What the two GEMMs and the activation need: MXFP4 weights with 128x4 scales, biases, the gate/up layout of
     GEMM1's rows, the activation and its parameters (floats or per-expert float32 [E]), optional per-expert scales
@@ -204,6 +204,15 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_fmt: str, tacti
                    fused_plan_scatter_serves(num_tokens, top_k, num_experts, sm_count))
 
 
+def check_row_plan(plan: RowPlan, hp: int, ip: int) -> None:
+    """The 32-bit line of the kernel pipeline: the glue kernels keep pair and row indices (T*k, the padded rows) and
+    the int32 plan workspace's offsets in 32-bit ints, and the grouped GEMMs take the padded rows and their scale
+    counts as ints; element offsets (rows times columns) are 64-bit. ValueError before any launch above the line."""
+    sf_cols = round_up(max(hp, ip) // 32, 4)
+    check_index_range("fused_moe", pairs=plan.num_tokens * plan.top_k, padded_rows=plan.bound,
+                      workspace_elements=plan.workspace_elements, scale_elements=plan.sf_rows * sf_cols)
+
+
 @dataclass(frozen=True)
 class GlueViews:
     """The tensors one forward uses (prefix views of a workspace's buffers)."""
@@ -239,11 +248,14 @@ class Workspace:
     def take(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
         buf = self.store.get(name)
         if buf is None or buf.numel() < numel:
+            size = max(numel, 2 * buf.numel() if buf is not None else numel)
+            # Zeroed: the plan's done counter must start at 0 (the kernel resets it after every launch). An
+            # out-of-memory error here leaves the store as it was: nothing is retired or replaced before the
+            # allocation succeeds.
+            grown = torch.zeros(size, dtype=dtype, device=self.device)
             if buf is not None:
                 self.retired.append(buf)
-            size = max(numel, 2 * buf.numel() if buf is not None else numel)
-            # Zeroed: the plan's done counter must start at 0 (the kernel resets it after every launch).
-            buf = self.store[name] = torch.zeros(size, dtype=dtype, device=self.device)
+            buf = self.store[name] = grown
             self.views.clear()
             self.launchers.clear()
         return buf[:numel]
@@ -380,6 +392,7 @@ def _run_kernels(tokens: Tokens, routing: Routing, experts: Experts, out: torch.
     num_e = experts.num_experts
     plan = row_plan(tokens.num_tokens, routing.top_k, num_e, experts.gemm_format, tactic, device.target,
                     device.sm_count)
+    check_row_plan(plan, experts.hidden_padded, experts.inter_padded)
     fusable = fuses_activation(experts, plan.tactic)
     if fused_epilogue and not fusable:
         raise ValueError(f"fused_moe: fused_epilogue=True needs interleaved gate/up weights and a tactic with tile_n "

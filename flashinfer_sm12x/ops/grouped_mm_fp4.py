@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..checks import check_tensor, one_device, require_tensor, round_up
+from ..checks import check_index_range, check_no_alias, check_tensor, one_device, require_tensor, round_up
 from ..jit.arch import Target, device_facts
 from ..kernels.family import OUT_DTYPES, Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY, FORMATS, K_ALIGN
@@ -183,6 +183,10 @@ def _routed_tables(routed: Any, experts: int, device: torch.device, fn: str) -> 
     return tables[0], tables[1]
 
 
+def _named_inputs(a: Any, a_descale: Any, b: Any, b_descale: Any, expert_of_tile: Any) -> tuple[tuple[str, Any], ...]:
+    return (("a", a), ("a_descale", a_descale), ("b", b), ("b_descale", b_descale), ("expert_of_tile", expert_of_tile))
+
+
 def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
              expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor | None, out_dtype: torch.dtype,
              enable_pdl: bool, epilogue: str = "store", *, fmt: str | None,
@@ -208,7 +212,7 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
     check_tensor(a_descale, "a_descale", _FN, _SF_DTYPES, numel=round_up(m, 128) * kb)
     check_tensor(b_descale, "b_descale", _FN, _SF_DTYPES, numel=experts * round_up(n, 128) * kb)
     check_tensor(expert_of_tile, "expert_of_tile", _FN, torch.int32, shape=(m // tactic.tile_m,))
-    if str(out_dtype).removeprefix("torch.") not in OUT_DTYPES:
+    if not isinstance(out_dtype, torch.dtype) or str(out_dtype).removeprefix("torch.") not in OUT_DTYPES:
         raise ValueError(f"{_FN}: out_dtype must be bfloat16 or float16, got {out_dtype}")
     if epilogue != "store":
         if not FAMILY.serves(epilogue, fmt, tactic):
@@ -217,6 +221,10 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
             raise ValueError(f"{_FN}: the {epilogue} epilogue needs n = 2 * inter a multiple of 64, got {n}")
     if epilogue != "swiglu_quantize" and out is not None:
         check_tensor(out, "out", _FN, out_dtype, shape=(m, n))
+        check_no_alias(out, _named_inputs(a, a_descale, b, b_descale, expert_of_tile), _FN)
+    # The binding takes m, n, k as 32-bit ints and CUTLASS builds the scale layouts from int shapes.
+    check_index_range(_FN, m_total=m, n=n, k=k, a_descale_elements=a_descale.numel(),
+                      b_descale_elements=b_descale.numel())
     tensors = [a, a_descale, b, b_descale, expert_of_tile] + ([out] if out is not None else [])
     devices = {t.device for t in tensors}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
@@ -294,6 +302,9 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
     check_tensor(out, "out", fn, want_out, shape=(m, want_sf))
     check_tensor(out_sf, "out_sf", fn, _SF_DTYPES, numel=round_up(m, 128) * round_up(inter // 32, 4))
     one_device([a, out, out_sf], fn)
+    inputs = _named_inputs(a, a_descale, b, b_descale, expert_of_tile)
+    check_no_alias(out, inputs + (("out_sf", out_sf),), fn)
+    check_no_alias(out_sf, inputs, fn, "out_sf")
     tables = (None, None) if routed is None else _routed_tables(routed, b.shape[0], a.device, fn)
     out_bytes, sf_bytes = out.view(torch.uint8), out_sf.view(torch.uint8)
     b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..checks import require_tensor, round_up
+from ..checks import INDEX_LIMIT, check_index_range, check_no_alias, require_tensor, round_up
 from ..jit.arch import Target, device_facts
 from ..kernels.family import OUT_DTYPES, Tactic
 from ..kernels.mm_fp4 import BATCH_INVARIANT_TACTIC, BLOCK_SIZE, FAMILY, heuristic
@@ -102,7 +102,11 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
     Returns
     -------
     Problem
-        What the kernel runs; `out` is allocated when None.
+        What the kernel runs; `out` is allocated when None. M = 0 is valid (an empty batch): the caller returns the
+        empty [0, n] `out` without launching, as torch.matmul does. N = 0 and K = 0 are refused: a weight without
+        output features or without inputs is a caller bug, not a batch size, and K must be a multiple of the TMA
+        row anyway. M, N, K and each scale tensor's element count must stay below 2^31 (the kernels take them as
+        32-bit ints); M * N past 2^31 is fine (64-bit element offsets).
 
     Raises
     ------
@@ -119,6 +123,7 @@ def validate(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dty
 
 
 _Tensor = torch.Tensor
+_LIMIT = INDEX_LIMIT
 _U8 = torch.uint8
 _F32 = torch.float32
 _BF16, _F16 = torch.bfloat16, torch.float16
@@ -139,7 +144,7 @@ def _validate_common(a: Any, b: Any, sfa: Any, sfb: Any, alpha: Any, out_dtype: 
     m, half_k = a.shape
     b_rows, n = b.shape
     if (block_size != block or b_rows != half_k or m <= 0 or half_k <= 0 or half_k % 16 or n <= 0 or n % 8
-            or b.stride() != (1, half_k)):
+            or b.stride() != (1, half_k) or m > _LIMIT or n > _LIMIT or half_k > _LIMIT // 2):
         return None
     device = a.get_device()
     if (b.get_device() != device or sfa.get_device() != device or sfb.get_device() != device or not b.is_cuda
@@ -149,6 +154,8 @@ def _validate_common(a: Any, b: Any, sfa: Any, sfb: Any, alpha: Any, out_dtype: 
     scale_cols = -(-(k // block) // 4) * 4
     rows_a = -(-m // 128) * 128
     rows_b = -(-n // 128) * 128
+    if rows_a * scale_cols > _LIMIT or rows_b * scale_cols > _LIMIT:
+        return None
     sfa_ndim = sfa.ndim
     if not sfa.is_contiguous() or not ((sfa_ndim == 2 and sfa.shape == (rows_a, scale_cols))
                                        or (sfa_ndim == 1 and sfa.numel() == rows_a * scale_cols)):
@@ -167,9 +174,22 @@ def _validate_common(a: Any, b: Any, sfa: Any, sfb: Any, alpha: Any, out_dtype: 
     if out is None:
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
     elif (not isinstance(out, _Tensor) or out.dtype is not out_dtype or out.shape != (m, n) or not out.is_contiguous()
-          or not out.is_cuda or out.get_device() != device):
-        return None
+          or not out.is_cuda or out.get_device() != device or _touches(out, a, b, sfa, sfb, alpha)):
+        return None  # the full validation names the problem (an aliased out included)
     return Problem("nvfp4" if use_nvfp4 else "mxfp4", m, n, k, a, b, sfa, sfb, alpha, out)
+
+
+def _touches(out: torch.Tensor, *inputs: torch.Tensor | None) -> bool:
+    """Whether dense `out` and one of the dense inputs share bytes (the fast path's tensors are all dense: contiguous
+    or the transpose of a contiguous tensor), from their data pointers alone."""
+    o0 = out.data_ptr()
+    o1 = o0 + out.numel() * out.element_size()
+    for t in inputs:
+        if t is not None:
+            t0 = t.data_ptr()
+            if t0 < o1 and o0 < t0 + t.numel() * t.element_size():
+                return True
+    return False
 
 
 def _validate_full(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, out_dtype: Any, out: Any,
@@ -196,8 +216,9 @@ def _validate_full(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, o
         raise ValueError(_column_major_a(a, b, fp8_a)
                          or f"K mismatch: a gives K={k}, b (shape [k/2, n]) gives K={b.shape[0] * 2}")
     m, n = a.shape[0], b.shape[1]
-    if m == 0 or n == 0 or k == 0:
-        raise ValueError(f"empty problem m={m}, n={n}, k={k}")
+    if n == 0 or k == 0:  # M = 0 is an empty batch (served); N = 0 or K = 0 is a malformed weight
+        raise ValueError(f"empty problem m={m}, n={n}, k={k}: N and K must be positive (M = 0 is served)")
+    check_index_range(None, M=m, N=n, K=k)
     # TMA needs 16-byte rows: 32 FP4 elements. W4A8 keeps FP4 unpacked in shared memory, 128-element rows.
     k_align = 128 if fp8_a else 32
     if k % k_align:
@@ -215,14 +236,15 @@ def _validate_full(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, o
         raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
     sfa = _check_scales("a_descale", a_descale, m, k // block_size, fmt, transposed=False)
     sfb = _check_scales("b_descale", b_descale, n, k // block_size, fmt, transposed=True)
+    check_index_range(None, a_descale_elements=sfa.numel(), b_descale_elements=sfb.numel())
     if alpha is not None:
         require_tensor("alpha", alpha)
         if alpha.dtype != torch.float32 or alpha.numel() != 1:
             raise ValueError(f"alpha must be a one-element float32 tensor, got {alpha.dtype} x {alpha.numel()}")
         if alpha.device != device:
             raise ValueError(f"alpha must be on {device}, got {alpha.device}")
-    if str(out_dtype).removeprefix("torch.") not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be torch.bfloat16 or torch.float16, got {out_dtype}")
+    if not isinstance(out_dtype, torch.dtype) or str(out_dtype).removeprefix("torch.") not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be torch.bfloat16 or torch.float16, got {out_dtype!r}")
     if out is not None:
         require_tensor("out", out)
         if out.dtype != out_dtype:
@@ -231,6 +253,8 @@ def _validate_full(a: Any, b: Any, a_descale: Any, b_descale: Any, alpha: Any, o
             raise ValueError(f"out must have shape {(m, n)}, got {tuple(out.shape)}")
         if out.device != device or not out.is_contiguous():
             raise ValueError(f"out must be a contiguous tensor on {device}")
+        check_no_alias(out, (("a", a), ("b", b), ("a_descale", a_descale), ("b_descale", b_descale),
+                             ("alpha", alpha)), None)
     if not a.is_cuda:
         raise ValueError(f"mm_fp4 runs on CUDA tensors, got {device}")
     if out is None:
@@ -281,7 +305,9 @@ def run(p: Problem, pl: Plan, enable_pdl: bool = True) -> torch.Tensor:
     """Launch `pl` on `p` (asynchronous on the current stream; no host synchronisation). Returns p.out.
 
     Only stream-K tactics use a workspace (allocated per call from torch's stream-ordered caching allocator); the
-    others pass None."""
+    others pass None. An empty batch (M = 0) launches nothing."""
+    if p.m == 0:
+        return p.out
     workspace = (torch.empty(pl.workspace_bytes, dtype=torch.uint8, device=p.out.device) if pl.workspace_bytes
                  else None)
     pl.launch(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and pl.pdl))
@@ -342,4 +368,6 @@ def mm_mxfp8_mxfp4(
     >>> y = fs.mm_mxfp8_mxfp4(a, b.T, a_sf, b_sf.T)  # [16, 8192] bf16  # doctest: +SKIP
     """
     p = validate(a, b, a_descale, b_descale, alpha, out_dtype, out, 32, False, False, fp8_a=True)
+    if p.m == 0:  # an empty batch: the empty result, no plan, no launch
+        return p.out
     return run(p, plan(p), enable_pdl)

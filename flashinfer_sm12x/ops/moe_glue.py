@@ -23,10 +23,11 @@ from ..kernels.moe_glue import (
 LAYOUT_CODE = {"interleaved": 0, "gate_first": 1, "up_first": 2}
 # plan_scatter runs T*k CTAs of 512 threads, each repeating the plan: O(T*E) logit reads (O(T*k) with precomputed
 # ids) and one plan_kernel CTA's latency. It replaces a launch gap and plan_kernel's own latency, so it wins while the
-# grid is one wave and the redundant work stays small. One wave is the SM count: at 121 registers per thread on
-# sm_120a/sm_121a (107 on sm_90a; tests/moe_glue/test_compile.py checks the bound) an SM holds one such CTA. Measured
-# on an H200, 132 SMs (benchmarks/bench_moe_glue.py, E = 32, k = 4): plan_scatter 24.8 us vs plan + scatter 27.3 us at
-# T = 32 (128 CTAs, one wave), 53.9 vs 34.1 us at T = 64 (256 CTAs, two waves). Hence: T*k <= the SM count (a DGX
+# grid is one wave and the redundant work stays small. One wave is the SM count: at 65-128 registers per thread
+# (84 on sm_120a; tests/moe_glue/test_compile.py checks the bound) an SM holds one such CTA. Measured on an H200, 132
+# SMs (benchmarks/bench_moe_glue.py, E = 32, k = 4), before the top-k selection was rolled (an instruction-cache-bound
+# plan): plan_scatter 24.8 us vs plan + scatter 27.3 us at T = 32 (128 CTAs, one wave), 53.9 vs 34.1 us at T = 64
+# (256 CTAs, two waves); the line is to be re-drawn on the rolled kernels' numbers. Hence: T*k <= the SM count (a DGX
 # Spark's 48 SMs: T <= 12 at k = 4), T <= 32 (the largest T measured to win: the redundant routing grows with T) and
 # T*E <= 8192 logits (32 KiB of float32 per CTA, from L2).
 DECODE_MAX_TOKENS = 32

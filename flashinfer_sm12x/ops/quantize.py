@@ -198,7 +198,7 @@ def mxfp8_quantize(
     else:
         layout = SfLayout.layout_128x4 if is_sf_swizzled_layout else SfLayout.layout_linear
     target = _servable(input, 32)
-    valid_alignment = isinstance(alignment, int) and alignment > 0
+    valid_alignment = isinstance(alignment, int) and not isinstance(alignment, bool) and alignment > 0
     kp = round_up(input.shape[-1], alignment) if target is not None and valid_alignment else -1
     if target is None or kp % 32 or backend not in ("cuda", "cute-dsl") or recipe not in RECIPES:
         return reference.mxfp8_quantize(input, is_sf_swizzled_layout, alignment, enable_pdl, backend,

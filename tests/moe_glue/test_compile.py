@@ -12,6 +12,8 @@ from flashinfer_sm12x.kernels.moe_glue import MENU, moe_glue_spec, required_inst
 from flashinfer_sm12x.ops.moe_glue import PLAN_SCATTER_CTAS_PER_SM
 
 pytestmark = pytest.mark.compile_proof
+MAX_PLAN_INSTRUCTIONS = 2_500  # SASS instructions of plan_kernel (1,704 with logits on sm_120a)
+MAX_PLAN_SCATTER_INSTRUCTIONS = 6_000  # plan_scatter_kernel: plan + scatter + padding scales (4,176 on sm_120a)
 
 
 @pytest.mark.parametrize("arch", ["sm_120a", "sm_121a", "sm_90a"])
@@ -31,6 +33,15 @@ def test_glue_module_is_spill_free_and_converts_natively(arch: str, act_format: 
     for k in kernels:
         if "plan_scatter_kernel" in k.name:
             assert 65536 // (max(k.registers, 1) * 512) == PLAN_SCATTER_CTAS_PER_SM, (k.name, k.registers)
+    # The routing's top-k selection is one rolled loop over the k slots: unrolled over all 16 it made plan_kernel
+    # ~10K and plan_scatter ~12.7K SASS instructions (160-200 KB of code, past the instruction cache), and the
+    # plan ran at instruction-fetch speed. Bound the code of both.
+    for k in kernels:
+        size = sum(k.instructions.values())
+        if "plan_scatter_kernel" in k.name:
+            assert size <= MAX_PLAN_SCATTER_INSTRUCTIONS, (k.name, size)
+        elif "plan_kernel" in k.name:
+            assert size <= MAX_PLAN_INSTRUCTIONS, (k.name, size)
     instruction = required_instruction(act_format, target)
     if instruction:
         for k in kernels:

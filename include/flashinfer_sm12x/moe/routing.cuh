@@ -91,16 +91,19 @@ __device__ __forceinline__ void load_logits(const PlanParams& p, int t, int lane
 }
 
 // One warp routes a token from its logits v (load_logits): top-k of E logits, softmax over the k chosen (GPT-OSS
-// renormalisation). Lane 0 writes the k ids and weights to ids_out / weights_out (global memory in plan_kernel,
-// shared memory in plan_scatter_kernel).
+// renormalisation). Lane s < k writes slot s's id and weight to ids_out / weights_out (global memory in
+// plan_kernel, shared memory in plan_scatter_kernel).
+// The slot loop runs k times, rolled, with the whole warp in step (k is uniform): one copy of the selection code.
+// Unrolled over the 16 possible slots with a guard, the selection was ~9K SASS instructions (the shuffles under
+// the guard need divergent-collective fallbacks), which the instruction cache cannot hold: the plan then ran at
+// instruction-fetch speed.
 __device__ __forceinline__ void select_top_k(const PlanParams& p, int lane, const float (&v)[kMaxExpertsPerLane],
                                              int32_t* ids_out, float* weights_out) {
   uint32_t taken = 0;
-  float top_v[kMaxTopK];
-  int top_i[kMaxTopK];
-#pragma unroll
-  for (int s = 0; s < kMaxTopK; ++s) {
-    if (s >= p.top_k) continue;
+  float slot_v = 0.f;  // lane s < k: the s-th chosen logit and its expert
+  int slot_i = 0;
+#pragma unroll 1
+  for (int s = 0; s < p.top_k; ++s) {
     float best_v = 0.f;
     int best_i = INT32_MAX;  // "none": loses against every real candidate
 #pragma unroll
@@ -121,30 +124,23 @@ __device__ __forceinline__ void select_top_k(const PlanParams& p, int lane, cons
       }
     }
     if ((best_i & 31) == lane) taken |= 1u << (best_i >> 5);
-    top_v[s] = best_v;
-    top_i[s] = best_i;
+    if (lane == s) {
+      slot_v = best_v;
+      slot_i = best_i;
+    }
   }
-  if (lane != 0) return;
-  // Softmax over the chosen logits, in float32 like torch.softmax: max, exp(x - max), sum in slot order, divide.
-  // Fully unrolled with a guard so the per-slot arrays stay in registers.
-  float mx = top_v[0];
-#pragma unroll
-  for (int s = 1; s < kMaxTopK; ++s)
-    if (s < p.top_k) mx = fmaxf(mx, top_v[s]);
+  // Softmax over the chosen logits, in float32 like torch.softmax: max (in slot order), exp(x - max), sum in slot
+  // order, divide. Lane s computes its own slot's terms; the max and the sum go through lane 0's order.
+  float mx = __shfl_sync(0xffffffffu, slot_v, 0);
+#pragma unroll 1
+  for (int s = 1; s < p.top_k; ++s) mx = fmaxf(mx, __shfl_sync(0xffffffffu, slot_v, s));
+  const float term = expf(__fsub_rn(slot_v, mx));
   float sum = 0.f;
-#pragma unroll
-  for (int s = 0; s < kMaxTopK; ++s) {
-    if (s < p.top_k) {
-      top_v[s] = expf(__fsub_rn(top_v[s], mx));
-      sum = __fadd_rn(sum, top_v[s]);
-    }
-  }
-#pragma unroll
-  for (int s = 0; s < kMaxTopK; ++s) {
-    if (s < p.top_k) {
-      ids_out[s] = top_i[s];
-      weights_out[s] = __fdiv_rn(top_v[s], sum);
-    }
+#pragma unroll 1
+  for (int s = 0; s < p.top_k; ++s) sum = __fadd_rn(sum, __shfl_sync(0xffffffffu, term, s));
+  if (lane < p.top_k) {
+    ids_out[lane] = slot_i;
+    weights_out[lane] = __fdiv_rn(term, sum);
   }
 }
 
