@@ -524,7 +524,7 @@ def _per_row(v: Scalar | None, r: ExpertRows) -> Scalar | None:
 
 def run_experts(aq: torch.Tensor, asf: torch.Tensor, r: ExpertRows, e: Experts) -> torch.Tensor:
     """GEMM1 input (quantized padded rows) -> GEMM2 output + fc2 bias, float32 [bound, Hp]."""
-    h = grouped_mm_fp4(aq, asf, e.w13, e.w13_sf, r.expert_of_tile, r.tactic).float()
+    h = grouped_mm_fp4(aq, asf, e.w13, e.w13_sf, r.expert_of_tile, r.tactic, fmt=e.gemm_format).float()
     if e.g1 is not None:
         h *= _per_row(e.g1, r)
     if e.w13_bias is not None:
@@ -532,7 +532,7 @@ def run_experts(aq: torch.Tensor, asf: torch.Tensor, r: ExpertRows, e: Experts) 
     a = swiglu(h, e.layout, e.inter_padded, e.swiglu_oai, _per_row(e.alpha, r), _per_row(e.beta, r),
                _per_row(e.limit, r))
     aq2, asf2 = _quantize(a.contiguous(), e.act)
-    y = grouped_mm_fp4(aq2, asf2, e.w2, e.w2_sf, r.expert_of_tile, r.tactic).float()
+    y = grouped_mm_fp4(aq2, asf2, e.w2, e.w2_sf, r.expert_of_tile, r.tactic, fmt=e.gemm_format).float()
     if e.g2 is not None:
         y *= _per_row(e.g2, r)
     if e.w2_bias is not None:

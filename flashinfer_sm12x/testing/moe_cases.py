@@ -119,8 +119,14 @@ def loop_moe(hidden: torch.Tensor, ids: list[list[int]], weights: list[list[floa
     return out
 
 
-def grouped_gemm_model(a, a_sf, b, b_sf, expert_of_tile, tactic, out=None, out_dtype=torch.bfloat16, **_):
-    x = mxfp8_dequantize(a, a_sf) if a.dtype == torch.float8_e4m3fn else mxfp4_dequantize(a, a_sf)
+def grouped_gemm_model(a, a_sf, b, b_sf, expert_of_tile, tactic, out=None, out_dtype=torch.bfloat16, *,
+                       fmt=None, **_):
+    """A torch model of grouped_mm_fp4's contract (float32 out), with the same format rule: uint8 `a` says nothing
+    about its format, so the caller must name it."""
+    from ..ops.grouped_mm_fp4 import gemm_format_of
+
+    fmt = gemm_format_of(a, fmt)
+    x = mxfp8_dequantize(a.view(torch.float8_e4m3fn), a_sf) if fmt == "mxfp8_mxfp4" else mxfp4_dequantize(a, a_sf)
     tm = tactic.tile_m
     assert x.shape[0] % tm == 0 and expert_of_tile.numel() == x.shape[0] // tm
     assert int(expert_of_tile.min()) >= 0 and int(expert_of_tile.max()) < b.shape[0]
