@@ -40,6 +40,7 @@ from ..jit.arch import DeviceFacts, Target, device_facts
 from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
 from ..kernels.grouped_mm_fp4 import gemm_format, heuristic
+from ..ops.device_guard import on_device
 from ..ops.grouped_mm_fp4 import (
     grouped_mm_fp4,
     grouped_mm_fp4_launcher,
@@ -400,7 +401,7 @@ def _run_kernels(tokens: Tokens, routing: Routing, experts: Experts, out: torch.
     module = glue_module(device.target, experts.act)
     hp, ip = experts.hidden_padded, experts.inter_padded
     ws = workspace(out.device, hp, ip, experts.act)
-    with ws.lock:
+    with on_device(out.device.index), ws.lock:
         views = ws.views_for(plan, hp, ip, experts.act, fusable if fused_epilogue is None else fused_epilogue)
         plan_and_scatter(module, plan, views, routing.logits if routing.logits is not None else
                          (routing.ids, routing.weights), tokens.data, hp, input_sf=tokens.scales,

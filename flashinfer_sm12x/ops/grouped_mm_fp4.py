@@ -20,6 +20,7 @@ from ..checks import check_index_range, check_no_alias, check_tensor, one_device
 from ..jit.arch import Target, device_facts
 from ..kernels.family import OUT_DTYPES, Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY, FORMATS, K_ALIGN
+from .device_guard import on_device
 
 _FN = "grouped_mm_fp4"
 _A_ELEMS_PER_BYTE = {"mxfp4": 2, "mxfp8_mxfp4": 1}
@@ -111,7 +112,8 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     """
     module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_dtype, enable_pdl,
                             fmt=fmt, target=target)
-    module.run(*args)
+    with on_device(a.device.index):
+        module.run(*args)
     return args[5]
 
 
@@ -157,15 +159,18 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
     b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
     del args
 
+    index = a.device.index
+
     def launch() -> torch.Tensor:
         weights, scales = b_ref(), b_sf_ref()
         if weights is None or scales is None:
             raise RuntimeError(f"{_FN}: the weights this launcher was built for have been freed")
-        if routed is None:
-            module.run(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace, pdl)
-        else:
-            module.run_store_routed(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace,
-                                    padded_start, counts, pdl)
+        with on_device(index):
+            if routed is None:
+                module.run(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace, pdl)
+            else:
+                module.run_store_routed(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace,
+                                        padded_start, counts, pdl)
         return out
 
     return launch
@@ -308,6 +313,7 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
     tables = (None, None) if routed is None else _routed_tables(routed, b.shape[0], a.device, fn)
     out_bytes, sf_bytes = out.view(torch.uint8), out_sf.view(torch.uint8)
     b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
+    index = a.device.index
     del args
 
     def launch(bias: torch.Tensor | None, swiglu_oai: bool, g1: torch.Tensor | None, alpha_e: torch.Tensor | None,
@@ -316,9 +322,10 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
         weights, scales = b_ref(), b_sf_ref()
         if weights is None or scales is None:
             raise RuntimeError(f"{fn}: the weights this launcher was built for have been freed")
-        module.run_swiglu_quantize(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out_bytes, sf_bytes,
-                                   workspace, bias, swiglu_oai, g1, alpha_e, beta_e, limit_e, alpha, beta, limit,
-                                   has_limit, *tables, pdl)
+        with on_device(index):
+            module.run_swiglu_quantize(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out_bytes, sf_bytes,
+                                       workspace, bias, swiglu_oai, g1, alpha_e, beta_e, limit_e, alpha, beta, limit,
+                                       has_limit, *tables, pdl)
         return out, out_sf
 
     return launch

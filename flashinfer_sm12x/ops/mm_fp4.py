@@ -23,6 +23,7 @@ from ..checks import INDEX_LIMIT, check_index_range, check_no_alias, require_ten
 from ..jit.arch import Target, device_facts
 from ..kernels.family import OUT_DTYPES, Tactic
 from ..kernels.mm_fp4 import BATCH_INVARIANT_TACTIC, BLOCK_SIZE, FAMILY, heuristic
+from .device_guard import on_device
 
 OURS = "cutlass_sm12x"  # this package's backend name among FlashInfer's
 
@@ -310,7 +311,8 @@ def run(p: Problem, pl: Plan, enable_pdl: bool = True) -> torch.Tensor:
         return p.out
     workspace = (torch.empty(pl.workspace_bytes, dtype=torch.uint8, device=p.out.device) if pl.workspace_bytes
                  else None)
-    pl.launch(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and pl.pdl))
+    with on_device(p.out.device.index):
+        pl.launch(p.a, p.b, p.sfa, p.sfb, p.alpha, p.out, workspace, bool(enable_pdl and pl.pdl))
     return p.out
 
 

@@ -15,6 +15,7 @@ from ..errors import ArchError
 from ..jit.arch import device_facts
 from ..jit.module import load_module
 from ..kernels.mma_probe import MENU, mma_probe_spec
+from .device_guard import on_device
 
 
 def mma_probe(a: torch.Tensor, b: torch.Tensor, sfa: torch.Tensor, sfb: torch.Tensor) -> torch.Tensor:
@@ -37,5 +38,6 @@ def mma_probe(a: torch.Tensor, b: torch.Tensor, sfa: torch.Tensor, sfb: torch.Te
         raise ArchError("the MMA probe runs the native instruction only; it has no SM90 emulation")
     module = load_module(mma_probe_spec(target, k // 64))
     d = torch.empty(16, 8, dtype=torch.float32, device=a.device)
-    module.run(*(t.contiguous() for t in (a, b, sfa, sfb)), d)
+    with on_device(d.device.index):
+        module.run(*(t.contiguous() for t in (a, b, sfa, sfb)), d)
     return d

@@ -25,6 +25,7 @@ from ..formats.e8m0 import RECIPES, Recipe
 from ..formats.scale_layout import SfLayout, as_sf_layout, swizzled_sf_size
 from ..jit.arch import Target, device_facts
 from ..kernels.quantize import BLOCK, FAMILY
+from .device_guard import on_device
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_CHUNKS = 1 << 31  # the kernel indexes 8-element chunks with 32-bit integers
@@ -136,7 +137,8 @@ def mxfp4_quantize(
     rows, k = x.shape
     x_q = torch.empty(rows, k // 2, dtype=torch.uint8, device=a.device)
     sf = _scales(rows, k // 32, layout, a.device)
-    _module(target, "mxfp4").run(x, x_q, sf, None, int(layout), RECIPES.index(recipe))
+    with on_device(x.device.index):
+        _module(target, "mxfp4").run(x, x_q, sf, None, int(layout), RECIPES.index(recipe))
     return x_q.view(*a.shape[:-1], k // 2), _sf_2d(sf, rows, k // 32, layout)
 
 
@@ -207,7 +209,8 @@ def mxfp8_quantize(
     rows = x.shape[0]
     x_q = torch.empty(rows, kp, dtype=torch.uint8, device=input.device)
     sf = _scales(rows, kp // 32, layout, input.device)
-    _module(target, "mxfp8").run(x, x_q, sf, None, int(layout), RECIPES.index(recipe))
+    with on_device(x.device.index):
+        _module(target, "mxfp8").run(x, x_q, sf, None, int(layout), RECIPES.index(recipe))
     return x_q.view(torch.float8_e4m3fn).view(*input.shape[:-1], kp), sf
 
 
@@ -300,7 +303,8 @@ def nvfp4_quantize(
         gs = gs.contiguous()
     x_q = torch.empty(rows, k // 2, dtype=torch.uint8, device=a.device)
     sf = _scales(rows, k // 16, layout, a.device)
-    _module(target, "nvfp4").run(x, x_q, sf, gs, int(layout), 0)
+    with on_device(x.device.index):
+        _module(target, "nvfp4").run(x, x_q, sf, gs, int(layout), 0)
     return x_q.view(*a.shape[:-1], k // 2), _sf_2d(sf, rows, k // 16, layout)
 
 
