@@ -308,37 +308,36 @@ struct M64PingpongMainloop : Blueprint {
       ++read_state;
     };
 
+    // One k-tile: k-block b + 1 is read while the MMAs of b issue; `at_last_block` runs before the last MMAs.
+    int stage = 0;
+    auto run_k_tile = [&](auto const& at_last_block) {
+      for_each(make_int_sequence<kBlocks>{}, [&](auto b) {
+        constexpr int kb = decltype(b)::value;
+        if constexpr (kb + 1 < kBlocks) {
+          read_k_block(stage, Int<kb + 1>{});
+        } else {
+          at_last_block();
+        }
+        mma_k_block(b);
+      });
+    };
+
     pipeline.consumer_wait(read_state);
-    int stage = read_state.index();
+    stage = read_state.index();
     read_k_block(stage, Int<0>{});
     // Every k-tile but the last: at the last k-block, release this stage and wait for the next one unconditionally
     // (no branch on the trip count between the barrier's try-wait and its check, so the scheduler can place this
     // k-block's MMAs there), then read its first k-block before the last MMAs of this one.
     CUTLASS_PRAGMA_NO_UNROLL
     for (; k_tile_count > 1; --k_tile_count) {
-      for_each(make_int_sequence<kBlocks>{}, [&](auto b) {
-        constexpr int kb = decltype(b)::value;
-        if constexpr (kb + 1 < kBlocks) {
-          read_k_block(stage, Int<kb + 1>{});
-        } else {
-          release_stage();
-          pipeline.consumer_wait(read_state);
-          stage = read_state.index();
-          read_k_block(stage, Int<0>{});
-        }
-        mma_k_block(b);
+      run_k_tile([&] {
+        release_stage();
+        pipeline.consumer_wait(read_state);
+        stage = read_state.index();
+        read_k_block(stage, Int<0>{});
       });
     }
-    // The last k-tile, peeled: nothing to wait for after it.
-    for_each(make_int_sequence<kBlocks>{}, [&](auto b) {
-      constexpr int kb = decltype(b)::value;
-      if constexpr (kb + 1 < kBlocks) {
-        read_k_block(stage, Int<kb + 1>{});
-      } else {
-        release_stage();
-      }
-      mma_k_block(b);
-    });
+    run_k_tile(release_stage);  // the last k-tile, peeled: nothing to wait for after it
   }
 };
 
