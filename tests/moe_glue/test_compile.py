@@ -29,10 +29,11 @@ def test_glue_module_is_spill_free_and_converts_natively(arch: str, act_format: 
         assert k.spill_stores == 0 and k.spill_loads == 0 and k.stack_bytes == 0, (k.name, k.spill_stores,
                                                                                    k.stack_bytes)
     # ops/moe_glue.py sizes plan_scatter's one wave as PLAN_SCATTER_CTAS_PER_SM CTAs of 512 threads per SM (64K
-    # registers per SM on sm_90a and sm_12x).
+    # registers per SM on sm_90a and sm_12x): every variant must hold at least that many (a variant with fewer
+    # registers holding more makes the line conservative for it, never wrong).
     for k in kernels:
         if "plan_scatter_kernel" in k.name:
-            assert 65536 // (max(k.registers, 1) * 512) == PLAN_SCATTER_CTAS_PER_SM, (k.name, k.registers)
+            assert 65536 // (max(k.registers, 1) * 512) >= PLAN_SCATTER_CTAS_PER_SM, (k.name, k.registers)
     # The routing's top-k selection is one rolled loop over the k slots: unrolled over all 16 it made plan_kernel
     # ~10K and plan_scatter ~12.7K SASS instructions (160-200 KB of code, past the instruction cache), and the
     # plan ran at instruction-fetch speed. Bound the code of both.
