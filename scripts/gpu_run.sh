@@ -200,14 +200,14 @@ fi
 pack
 
 if [[ " $stages " == *" bits "* ]]; then
-  mkdir -p /tmp/bits
   echo "== [$(elapsed) s] bits: this checkout"
   python3 scripts/moe_bits.py --build-only --jobs 16 > "$RESULTS/bits_build.log" 2>&1
-  python3 scripts/moe_bits.py --out /tmp/bits/new.pt 2>&1 | tee "$RESULTS/bits_new.log" | tail -2
+  python3 scripts/moe_bits.py --out "$RESULTS/bits_new.json" 2>&1 | tee "$RESULTS/bits_new.log" | tail -4
   wait_oldbuild
   echo "== [$(elapsed) s] bits: the previous checkout"
-  old_python python3 "$PWD/scripts/moe_bits.py" --out /tmp/bits/old.pt 2>&1 | tee "$RESULTS/bits_old.log" | tail -2
-  python3 scripts/moe_bits.py --compare /tmp/bits/old.pt /tmp/bits/new.pt 2>&1 | tee "$RESULTS/bits_compare.log" | tail -8
+  old_python python3 "$PWD/scripts/moe_bits.py" --out "$RESULTS/bits_old.json" 2>&1 | tee "$RESULTS/bits_old.log" | tail -4
+  python3 scripts/moe_bits.py --compare "$RESULTS/bits_old.json" "$RESULTS/bits_new.json" 2>&1 \
+    | tee "$RESULTS/bits_compare.log" | tail -12
 fi
 pack
 

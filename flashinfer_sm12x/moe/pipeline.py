@@ -407,15 +407,15 @@ def _run_kernels(tokens: Tokens, routing: Routing, experts: Experts, out: torch.
                          (routing.ids, routing.weights), tokens.data, hp, input_sf=tokens.scales,
                          swizzled_input_sf=tokens.swizzled_scales, id_base=routing.id_base, id_limit=routing.id_limit,
                          zero_foreign=routing.foreign(num_e))
-        _gemms_and_finalize(ws, plan, views, module, experts, out)
+        _gemms_and_finalize(ws, plan, views, module, experts, out, device.target)
     return out
 
 
 def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: Any, e: Experts,
-                        out: torch.Tensor) -> None:
+                        out: torch.Tensor, target: Target) -> None:
     """GEMM1 -> activation -> GEMM2 -> finalize, after `plan_and_scatter` ran on `views`; GEMM1 runs the activation
     in its epilogue when `views` has no intermediate."""
-    tactic, k, num_e = plan.tactic, plan.top_k, plan.num_experts
+    tactic, k, num_e, fmt = plan.tactic, plan.top_k, plan.num_experts, e.gemm_format
     alpha, alpha_e = _scalar_or_tensor(e.alpha, 1.0)
     beta, beta_e = _scalar_or_tensor(e.beta, 0.0)
     limit, limit_e = _scalar_or_tensor(e.limit, 0.0)
@@ -428,22 +428,23 @@ def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: 
         gemm1 = ws.launcher(("swiglu_quantize", id(views.x), id(e.w13), id(e.w13_sf), id(views.a), tactic), e.w13,
                             e.w13_sf, lambda: grouped_mm_fp4_swiglu_quantize_launcher(
                                 views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile, tactic,
-                                views.a_gemm, views.a_sf, routed=routed))
+                                views.a_gemm, views.a_sf, routed=routed, fmt=fmt, target=target))
         gemm1(b1, e.swiglu_oai, e.g1, alpha_e, beta_e, limit_e, alpha, beta, limit, e.limit is not None)
         gemm2 = ws.launcher(("store_routed", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), tactic), e.w2, e.w2_sf,
                             lambda: grouped_mm_fp4_launcher(views.a_gemm, views.a_sf, e.w2, e.w2_sf,
-                                                            views.expert_of_tile, tactic, views.y, routed=routed))
+                                                            views.expert_of_tile, tactic, views.y, routed=routed,
+                                                            fmt=fmt, target=target))
         gemm2()
     else:  # unfused: GEMM1 writes bf16, the activation kernel re-quantizes, GEMM2 writes every row
         ws.launcher(("store", id(views.x), id(e.w13), id(e.w13_sf), id(views.h), tactic), e.w13, e.w13_sf,
                     lambda: grouped_mm_fp4_launcher(views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile,
-                                                    tactic, views.h))()
+                                                    tactic, views.h, fmt=fmt, target=target))()
         module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
                           layout, e.swiglu_oai, e.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
                           e.limit is not None)
         ws.launcher(("store", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), tactic), e.w2, e.w2_sf,
                     lambda: grouped_mm_fp4_launcher(views.a_gemm, views.a_sf, e.w2, e.w2_sf, views.expert_of_tile,
-                                                    tactic, views.y))()
+                                                    tactic, views.y, fmt=fmt, target=target))()
     module.finalize(views.y, views.workspace, out, k, num_e, tactic.tile_m, e.g2, e.w2_bias)
 
 

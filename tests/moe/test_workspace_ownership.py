@@ -127,3 +127,39 @@ def test_device_facts_are_one_object_per_device(monkeypatch: pytest.MonkeyPatch)
     assert len({id(f) for f in got}) == 1 and got[0].sm_count == 170 and got[0].target.name == "sm_120a"
     # "cuda" without an index is the current device, resolved before the cache: never a separate entry
     assert arch.device_facts(torch.device("cuda")) is got[0]
+
+
+@pytest.mark.parametrize("act", ["mxfp4", "mxfp8"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_kernel_pipeline_names_the_gemm_format(monkeypatch: pytest.MonkeyPatch, act: str, fused: bool) -> None:
+    """The kernel pipeline hands every grouped GEMM launcher its format (uint8 activations do not say it) and the
+    device's target: run on CPU buffers with launchers and glue that only record their calls."""
+    from flashinfer_sm12x.jit.arch import parse_target
+    from flashinfer_sm12x.kernels.grouped_mm_fp4 import gemm_format
+    from flashinfer_sm12x.ops.grouped_mm_fp4 import gemm_format_of
+
+    calls: list[str] = []
+
+    def launcher(a: torch.Tensor, *args: Any, fmt: str | None = None, target: Any = None, **kw: Any) -> Any:
+        assert gemm_format_of(a, fmt) == gemm_format(act) and target is not None
+        calls.append(fmt)
+        return lambda *a, **k: None
+
+    monkeypatch.setattr(pipeline, "grouped_mm_fp4_launcher", launcher)
+    monkeypatch.setattr(pipeline, "grouped_mm_fp4_swiglu_quantize_launcher", launcher)
+
+    class Glue:
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: calls.append(name)
+
+    hp = ip = 128
+    num_e, k = 4, 2
+    plan = pipeline.row_plan(3, k, num_e, gemm_format(act), None, parse_target("sm_120a"))
+    ws = pipeline.Workspace(torch.device("cpu"))
+    views = ws.views_for(plan, hp, ip, act, fused)
+    w = torch.zeros(num_e, 2 * ip, hp // 2, dtype=torch.uint8)
+    experts = pipeline.Experts(act, w, torch.zeros(1, dtype=torch.uint8), None, torch.zeros(num_e, hp, ip // 2,
+                               dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8), None, "interleaved", True,
+                               1.702, 1.0, 7.0)
+    pipeline._gemms_and_finalize(ws, plan, views, Glue(), experts, torch.zeros(3, hp), parse_target("sm_120a"))
+    assert calls.count(gemm_format(act)) == 2 and calls[-1] == "finalize"
