@@ -16,7 +16,7 @@ from flashinfer_sm12x.integrations import vllm_plugin as vp
 from flashinfer_sm12x.moe.reference import gpt_oss_moe_reference
 from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
 
-fm = importlib.import_module("flashinfer_sm12x.moe.fused_moe")
+fm = importlib.import_module("flashinfer_sm12x.moe.pipeline")  # where the MoE calls its grouped GEMM
 
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed in this environment (see README: vLLM tests)")
