@@ -22,13 +22,17 @@
 #   stress     tests/stress/stress_concurrency.py (8 threads on 8 streams, on one stream, graph capture beside eager
 #              threads); then the two crashes it guards against, reproduced on purpose: mm_fp4 with the bindings
 #              releasing the GIL, and the previous checkout's fused_moe from 8 streams
+#   baseline   the checkout in BASELINE_TAR (default .carry/head.tar: `git archive HEAD` before a change) run beside
+#              this one, sharing the module cache: moe_bits (compared by `bits` with this checkout's) and the glue
+#              benchmark at GLUE_TOKENS, so a kernel change is timed against what it replaces on the same machine
 #   profile    benchmarks/bench_moe_glue.py (kernel durations from the profiler and per call in graphs) and Nsight
 #              Compute's view of the glue kernels at T = 1 and 64 (stall reasons: what the plan spends its time on)
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
 # and tools/util/include). Optional: .carry/modules*.tar.gz, sm_90a modules built on the CPU machine with
 #   flashinfer-sm12x cache export --arch sm_90a --ops grouped_mm_fp4 -o .carry/modules_sm_90a.tar.gz
 # (same tvm_ffi version and CUDA major as here; keep the carry within its 64 MiB): imported into the cache first,
-# so this machine compiles only what they lack (an archive that does not verify here is refused and logged). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
+# so this machine compiles only what they lack (an archive that does not verify here is refused and logged).
+# MODULE_ARCHIVES / BASELINE_ARCHIVES: the archives for this checkout's cache and for the baseline's (stage baseline). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
 # (the device tool returns few files). Usage: bash scripts/gpu_run.sh [stage ...]
 # EMULATION_K: a pytest -k expression, EMULATION_PATHS: test paths (default tests), to run part of the GPU tests
 # within a call's budget.
@@ -53,7 +57,7 @@ export FLASHINFER_SM12X_CACHE_DIR=$PWD/.jit-cache
 export FLASHINFER_SM12X_EMULATE=1 FLASHINFER_SM12X_QUIET=1 MAX_JOBS=2
 mkdir -p "$FLASHINFER_SM12X_CACHE_DIR" && chmod 700 "$FLASHINFER_SM12X_CACHE_DIR"
 shopt -s nullglob
-for carried in .carry/modules*.tar .carry/modules*.tar.gz; do
+for carried in ${MODULE_ARCHIVES:-.carry/modules*.tar .carry/modules*.tar.gz}; do
   echo "== [$(elapsed) s] cache import $carried"
   python3 -m flashinfer_sm12x cache import "$carried" --arch sm_90a 2>&1 | tail -1 | tee -a "$RESULTS/import.log"
 done
@@ -199,10 +203,38 @@ if [[ " $stages " == *" bench "* ]]; then
 fi
 pack
 
+BASE=/tmp/baseline BASE_CACHE=/tmp/baseline-jit-cache
+base_python() {  # the baseline checkout's package (BASELINE_TAR) and module cache, this checkout's scripts
+  FLASHINFER_SM12X_CACHE_DIR=$BASE_CACHE PYTHONPATH=/tmp/site:$BASE "$@"
+}
+if [[ " $stages " == *" baseline "* ]]; then
+  tarball=${BASELINE_TAR:-.carry/head.tar}
+  rm -rf "$BASE" && mkdir -p "$BASE" "$BASE_CACHE" && chmod 700 "$BASE_CACHE" && tar -C "$BASE" -xf "$tarball" || exit 1
+  for carried in ${BASELINE_ARCHIVES:-}; do  # modules built for the baseline's headers (its own cache: a module's
+    # manifest names its headers' contents, so one cache cannot hold both checkouts' builds of a changed header)
+    echo "== [$(elapsed) s] baseline cache import $carried"
+    base_python python3 -m flashinfer_sm12x cache import "$carried" --arch sm_90a 2>&1 | tail -1 \
+      | tee -a "$RESULTS/import_baseline.log"
+  done
+  echo "== [$(elapsed) s] baseline ($tarball): moe_bits, then the glue benchmark"
+  base_python python3 scripts/moe_bits.py --build-only --jobs 16 > "$RESULTS/bits_baseline_build.log" 2>&1
+  base_python python3 scripts/moe_bits.py --out "$RESULTS/bits_baseline.json" 2>&1 \
+    | tee "$RESULTS/bits_baseline.log" | tail -2
+  base_python python3 benchmarks/bench_moe_glue.py --tokens "${GLUE_TOKENS:-1,8,32,64,128,1024,8192}" \
+    --csv "$RESULTS/bench_moe_glue_baseline.csv" --png "$RESULTS/bench_moe_glue_baseline.png" 2>&1 \
+    | tee "$RESULTS/bench_moe_glue_baseline.log" | tail -12
+fi
+pack
+
 if [[ " $stages " == *" bits "* ]]; then
   echo "== [$(elapsed) s] bits: this checkout"
   python3 scripts/moe_bits.py --build-only --jobs 16 > "$RESULTS/bits_build.log" 2>&1
   python3 scripts/moe_bits.py --out "$RESULTS/bits_new.json" 2>&1 | tee "$RESULTS/bits_new.log" | tail -4
+  if [[ -f $RESULTS/bits_baseline.json ]]; then
+    echo "== [$(elapsed) s] bits: the baseline against this checkout"
+    python3 scripts/moe_bits.py --compare "$RESULTS/bits_baseline.json" "$RESULTS/bits_new.json" 2>&1 \
+      | tee "$RESULTS/bits_compare_baseline.log" | tail -12
+  fi
   wait_oldbuild
   echo "== [$(elapsed) s] bits: the previous checkout"
   old_python python3 "$PWD/scripts/moe_bits.py" --out "$RESULTS/bits_old.json" 2>&1 | tee "$RESULTS/bits_old.log" | tail -4

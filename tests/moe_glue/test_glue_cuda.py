@@ -197,9 +197,11 @@ def test_activation_matches_torch_within_a_rounding_flip(act: str, layout: int, 
 @pytest.mark.parametrize("h", [2880, 2877])  # the 16-byte vector path and the scalar one
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(("with_g2", "bias_dtype"), [(False, None), (True, torch.bfloat16), (True, torch.float32)])
+@pytest.mark.parametrize(("num_t", "k"), [(333, 4), (1, 4), (5, 6), (3, 1)])  # k past one batch of loaded slots
 def test_finalize_is_bit_exact_with_the_slot_ordered_sum(out_dtype: torch.dtype, with_g2: bool,
-                                                         bias_dtype: torch.dtype | None, h: int) -> None:
-    num_t, num_e, k, hp = 333, 16, 4, 2944
+                                                         bias_dtype: torch.dtype | None, h: int, num_t: int,
+                                                         k: int) -> None:
+    num_e, hp = 16, 2944
     plan, views = _setup(num_t, num_e, k, "mxfp4", hp, 128)
     module = glue_module(torch.device("cuda"), "mxfp4")
     module.plan_logits(_logits(num_t, num_e, torch.float32, 2), views.workspace, k, plan.tactic.tile_m, plan.tiles)

@@ -167,6 +167,36 @@ def test_all_tied_logits_pick_the_lowest_ids() -> None:
     _check_against_oracle(plan, views, want.contiguous(), hidden, hp, "mxfp4")
 
 
+SPECIAL_LOGITS = (float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-45, -1e-45, 1e-40, 3.4e38, -3.4e38, 1.0,
+                  -1.0, 0.5)
+
+
+@pytest.mark.parametrize("num_e", [32, 128, 512])
+@pytest.mark.parametrize("num_t", [1, 7, 64, 200])
+def test_special_logits_rank_like_a_stable_descending_sort(num_t: int, num_e: int) -> None:
+    """NaN first, then +inf ... -inf, +0 and -0 equal, denormals in order, ties to the lower id: the warp argmax's
+    order key against torch.sort(descending=True, stable=True); both plan kernels (plan_scatter at T <= 128, plan +
+    scatter beyond)."""
+    hp = 256
+    plan, views = _setup(num_t, num_e, "mxfp4", hp)
+    module = glue_module(torch.device("cuda"), "mxfp4")
+    g = torch.Generator().manual_seed(num_t * 1000 + num_e)
+    pool = torch.tensor(SPECIAL_LOGITS)
+    logits = pool[torch.randint(0, len(pool), (num_t, num_e), generator=g)]
+    logits[0] = pool[torch.randint(3, 5, (num_e,), generator=g)]  # a token of zeros of both signs only
+    logits = logits.cuda()
+    hidden = _hidden(num_t, hp, torch.bfloat16)
+    ids, weights = route(logits, K)
+    if num_t <= 128:
+        _both_ways(module, plan, views, logits, hidden, hp)
+    else:
+        _run(module, plan, views, logits, hidden, hp, False)
+    assert torch.equal(workspace_part(views, plan, "ids").view(num_t, K), ids)
+    assert torch.equal(ids[0].cpu(), torch.arange(K, dtype=torch.int32))
+    torch.testing.assert_close(workspace_part(views, plan, "weights").view(num_t, K), weights, rtol=2.5e-7, atol=0,
+                               equal_nan=True)
+
+
 @pytest.mark.parametrize("swizzled", [True, False])
 @pytest.mark.parametrize("from_logits", [True, False])
 @pytest.mark.parametrize("num_t", [1, 33])

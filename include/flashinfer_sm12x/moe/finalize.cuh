@@ -2,8 +2,9 @@
 // MoE finalize (glue kernel K4): out[t, c] = sum over slots s = 0..k-1, in order, of
 //   w[t, s] * (g2[e] * y[dest[t*k + s], c] + b2[e, c]),   e = ids[t*k + s],   c < H (the unpadded columns).
 // float32 accumulation with correctly rounded multiplies and adds (no FMA contraction): the same arithmetic as the
-// torch path (y.float() * g2, + b2.float(), * w, summed over slots), so the result is bit-identical. One CTA per
-// token; no atomics, so the sum order is fixed (deterministic). y is read at dest directly: no permuted copy.
+// torch path (y.float() * g2, + b2.float(), * w, summed over slots), so the result is bit-identical. A thread owns
+// one column group of one token and sums its k slots in order: no atomics, the sum order is fixed (deterministic).
+// y is read at dest directly: no permuted copy.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,7 +17,9 @@
 
 namespace flashinfer_sm12x::moe {
 
-constexpr int kFinalizeThreads = 256;
+namespace q = flashinfer_sm12x::quantize;
+
+constexpr int kFinalizeThreads = 128;
 
 struct FinalizeParams {
   const __nv_bfloat16* y = nullptr;  // [bound, y_cols] GEMM2 output
@@ -59,56 +62,87 @@ __device__ __forceinline__ void store8(OutT* dst, const float (&v)[8]) {
   }
 }
 
-// kVector: 8 columns per thread with 16-byte loads and stores (every row start and column count a multiple of 8
-// elements, 16-byte aligned bases); the arithmetic per element is the same as the scalar path's.
+// Slots whose loads are issued together, before any of them is summed (GPT-OSS's top-4: all of them): a token's
+// k rows cost one memory round trip, not k.
+constexpr int kFinalizeSlotBatch = 4;
+
+// Columns per thread: 8 with 16-byte loads and stores (kVector: every row start and column count a multiple of 8
+// elements, 16-byte aligned bases), else 1; the arithmetic per element is the same.
+template <bool kVector>
+constexpr int kFinalizeCols = kVector ? 8 : 1;
+
+// The grid: x = token, y = a chunk of kFinalizeThreads * kFinalizeCols columns, so that one token (decode) still
+// spreads over several CTAs and every thread has exactly one column group.
+template <bool kVector>
+inline dim3 finalize_grid(int64_t tokens, int64_t cols) {
+  constexpr int64_t kChunk = int64_t(kFinalizeThreads) * kFinalizeCols<kVector>;
+  return dim3(static_cast<unsigned>(tokens), static_cast<unsigned>((cols + kChunk - 1) / kChunk));
+}
+
 template <class OutT, class BiasT, bool kVector>
 __global__ void __launch_bounds__(kFinalizeThreads) finalize_kernel(const FinalizeParams p) {
-  __shared__ int32_t s_row[kMaxTopK];
-  __shared__ int32_t s_expert[kMaxTopK];
-  __shared__ float s_weight[kMaxTopK];
-  __shared__ float s_g2[kMaxTopK];
+  constexpr int kCols = kFinalizeCols<kVector>;
+  constexpr int kB = kFinalizeSlotBatch;
   const int t = blockIdx.x;
-  if (threadIdx.x < p.top_k) {
-    const int j = t * p.top_k + threadIdx.x;
-    s_row[threadIdx.x] = p.dest[j];
-    s_expert[threadIdx.x] = p.ids[j];
-    s_weight[threadIdx.x] = p.weights[j];
-    s_g2[threadIdx.x] = p.g2 ? p.g2[p.ids[j]] : 1.f;
-  }
-  __syncthreads();
+  const int c = (blockIdx.y * kFinalizeThreads + threadIdx.x) * kCols;
+  if (c >= p.cols) return;
+  const int64_t j0 = static_cast<int64_t>(t) * p.top_k;
   const BiasT* b2 = static_cast<const BiasT*>(p.b2);
-  OutT* out = static_cast<OutT*>(p.out) + static_cast<int64_t>(t) * p.out_cols;
-  if constexpr (kVector) {
-    for (int c = threadIdx.x * 8; c < p.cols; c += kFinalizeThreads * 8) {
-      float acc[8] = {};
-      for (int s = 0; s < p.top_k; ++s) {
-        float v[8];
-        flashinfer_sm12x::quantize::load_as_float<__nv_bfloat16, 8>(p.y + static_cast<int64_t>(s_row[s]) * p.y_cols + c,
-                                                                    v);
-        float bias[8] = {};
-        if (b2) flashinfer_sm12x::quantize::load_as_float<BiasT, 8>(b2 + static_cast<int64_t>(s_expert[s]) * p.b2_cols + c,
-                                                                    bias);
+  float acc[kCols] = {};
+  for (int s0 = 0; s0 < p.top_k; s0 += kB) {
+    // The batch's pair records, then every load of the batch, then the sums in slot order.
+    int64_t row[kB];
+    int expert[kB];
+    float weight[kB];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          float x = v[i];
-          if (p.g2) x = __fmul_rn(x, s_g2[s]);
-          if (b2) x = __fadd_rn(x, bias[i]);
-          acc[i] = __fadd_rn(acc[i], __fmul_rn(s_weight[s], x));
-        }
+    for (int b = 0; b < kB; ++b) {
+      const bool active = s0 + b < p.top_k;
+      row[b] = active ? __ldg(p.dest + j0 + s0 + b) : 0;
+      expert[b] = active ? __ldg(p.ids + j0 + s0 + b) : 0;
+      weight[b] = active ? __ldg(p.weights + j0 + s0 + b) : 0.f;
+    }
+    float g2[kB];
+    q::RawVec<__nv_bfloat16, 8> y_raw[kVector ? kB : 1];
+    q::RawVec<BiasT, 8> b_raw[kVector ? kB : 1];
+    float y_scalar[kB], b_scalar[kB];
+#pragma unroll
+    for (int b = 0; b < kB; ++b) {
+      g2[b] = p.g2 ? __ldg(p.g2 + expert[b]) : 1.f;
+      const __nv_bfloat16* y_at = p.y + row[b] * p.y_cols + c;
+      const BiasT* b_at = b2 ? b2 + static_cast<int64_t>(expert[b]) * p.b2_cols + c : nullptr;
+      if constexpr (kVector) {
+        q::load_raw(y_at, y_raw[b]);
+        if (b2) q::load_raw(b_at, b_raw[b]);
+      } else {
+        y_scalar[b] = __bfloat162float(*y_at);
+        b_scalar[b] = b2 ? to_float(*b_at) : 0.f;
       }
-      store8<OutT>(out + c, acc);
     }
-    return;
+#pragma unroll
+    for (int b = 0; b < kB; ++b) {
+      if (s0 + b >= p.top_k) break;
+      float v[kCols], bias[kCols] = {};
+      if constexpr (kVector) {
+        q::widen_raw(y_raw[b], v);
+        if (b2) q::widen_raw(b_raw[b], bias);
+      } else {
+        v[0] = y_scalar[b];
+        bias[0] = b_scalar[b];
+      }
+#pragma unroll
+      for (int i = 0; i < kCols; ++i) {
+        float x = v[i];
+        if (p.g2) x = __fmul_rn(x, g2[b]);
+        if (b2) x = __fadd_rn(x, bias[i]);
+        acc[i] = __fadd_rn(acc[i], __fmul_rn(weight[b], x));
+      }
+    }
   }
-  for (int c = threadIdx.x; c < p.cols; c += kFinalizeThreads) {
-    float acc = 0.f;
-    for (int s = 0; s < p.top_k; ++s) {
-      float v = __bfloat162float(p.y[static_cast<int64_t>(s_row[s]) * p.y_cols + c]);
-      if (p.g2) v = __fmul_rn(v, s_g2[s]);
-      if (b2) v = __fadd_rn(v, to_float(b2[static_cast<int64_t>(s_expert[s]) * p.b2_cols + c]));
-      acc = __fadd_rn(acc, __fmul_rn(s_weight[s], v));
-    }
-    out[c] = from_float<OutT>(acc);
+  OutT* out = static_cast<OutT*>(p.out) + static_cast<int64_t>(t) * p.out_cols + c;
+  if constexpr (kVector) {
+    store8<OutT>(out, acc);
+  } else {
+    *out = from_float<OutT>(acc[0]);
   }
 }
 

@@ -118,29 +118,6 @@ struct ScatterParams {
 // loads in flight per thread (a store in between would order the next load after it: the pointers may alias).
 constexpr int kLoadBatch = 4;
 
-// 16-byte loads of N consecutive elements (src 16-byte aligned), kept raw; widen_raw turns them into floats exactly
-// as quantize/block_scale.cuh's load_as_float does.
-template <class T, int N>
-struct RawVec {
-  static constexpr int kVectors = N * static_cast<int>(sizeof(T)) / 16;
-  uint4 v[kVectors];
-};
-template <class T, int N>
-__device__ __forceinline__ void load_raw(const T* src, RawVec<T, N>& raw) {
-#pragma unroll
-  for (int i = 0; i < RawVec<T, N>::kVectors; ++i) raw.v[i] = __ldg(reinterpret_cast<const uint4*>(src) + i);
-}
-template <class T, int N>
-__device__ __forceinline__ void widen_raw(const RawVec<T, N>& raw, float* out) {
-  constexpr int kPer = 16 / static_cast<int>(sizeof(T));
-#pragma unroll
-  for (int i = 0; i < RawVec<T, N>::kVectors; ++i) {
-    const T* elems = reinterpret_cast<const T*>(&raw.v[i]);
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) out[i * kPer + j] = q::widen(elems[j]);
-  }
-}
-
 // Token t's hidden row -> its padded row (gathered and quantized, or copied), with the row's 128x4 padding columns
 // zeroed; returns the row. `row_of()` gives the row: it is called once, after the first loads of the hidden row are
 // issued, so the loads overlap the caller's index lookups. Shared by scatter_kernel and plan_scatter_kernel
@@ -150,25 +127,25 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
   int64_t row = 0;
   if constexpr (kCopy) {
     const uint8_t* src = static_cast<const uint8_t*>(p.hidden) + static_cast<int64_t>(t) * p.cols;
-    if (p.vector_loads) {
-      const int vecs = p.cols / 16;
-      for (int base = 0; base < vecs; base += kThreads * kLoadBatch) {
-        uint4 raw[kLoadBatch];
+    // One call site of row_of() (it may be a whole plan, inlined): the first batch is loaded before it, the rest
+    // after. A caller's tensor that is not 16-byte aligned is copied bytewise.
+    const int vecs = p.vector_loads ? p.cols / 16 : 0;
+    uint4 raw[kLoadBatch];
+    for (int base = 0; base == 0 || base < vecs; base += kThreads * kLoadBatch) {
 #pragma unroll
-        for (int b = 0; b < kLoadBatch; ++b) {
-          const int i = base + b * kThreads + threadIdx.x;
-          raw[b] = i < vecs ? __ldg(reinterpret_cast<const uint4*>(src) + i) : make_uint4(0, 0, 0, 0);
-        }
-        if (base == 0) row = row_of();
-        uint4* dst = reinterpret_cast<uint4*>(p.out + row * p.cols);
-#pragma unroll
-        for (int b = 0; b < kLoadBatch; ++b) {
-          const int i = base + b * kThreads + threadIdx.x;
-          if (i < vecs) dst[i] = raw[b];
-        }
+      for (int b = 0; b < kLoadBatch; ++b) {
+        const int i = base + b * kThreads + threadIdx.x;
+        raw[b] = i < vecs ? __ldg(reinterpret_cast<const uint4*>(src) + i) : make_uint4(0, 0, 0, 0);
       }
-    } else {  // a caller's tensor that is not 16-byte aligned
-      row = row_of();
+      if (base == 0) row = row_of();
+      uint4* dst = reinterpret_cast<uint4*>(p.out + row * p.cols);
+#pragma unroll
+      for (int b = 0; b < kLoadBatch; ++b) {
+        const int i = base + b * kThreads + threadIdx.x;
+        if (i < vecs) dst[i] = raw[b];
+      }
+    }
+    if (!p.vector_loads) {
       uint8_t* dst = p.out + row * p.cols;
       for (int64_t i = threadIdx.x; i < p.cols; i += kThreads) dst[i] = src[i];
     }
@@ -181,17 +158,16 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
     const InT* src = static_cast<const InT*>(p.hidden) + static_cast<int64_t>(t) * p.hidden_cols;
     const int groups = p.cols / kElems;
     for (int base = 0; base < groups; base += kThreads * kLoadBatch) {  // uniform trip counts: warps stay converged
-      float v[kLoadBatch][kElems];
+      // The batch's 16-byte loads, kept raw until after row_of(): the caller's lookups run while they are in flight.
+      q::RawVec<InT, kElems> raw[kLoadBatch];
+      unsigned vector = 0;  // bit b: group b was loaded as vectors (a bit mask, not a bool array: no local memory)
 #pragma unroll
       for (int b = 0; b < kLoadBatch; ++b) {
         const int g = base + b * kThreads + threadIdx.x;
         const int col = g * kElems;
-        const bool active = g < groups;
-        if (active && p.vector_loads && col + kElems <= p.hidden_cols) {
-          q::load_as_float<InT, kElems>(src + col, v[b]);
-        } else {
-#pragma unroll
-          for (int i = 0; i < kElems; ++i) v[b][i] = active && col + i < p.hidden_cols ? to_float(src[col + i]) : 0.f;
+        if (g < groups && p.vector_loads && col + kElems <= p.hidden_cols) {
+          q::load_raw(src + col, raw[b]);
+          vector |= 1u << b;
         }
       }
       if (base == 0) row = row_of();
@@ -199,7 +175,16 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
       for (int b = 0; b < kLoadBatch; ++b) {
         if (base + b * kThreads >= groups) break;  // block-uniform: no thread of the block has a group here
         const int g = base + b * kThreads + threadIdx.x;
-        quantize_store<F>(v[b], g < groups, row, g * kElems, p.cols, p.out, p.out_sf);
+        const int col = g * kElems;
+        const bool active = g < groups;
+        float v[kElems];
+        if (vector >> b & 1u) {
+          q::widen_raw(raw[b], v);
+        } else {  // the row's tail past H, or a caller's tensor that is not 16-byte aligned
+#pragma unroll
+          for (int i = 0; i < kElems; ++i) v[i] = active && col + i < p.hidden_cols ? to_float(src[col + i]) : 0.f;
+        }
+        quantize_store<F>(v, active, row, col, p.cols, p.out, p.out_sf);
       }
     }
   }
@@ -274,19 +259,19 @@ __device__ __forceinline__ void activation_row(const ActivationParams& p) {
   for (int base = 0; base < groups; base += kRowThreads * kActBatch) {  // uniform trip counts
     // Every load of the batch first: a group's 16 h values (and bias) are two 8-element halves, at 2*col and
     // 2*col + 8 when gate/up interleave, else at gate_off + col and up_off + col. Idle threads read column 0.
-    RawVec<__nv_bfloat16, kElems> h_raw[kActBatch][2];
-    RawVec<BiasT, kElems> b_raw[kActBatch][2];
+    q::RawVec<__nv_bfloat16, kElems> h_raw[kActBatch][2];
+    q::RawVec<BiasT, kElems> b_raw[kActBatch][2];
 #pragma unroll
     for (int b = 0; b < kActBatch; ++b) {
       const int g = base + b * kRowThreads + threadIdx.x;
       const int64_t col = g < groups ? int64_t(g) * kElems : 0;
       const int64_t half0 = interleaved ? 2 * col : gate_off + col;
       const int64_t half1 = interleaved ? 2 * col + kElems : up_off + col;
-      load_raw(hrow + half0, h_raw[b][0]);
-      load_raw(hrow + half1, h_raw[b][1]);
+      q::load_raw(hrow + half0, h_raw[b][0]);
+      q::load_raw(hrow + half1, h_raw[b][1]);
       if (brow) {
-        load_raw(brow + half0, b_raw[b][0]);
-        load_raw(brow + half1, b_raw[b][1]);
+        q::load_raw(brow + half0, b_raw[b][0]);
+        q::load_raw(brow + half1, b_raw[b][1]);
       }
     }
 #pragma unroll
@@ -296,11 +281,11 @@ __device__ __forceinline__ void activation_row(const ActivationParams& p) {
       const bool active = g < groups;
       const int col = active ? g * kElems : 0;
       float hv[2 * kElems], bv[2 * kElems] = {};
-      widen_raw(h_raw[b][0], hv);
-      widen_raw(h_raw[b][1], hv + kElems);
+      q::widen_raw(h_raw[b][0], hv);
+      q::widen_raw(h_raw[b][1], hv + kElems);
       if (brow) {
-        widen_raw(b_raw[b][0], bv);
-        widen_raw(b_raw[b][1], bv + kElems);
+        q::widen_raw(b_raw[b][0], bv);
+        q::widen_raw(b_raw[b][1], bv + kElems);
       }
       float a[kElems];
 #pragma unroll

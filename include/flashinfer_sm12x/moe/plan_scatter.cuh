@@ -9,7 +9,8 @@
 // Then CTA j writes ids[j], weights[j], rank[j], dest[j]; CTA 0 writes counts, padded_start, expert_of_tile and
 // chunk_base (one chunk: all zero), so the workspace is exactly what plan_kernel + scatter_kernel leave (T <=
 // kTokensPerChunk: one plan chunk; the done counter is not used). Each CTA gathers + quantizes (or copies) its row
-// with glue.cuh's scatter_row, and the grid's warps share the zeroing of non-routed rows' scales (glue.cuh explains
+// with glue.cuh's scatter_row -- whose first loads are issued before the plan, so the hidden row's memory latency
+// hides under steps 1-3 -- and the grid's warps share the zeroing of non-routed rows' scales (glue.cuh explains
 // why padding rows' data is not rewritten).
 //
 // Cost: the redundant plan is O(T*E) reads (logits) or O(T*k) (ids) per CTA, all from L2 after the first CTA, and
@@ -95,68 +96,83 @@ struct SharedRoutedRows {
   }
 };
 
-// One 512-thread CTA per SM: the top-k keeps 16 logits per lane in registers (84 registers per thread on sm_120a).
-template <ActFormat F, bool kCopy, class InT>
-__global__ void __launch_bounds__(kFusedThreads, 1) plan_scatter_kernel(const PlanScatterParams p) {
-  __shared__ int32_t s_ids[kFusedMaxPairs];
-  __shared__ float s_weights[kFusedMaxPairs];
-  __shared__ int32_t s_count[kMaxExperts];
-  __shared__ int32_t s_start[kMaxExperts];
-  __shared__ int32_t s_end[kMaxExperts];
-  __shared__ int32_t scan_tmp[32];
-  __shared__ int32_t scan_total;
+// The plan every CTA computes in shared memory.
+struct SharedPlan {
+  int32_t ids[kFusedMaxPairs];
+  float weights[kFusedMaxPairs];
+  int32_t count[kMaxExperts];
+  int32_t start[kMaxExperts];
+  int32_t end[kMaxExperts];
+  int32_t scan_tmp[32];
+  int32_t scan_total;
+};
+
+// Steps 1-3 of the header for pair j (all threads call): the shared plan, and pair j's padded row. Thread 0 writes
+// pair j's ids / weights / rank / dest.
+__device__ __forceinline__ int64_t plan_pair_row(const PlanScatterParams& p, SharedPlan& s, int j) {
   const PlanParams& pp = p.plan;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int num_e = pp.num_experts, k = pp.top_k, pairs = pp.num_tokens * k;
 
   // 1. Route (or copy) every token; only CTA 0 reports out-of-range ids.
-  for (int e = tid; e < num_e; e += kFusedThreads) s_count[e] = 0;
+  for (int e = tid; e < num_e; e += kFusedThreads) s.count[e] = 0;
   int32_t* error_flag = blockIdx.x == 0 ? pp.error_flag : nullptr;
-  for (int t = warp; t < pp.num_tokens; t += kFusedWarps) route_any(p, t, lane, s_ids + t * k, s_weights + t * k,
+  for (int t = warp; t < pp.num_tokens; t += kFusedWarps) route_any(p, t, lane, s.ids + t * k, s.weights + t * k,
                                                                     error_flag);
   __syncthreads();
 
   // 2. Counts, then padded starts (exclusive scan of the tile-padded counts).
-  for (int j = tid; j < pairs; j += kFusedThreads) atomicAdd(&s_count[s_ids[j]], 1);
+  for (int x = tid; x < pairs; x += kFusedThreads) atomicAdd(&s.count[s.ids[x]], 1);
   __syncthreads();
   int padded = 0;
-  if (tid < num_e) padded = (s_count[tid] + pp.tile_m - 1) / pp.tile_m * pp.tile_m;
-  const int start = block_exclusive_scan(padded, scan_tmp, &scan_total);
+  if (tid < num_e) padded = (s.count[tid] + pp.tile_m - 1) / pp.tile_m * pp.tile_m;
+  const int start = block_exclusive_scan(padded, s.scan_tmp, &s.scan_total);
   if (tid < num_e) {
-    s_start[tid] = start;
-    s_end[tid] = start + padded;
+    s.start[tid] = start;
+    s.end[tid] = start + padded;
   }
   __syncthreads();
 
-  // 3. This CTA's pair: its stable rank among the earlier pairs of its expert (block-uniform trip count).
-  const int j = blockIdx.x;
-  const int t = j / k;
-  const int e = s_ids[j];
+  // 3. Pair j's stable rank among the earlier pairs of its expert (block-uniform trip count).
+  const int e = s.ids[j];
   int rank = 0;
   for (int base = 0; base < j; base += kFusedThreads) {
     const int other = base + tid;
-    rank += __syncthreads_count(other < j && s_ids[other] == e);
+    rank += __syncthreads_count(other < j && s.ids[other] == e);
   }
-  const int64_t row = s_start[e] + rank;
+  const int64_t row = s.start[e] + rank;
   if (tid == 0) {
     pp.ids[j] = e;
-    pp.weights[j] = s_weights[j];
+    pp.weights[j] = s.weights[j];
     pp.rank[j] = rank;
     p.scatter.dest[j] = static_cast<int32_t>(row);
   }
+  return row;
+}
+
+// One 512-thread CTA per SM: the top-k keeps 16 logits per lane in registers. The CTA's hidden-row loads are
+// issued first and the plan is computed while they are in flight (scatter_row calls plan_pair_row between them).
+template <ActFormat F, bool kCopy, class InT>
+__global__ void __launch_bounds__(kFusedThreads, 1) plan_scatter_kernel(const PlanScatterParams p) {
+  __shared__ SharedPlan s;
+  const PlanParams& pp = p.plan;
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int num_e = pp.num_experts;
+  const int j = blockIdx.x;
+
+  scatter_row<F, kCopy, InT, kFusedThreads>(p.scatter, j / pp.top_k, [&] { return plan_pair_row(p, s, j); });
   if (blockIdx.x == 0) {
     for (int x = tid; x < num_e; x += kFusedThreads) {
-      pp.counts[x] = s_count[x];
-      pp.padded_start[x] = s_start[x];
+      pp.counts[x] = s.count[x];
+      pp.padded_start[x] = s.start[x];
       pp.chunk_base[x] = 0;
     }
     for (int i = tid; i < pp.num_tiles; i += kFusedThreads)
-      pp.expert_of_tile[i] = expert_at(s_end, num_e, int64_t(i) * pp.tile_m);
+      pp.expert_of_tile[i] = expert_at(s.end, num_e, int64_t(i) * pp.tile_m);
   }
 
-  // 4. The row, then this CTA's share of the non-routed rows' scales.
-  scatter_row<F, kCopy, InT, kFusedThreads>(p.scatter, t, [row] { return row; });
-  const SharedRoutedRows routed{s_end, s_start, s_count, num_e, p.scatter.bound};
+  // This CTA's share of the non-routed rows' scales.
+  const SharedRoutedRows routed{s.end, s.start, s.count, num_e, p.scatter.bound};
   zero_padding_scales(p.scatter.sf_rows, p.scatter.cols, p.scatter.out_sf,
                       int64_t(blockIdx.x) * kFusedWarps + warp, int64_t(gridDim.x) * kFusedWarps, routed);
 }

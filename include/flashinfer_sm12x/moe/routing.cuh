@@ -71,14 +71,6 @@ __device__ __forceinline__ float to_float<__half>(__half v) {
   return __half2float(v);
 }
 
-// The order of torch.sort(descending=True, stable=True): NaN first, then larger values; equal values by lower id.
-__device__ __forceinline__ bool ranks_before(float va, int ia, float vb, int ib) {
-  const bool na = isnan(va), nb = isnan(vb);
-  if (na != nb) return na;
-  if (!na && va != vb) return va > vb;
-  return ia < ib;
-}
-
 // Token t's logits as float: lane holds experts lane + 32 * i.
 template <class LogitT>
 __device__ __forceinline__ void load_logits(const PlanParams& p, int t, int lane, float (&v)[kMaxExpertsPerLane]) {
@@ -90,43 +82,65 @@ __device__ __forceinline__ void load_logits(const PlanParams& p, int t, int lane
   }
 }
 
+// torch.sort(descending=True, stable=True)'s order as an unsigned key, so that the larger key ranks first and
+// equal keys fall back to the lower expert id: NaN above everything (every NaN equal), +0 and -0 equal, then the
+// float's order (sign-magnitude bits flipped into two's-complement order). Every real value's key is >= 0x007FFFFF
+// (-inf), so 0 is free to mean "no candidate" (an expert past E, or none left).
+__device__ __forceinline__ uint32_t order_key(float v) {
+  if (isnan(v)) return 0xFFFFFFFFu;
+  if (v == 0.f) return 0x80000000u;
+  const uint32_t bits = __float_as_uint(v);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// One lane's best candidate: the largest key among its experts lane + 32 * i (i < per_lane, bit i of `taken`
+// clear), the lowest i on ties; key 0 if none is left.
+struct LaneBest {
+  uint32_t key = 0;
+  int slot = 0;  // i
+  float value = 0.f;
+};
+__device__ __forceinline__ LaneBest lane_best(const uint32_t (&key)[kMaxExpertsPerLane],
+                                              const float (&v)[kMaxExpertsPerLane], int per_lane, uint32_t taken) {
+  LaneBest best;
+#pragma unroll
+  for (int i = 0; i < kMaxExpertsPerLane; ++i) {
+    if (i < per_lane && !(taken >> i & 1u) && key[i] > best.key) best = LaneBest{key[i], i, v[i]};
+  }
+  return best;
+}
+
 // One warp routes a token from its logits v (load_logits): top-k of E logits, softmax over the k chosen (GPT-OSS
 // renormalisation). Lane s < k writes slot s's id and weight to ids_out / weights_out (global memory in
 // plan_kernel, shared memory in plan_scatter_kernel).
-// The slot loop runs k times, rolled, with the whole warp in step (k is uniform): one copy of the selection code.
-// Unrolled over the 16 possible slots with a guard, the selection was ~9K SASS instructions (the shuffles under
-// the guard need divergent-collective fallbacks), which the instruction cache cannot hold: the plan then ran at
-// instruction-fetch speed.
+// Each slot is one warp argmax over the lanes' best candidates: the largest key (redux.sync max), then the lowest
+// expert id holding it (redux.sync min) -- the lowest-id expert with the largest key is always its own lane's best,
+// so this is exactly the sort's first remaining element. Only the winner's lane rescans its own experts. The slot
+// loop is rolled (k is warp-uniform): the code stays small, which matters as much as the cycles (an unrolled
+// selection once ran at instruction-fetch speed).
 __device__ __forceinline__ void select_top_k(const PlanParams& p, int lane, const float (&v)[kMaxExpertsPerLane],
                                              int32_t* ids_out, float* weights_out) {
-  uint32_t taken = 0;
+  const int per_lane = (p.num_experts + 31) >> 5;
+  uint32_t key[kMaxExpertsPerLane];
+#pragma unroll
+  for (int i = 0; i < kMaxExpertsPerLane; ++i) key[i] = lane + 32 * i < p.num_experts ? order_key(v[i]) : 0u;
+  uint32_t taken = 0;  // bit i: expert lane + 32 * i is chosen (a mask, not a cleared key[i]: key stays in registers)
+  LaneBest best = lane_best(key, v, per_lane, taken);
   float slot_v = 0.f;  // lane s < k: the s-th chosen logit and its expert
   int slot_i = 0;
 #pragma unroll 1
   for (int s = 0; s < p.top_k; ++s) {
-    float best_v = 0.f;
-    int best_i = INT32_MAX;  // "none": loses against every real candidate
-#pragma unroll
-    for (int i = 0; i < kMaxExpertsPerLane; ++i) {
-      const int e = lane + 32 * i;
-      if (e < p.num_experts && !(taken >> i & 1u) && (best_i == INT32_MAX || ranks_before(v[i], e, best_v, best_i))) {
-        best_v = v[i];
-        best_i = e;
-      }
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best_v, offset);
-      const int oi = __shfl_xor_sync(0xffffffffu, best_i, offset);
-      if (oi != INT32_MAX && (best_i == INT32_MAX || ranks_before(ov, oi, best_v, best_i))) {
-        best_v = ov;
-        best_i = oi;
-      }
-    }
-    if ((best_i & 31) == lane) taken |= 1u << (best_i >> 5);
+    const uint32_t top = __reduce_max_sync(0xffffffffu, best.key);
+    const uint32_t mine = best.key == top ? static_cast<uint32_t>(lane + 32 * best.slot) : 0xFFFFFFFFu;
+    const int winner = static_cast<int>(__reduce_min_sync(0xffffffffu, mine));
+    const float winner_v = __shfl_sync(0xffffffffu, best.value, winner & 31);
     if (lane == s) {
-      slot_v = best_v;
-      slot_i = best_i;
+      slot_v = winner_v;
+      slot_i = winner;
+    }
+    if ((winner & 31) == lane) {  // take it: the winner's lane finds its next best
+      taken |= 1u << (winner >> 5);
+      best = lane_best(key, v, per_lane, taken);
     }
   }
   // Softmax over the chosen logits, in float32 like torch.softmax: max (in slot order), exp(x - max), sum in slot

@@ -38,7 +38,8 @@
 //     nvfp4_quantize_segment<N>(v, global_scale, packed)  N in {8, 16}; packed: N/8 words; returns E4M3 code
 //
 //   Loads (device): load_as_float<T, N>(const T* src, v) with T in {float, __half, __nv_bfloat16}: 16-byte
-//   vector loads (src 16-byte aligned), exact widening to float.
+//   vector loads (src 16-byte aligned), exact widening to float; or in two steps, load_raw then widen_raw, so that
+//   a batch of loads is in flight before any of it is used.
 // ---------------------------------------------------------------------------------------------------------------
 //
 // Rules (shared with the torch reference): round-to-nearest-even; satfinite (|x| past the largest finite value,
@@ -308,18 +309,36 @@ FIS_D float widen(float x) { return x; }
 FIS_D float widen(__half x) { return __half2float(x); }
 FIS_D float widen(__nv_bfloat16 x) { return __uint_as_float(static_cast<uint32_t>(__bfloat16_as_ushort(x)) << 16); }
 
+// 16-byte loads of N consecutive elements (src 16-byte aligned), kept raw; widen_raw turns them into floats exactly.
+// A kernel that issues every load of a batch before widening any keeps them all in flight at once.
+template <class T, int N>
+struct RawVec {
+  static constexpr int kVectors = N * static_cast<int>(sizeof(T)) / 16;
+  uint4 v[kVectors];
+};
+template <class T, int N>
+FIS_D void load_raw(const T* src, RawVec<T, N>& raw) {
+#pragma unroll
+  for (int i = 0; i < RawVec<T, N>::kVectors; ++i) raw.v[i] = __ldg(reinterpret_cast<const uint4*>(src) + i);
+}
+template <class T, int N>
+FIS_D void widen_raw(const RawVec<T, N>& raw, float* out) {
+  constexpr int kPer = 16 / static_cast<int>(sizeof(T));
+#pragma unroll
+  for (int i = 0; i < RawVec<T, N>::kVectors; ++i) {
+    const T* elems = reinterpret_cast<const T*>(&raw.v[i]);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) out[i * kPer + j] = widen(elems[j]);
+  }
+}
+
 // N consecutive elements from a 16-byte aligned `src`, widened exactly to float, in 16-byte loads.
 template <class T, int N>
 FIS_D void load_as_float(const T* __restrict__ src, float (&v)[N]) {
-  constexpr int kPer = LoadTraits<T>::kPerVector;
-  static_assert(N % kPer == 0, "N must be a whole number of 16-byte vectors");
-#pragma unroll
-  for (int i = 0; i < N / kPer; ++i) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src) + i);
-    const T* elems = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) v[i * kPer + j] = widen(elems[j]);
-  }
+  static_assert(N % LoadTraits<T>::kPerVector == 0, "N must be a whole number of 16-byte vectors");
+  RawVec<T, N> raw;
+  load_raw(src, raw);
+  widen_raw(raw, v);
 }
 
 // ------------------------------------------------------------------------------------ cooperative helpers
