@@ -22,6 +22,10 @@ QUIET = "FLASHINFER_SM12X_QUIET"
 # Diagnosis only: "1" lets our bindings release the GIL during a call, as tvm_ffi does by default (see
 # jit/module.HostSerialModule for why they do not).
 RELEASE_GIL = "FLASHINFER_SM12X_RELEASE_GIL"
+# How modules link the CUDA runtime: "static" (default: relocatable, no libcudart needed at run time) or "shared"
+# (libcudart.so.<major> by soname, no rpath: the copy the process already loaded, e.g. torch's). A different value
+# builds differently named modules, so the two never share a cache entry.
+CUDART = "FLASHINFER_SM12X_CUDART"
 
 PATH_VARIABLES = (CACHE_DIR, CUTLASS_DIR, NVCC)
 
@@ -61,6 +65,14 @@ def max_jobs() -> int:
 
 def quiet() -> bool:
     return os.environ.get(QUIET, "") not in ("", "0")
+
+
+def cudart() -> str:
+    """How modules link the CUDA runtime: "static" (default) or "shared" (FLASHINFER_SM12X_CUDART)."""
+    raw = os.environ.get(CUDART, "") or "static"
+    if raw not in ("static", "shared"):
+        raise ConfigError(f"{CUDART}={raw!r} must be 'static' or 'shared'.")
+    return raw
 
 
 def release_gil() -> bool:

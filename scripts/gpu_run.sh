@@ -25,6 +25,9 @@
 #   baseline   the checkout in BASELINE_TAR (default .carry/head.tar: `git archive HEAD` before a change) run beside
 #              this one, sharing the module cache: moe_bits (compared by `bits` with this checkout's) and the glue
 #              benchmark at GLUE_TOKENS, so a kernel change is timed against what it replaces on the same machine
+#   launch     scripts/launch_check.py: the pinned Cooperative 128x128 dense tactic alone (LAUNCH_TACTIC), as built
+#              (static cudart) and under compute-sanitizer (which names the failing API call), and in the background
+#              rebuilt with FLASHINFER_SM12X_CUDART=shared: whether the runtime's linking decides a launch failure
 #   profile    benchmarks/bench_moe_glue.py (kernel durations from the profiler and per call in graphs) and Nsight
 #              Compute's view of the glue kernels at T = 1 and 64 (stall reasons: what the plan spends its time on)
 # Needs, carried in .carry/: the apache-tvm-ffi cp312 wheel and cutlass.tar.xz (FlashInfer's CUTLASS 4.5.0 include/
@@ -243,6 +246,28 @@ if [[ " $stages " == *" bits "* ]]; then
 fi
 pack
 
+launch_pid=""
+if [[ " $stages " == *" launch "* ]]; then
+  tactic=${LAUNCH_TACTIC:-cooperative:128x128x128}
+  echo "== [$(elapsed) s] launch: $tactic (static cudart), then under compute-sanitizer; shared cudart in the background"
+  ( FLASHINFER_SM12X_CUDART=shared timeout 400 python3 scripts/launch_check.py --tactic "$tactic" \
+      > "$RESULTS/launch_check_shared.log" 2>&1; echo "exit status $?" >> "$RESULTS/launch_check_shared.log" ) &
+  launch_pid=$!
+  timeout 120 python3 scripts/launch_check.py --tactic "$tactic" 2>&1 | tee "$RESULTS/launch_check_static.log"
+  timeout 180 compute-sanitizer --tool memcheck --print-limit 8 python3 scripts/launch_check.py --tactic "$tactic" \
+    > "$RESULTS/launch_check_sanitized.log" 2>&1
+  grep -E "Program hit|ERROR SUMMARY|ok,|Error|=========     at" "$RESULTS/launch_check_sanitized.log" | head -12
+fi
+pack
+wait_launch() {
+  if [[ -n $launch_pid ]]; then
+    wait "$launch_pid"
+    launch_pid=""
+    echo "== [$(elapsed) s] launch, shared cudart:"
+    tail -n 4 "$RESULTS/launch_check_shared.log"
+  fi
+}
+
 if [[ " $stages " == *" stress "* ]]; then
   echo "== [$(elapsed) s] stress: modules, then 8 threads x ${STRESS_CALLS:-420} calls per mode"
   python3 tests/stress/stress_concurrency.py --build-only > "$RESULTS/stress_build.log" 2>&1
@@ -287,6 +312,7 @@ fi
 pack
 
 wait_oldbuild
+wait_launch
 if [[ -n $sweep_pid ]]; then
   echo "== [$(elapsed) s] waiting for the compile sweep"
   wait "$sweep_pid"

@@ -130,6 +130,8 @@ class ModuleSpec:
         # toolkit was, nor on a libcudart of the same major being loaded (torch's may be another, or a CPU build
         # has none). The static runtime opens the driver (libcuda) itself at the first CUDA call, so loading a
         # module needs no driver and linking it needs none (CPU build machines have no libcuda).
+        if env.cudart() == "shared":  # by soname, no rpath: the libcudart.so.<major> the process loaded
+            return (f"-L{lib}", "-lcudart")
         return (f"-L{lib}", "-lcudart_static", "-ldl", "-lrt", "-lpthread")
 
     def source_key(self) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from flashinfer_sm12x.cli import main
-from flashinfer_sm12x.errors import ArchiveError
+from flashinfer_sm12x.errors import ArchiveError, ConfigError
 from flashinfer_sm12x.jit import archive, bundles, cache, module
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.jit.selftest import selftest_spec
@@ -81,6 +81,18 @@ def test_key_has_no_install_path() -> None:
         assert str(path) not in facts
     assert "-I{pkg/include}" in spec.cuda_flags(portable=True)
     assert "-lcudart_static" in spec.ldflags() and not any("rpath" in f for f in spec.ldflags())
+
+
+def test_shared_cudart_links_by_soname_and_names_other_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    static_name = _probe().name
+    monkeypatch.setenv("FLASHINFER_SM12X_CUDART", "shared")
+    shared = _probe()
+    assert "-lcudart" in shared.ldflags() and "-lcudart_static" not in shared.ldflags()
+    assert not any("rpath" in f for f in shared.ldflags())
+    assert shared.name != static_name  # a cache never mixes the two builds
+    monkeypatch.setenv("FLASHINFER_SM12X_CUDART", "dynamic")
+    with pytest.raises(ConfigError, match="'static' or 'shared'"):
+        _probe().ldflags()
 
 
 def test_header_labels_are_relative_to_their_roots(tmp_path: Path) -> None:
