@@ -216,8 +216,9 @@ if [[ " $stages " == *" baseline "* ]]; then
   for carried in ${BASELINE_ARCHIVES:-}; do  # modules built for the baseline's headers (its own cache: a module's
     # manifest names its headers' contents, so one cache cannot hold both checkouts' builds of a changed header)
     echo "== [$(elapsed) s] baseline cache import $carried"
-    base_python python3 -m flashinfer_sm12x cache import "$carried" --arch sm_90a 2>&1 | tail -1 \
-      | tee -a "$RESULTS/import_baseline.log"
+    # from inside the baseline's tree: `python -m` puts the working directory first on sys.path
+    (cd "$BASE" && base_python python3 -m flashinfer_sm12x cache import "$OLDPWD/$carried" --arch sm_90a) 2>&1 \
+      | tail -1 | tee -a "$RESULTS/import_baseline.log"
   done
   echo "== [$(elapsed) s] baseline ($tarball): moe_bits, then the glue benchmark"
   base_python python3 scripts/moe_bits.py --build-only --jobs 16 > "$RESULTS/bits_baseline_build.log" 2>&1
@@ -273,11 +274,13 @@ if [[ " $stages " == *" stress "* ]]; then
   python3 tests/stress/stress_concurrency.py --build-only > "$RESULTS/stress_build.log" 2>&1
   timeout 300 python3 tests/stress/stress_concurrency.py --threads 8 --calls "${STRESS_CALLS:-420}" \
     --csv "$RESULTS/stress.csv" 2>&1 | tee "$RESULTS/stress.log" | tail -16
-  echo "== [$(elapsed) s] stress, diagnosis: mm_fp4 from 8 threads on one stream with the bindings releasing the GIL"
-  FLASHINFER_SM12X_RELEASE_GIL=1 timeout 120 python3 tests/stress/stress_concurrency.py --ops mm_fp4 \
-    --modes shared --calls 150 > "$RESULTS/stress_release_gil.log" 2>&1
-  echo "exit status $?" >> "$RESULTS/stress_release_gil.log"
-  tail -n 6 "$RESULTS/stress_release_gil.log"
+  if [[ -z ${STRESS_SKIP_GIL:-} ]]; then
+    echo "== [$(elapsed) s] stress, diagnosis: mm_fp4 from 8 threads on one stream with the bindings releasing the GIL"
+    FLASHINFER_SM12X_RELEASE_GIL=1 timeout 120 python3 tests/stress/stress_concurrency.py --ops mm_fp4 \
+      --modes shared --calls 150 > "$RESULTS/stress_release_gil.log" 2>&1
+    echo "exit status $?" >> "$RESULTS/stress_release_gil.log"
+    tail -n 6 "$RESULTS/stress_release_gil.log"
+  fi
   if [[ -n ${STRESS_SANITIZE:-} ]]; then  # the API errors behind a case that fails alone (compute-sanitizer names them)
     echo "== [$(elapsed) s] stress, diagnosis: mm_fp4 cases one thread at a time under compute-sanitizer"
     timeout 180 compute-sanitizer --tool memcheck --print-limit 8 python3 tests/stress/stress_concurrency.py \
@@ -303,7 +306,7 @@ if [[ " $stages " == *" profile "* ]]; then
     echo "== [$(elapsed) s] profile: Nsight Compute on the glue kernels at T = 1 and 64"
     timeout 240 ncu --kernel-name regex:"plan|scatter|finalize|activation" --launch-count 10 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-      python3 benchmarks/bench_moe_glue.py --tokens 1,64 --iters 2 --launches 1 --csv /tmp/ncu_glue.csv \
+      python3 benchmarks/bench_moe_glue.py --tokens "${NCU_TOKENS:-1,64}" --iters 2 --launches 1 --csv /tmp/ncu_glue.csv \
       > "$RESULTS/ncu_glue.log" 2>&1
     echo "exit status $?" >> "$RESULTS/ncu_glue.log"
     grep -E "^  [a-z_]+.*\(|Duration|Stall|Warp Cycles Per Issued|Achieved Occupancy" "$RESULTS/ncu_glue.log" | head -60

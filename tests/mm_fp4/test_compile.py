@@ -76,3 +76,16 @@ def test_w4a8_emulated_build_compiles_for_sm90a() -> None:
     assert kernel.count("HMMA.16816.F32") >= 1 and kernel.count("HMMA.16816.F32.BF16") == 0
     assert kernel.count("F2FP.F16.E4M3") >= 1 and kernel.count("LDS.U16") >= 1
     assert kernel.count("QMMA") == 0 and kernel.count("OMMA") == 0
+
+
+def test_m64_emulated_build_keeps_its_fragments_out_of_local_memory() -> None:
+    """The 64-row mainloop for sm_90a: at most a few spilled registers on the stack, never the fragment arrays.
+
+    With the peeled last k-tile the sm_90a build put the consumer's fragments in local memory (an 880-byte frame, no
+    spills), where CuTe's byte-typed fp4 fragments took misaligned 4-byte stores: "misaligned address" on the H100.
+    The emulated build keeps one k-tile body (gemm/mainloops/m64_pingpong.cuh); this bounds its frame."""
+    target = parse_target("sm_90a")
+    report = compile_proof(FAMILY.spec(target, "mxfp4", Tactic("pingpong", 64, 128, 128), torch.bfloat16))
+    kernel = report.require(instruction=FAMILY.required_instruction("mxfp4", target), no_mainloop_spills=False,
+                            max_smem=SM120_SMEM_CAPACITY)
+    assert kernel.stack_bytes <= 128, (kernel.stack_bytes, kernel.spill_stores)

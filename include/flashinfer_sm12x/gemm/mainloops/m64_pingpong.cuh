@@ -288,6 +288,15 @@ struct M64PingpongMainloop : Blueprint {
     CUTE_STATIC_ASSERT_V(size<2>(smem_b) == size<2>(smem_sfb));
     CUTE_STATIC_ASSERT_V(size<3>(smem_a) == size<3>(smem_sfa));   // stages
     constexpr int kBlocks = size<2>(frag_a);
+    // The peeled last k-tile doubles the k-tile's code. On SM12x the fragments stay in registers; in the sm_90a
+    // emulation (wider dequantized fragments) ptxas then moved them to local memory, where CuTe's byte-typed fragment
+    // arrays took misaligned 4-byte stores (CUDA "misaligned address"): the emulated build keeps one k-tile body
+    // with the trip-count branch. Both forms run the same reads, MMAs, releases and waits in the same order.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 1200
+    constexpr bool kPeelLastTile = false;
+#else
+    constexpr bool kPeelLastTile = true;
+#endif
 
     auto read_k_block = [&](int stage, auto b) {
       copy(copy_a, smem_a(_, _, b, stage), reg_a(_, _, b));
@@ -308,15 +317,24 @@ struct M64PingpongMainloop : Blueprint {
       ++read_state;
     };
 
-    // One k-tile: k-block b + 1 is read while the MMAs of b issue; `at_last_block` runs before the last MMAs.
+    // One k-tile: k-block b + 1 is read while the MMAs of b issue. At the last k-block the stage is released and,
+    // when another k-tile follows (`has_next`), the next stage is waited for and its first k-block read before the
+    // last MMAs of this one.
     int stage = 0;
-    auto run_k_tile = [&](auto const& at_last_block) {
+    auto run_k_tile = [&](auto last_tile, bool has_next) {
       for_each(make_int_sequence<kBlocks>{}, [&](auto b) {
         constexpr int kb = decltype(b)::value;
         if constexpr (kb + 1 < kBlocks) {
           read_k_block(stage, Int<kb + 1>{});
         } else {
-          at_last_block();
+          release_stage();
+          if constexpr (!decltype(last_tile)::value) {
+            if (has_next) {
+              pipeline.consumer_wait(read_state);
+              stage = read_state.index();
+              read_k_block(stage, Int<0>{});
+            }
+          }
         }
         mma_k_block(b);
       });
@@ -325,19 +343,17 @@ struct M64PingpongMainloop : Blueprint {
     pipeline.consumer_wait(read_state);
     stage = read_state.index();
     read_k_block(stage, Int<0>{});
-    // Every k-tile but the last: at the last k-block, release this stage and wait for the next one unconditionally
-    // (no branch on the trip count between the barrier's try-wait and its check, so the scheduler can place this
-    // k-block's MMAs there), then read its first k-block before the last MMAs of this one.
-    CUTLASS_PRAGMA_NO_UNROLL
-    for (; k_tile_count > 1; --k_tile_count) {
-      run_k_tile([&] {
-        release_stage();
-        pipeline.consumer_wait(read_state);
-        stage = read_state.index();
-        read_k_block(stage, Int<0>{});
-      });
+    if constexpr (kPeelLastTile) {
+      // Every k-tile but the last waits for the next stage unconditionally (no branch on the trip count between
+      // the barrier's try-wait and its check, so the scheduler can place this k-block's MMAs there); the last
+      // k-tile, peeled, has nothing to wait for.
+      CUTLASS_PRAGMA_NO_UNROLL
+      for (; k_tile_count > 1; --k_tile_count) run_k_tile(cute::false_type{}, true);
+      run_k_tile(cute::true_type{}, false);
+    } else {
+      CUTLASS_PRAGMA_NO_UNROLL
+      for (; k_tile_count > 0; --k_tile_count) run_k_tile(cute::false_type{}, k_tile_count > 1);
     }
-    run_k_tile(release_stage);  // the last k-tile, peeled: nothing to wait for after it
   }
 };
 
