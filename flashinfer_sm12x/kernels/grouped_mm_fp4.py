@@ -80,9 +80,9 @@ PROVEN: dict[str, dict[str, tuple[Tactic, ...]]] = {
 }
 
 
-# A grid of at least this fraction of the SMs counts as one full wave: the few SMs it leaves idle cost less than
-# the extra A loads and the mostly empty second wave a narrower tile would bring.
-FULL_WAVE_FILL = 0.9
+# The widest N tile of the menus: a problem whose grid at this width fits in one wave is "decode-sized" on that GPU
+# (see `preference`).
+WIDEST_TILE_N = 128
 
 
 def padded_rows_bound(m: int, groups: int, tile_m: int) -> int:
@@ -112,35 +112,44 @@ def sm_fill(ctas: int, sms: int) -> tuple[int, float]:
 
 def preference(t: Tactic, fmt: str, m: int, n: int, k: int, groups: int, sms: int) -> tuple:
     """The grouped heuristic's sort key (`FAMILY.heuristic`, smaller first) of tactic `t` for m routed rows over
-    `groups` experts, an n-column output, on `sms` SMs. A pure function: the rule can be tested without a GPU.
+    `groups` experts, an n-column output, on `sms` SMs. A pure function: the rule is tested without a GPU.
 
     In order:
 
-    1. **Cover the SMs.** A grid of fewer CTAs than `FULL_WAVE_FILL` x sms leaves SMs that stream no weights for
-       the whole kernel; at decode (one M tile per active expert, weight-streaming bound) that idle share is lost
-       bandwidth. Such a tactic ranks after every one that fills a wave, and among underfilled ones the one with
-       more CTAs (the smaller idle share) ranks first. The CTA count is `grid_ctas` (the padded row bound's M tiles
-       times ceil(n / tile_n)); n <= 0 (not known) leaves this rule and rules 3-4 out.
-    2. **The m-based rules.** W4A4: 64-row tiles while experts get few rows each (decode, small batches: less
-       padding per expert), 128-row Pingpong beyond. W4A8: the 128x64 Pingpong tile (more stages than 128x128),
-       Cooperative 128x128 once every expert has several M tiles. These come after rule 1 but before the wave count:
-       beyond one wave the tile's own efficiency (stages, padding) outweighs a partly filled last wave.
-    3. **Fewest waves**, then 4. **the least idle fraction** of the SM slots of those waves (`sm_fill`).
-    5. **Larger tiles** (tile_m x tile_n): fewer redundant A loads from L2.
+    1. **The tile height.** W4A4: 64-row tiles while experts get few rows each (m <= 64 x groups: decode and small
+       batches, less padding per expert), 128 rows beyond; W4A8 has 128-row tiles only. Both MoE GEMMs share it
+       (GEMM2 reads GEMM1's padded rows), and at decode it does not change the CTA count (one M tile per active
+       expert either way).
+    2. **Cover the SMs when the problem is decode-sized on this GPU**: its grid at the widest tile
+       (`WIDEST_TILE_N` columns, this tile height) fits in one wave, so a wide tile leaves SMs idle for the whole
+       kernel. Then the tactic with the shortest critical path comes first: waves x tile_n, the weight columns (and,
+       at a fixed tile height, the MMAs) the busiest SM works through; ties go to the least idle fraction of the SM
+       slots of those waves (`sm_fill`). E.g. GPT-OSS GEMM2 (N = 2944) at T = 1, 64x128 -> 4 x 23 = 92 CTAs: on 188
+       SMs a 64-column tile (184 CTAs, one wave) halves the critical path; on 170 SMs its 184 CTAs take two waves
+       and tie with 64x128 (then rule 5 keeps the wider tile).
+    3. **The schedule rules.** W4A4: Pingpong. W4A8: the 128x64 Pingpong tile (more stages than 128x128),
+       Cooperative 128x128 once every expert has several M tiles (m >= 512 x groups).
+    4. **Fewest waves, then the least idle fraction** (`sm_fill`) for problems beyond one wave: the wave
+       quantization is then a tail effect, after the tile's own efficiency (stages, padding).
+    5. **Larger tiles** (tile_m x tile_n): fewer redundant A loads.
 
-    K does not enter it (every candidate has tile_k 128). Reasoned, not measured on SM12x: FlashInfer's autotuner
-    decides for real where it is asked."""
+    The CTA count is `grid_ctas` (the padded row bound's M tiles times ceil(n / tile_n)); n <= 0 (not known) leaves
+    rules 2 and 4 out. K does not enter it (every candidate has tile_k 128). Reasoned, and checked against
+    benchmarks/decode_model.py (a model), not measured on SM12x: FlashInfer's autotuner decides for real where it
+    is asked."""
     del k
     ctas = grid_ctas(t, m, n, groups)
     waves, fill = sm_fill(ctas, sms)
-    underfill = 0.0 if ctas >= FULL_WAVE_FILL * sms or ctas == 0 else 1.0 - ctas / sms
+    idle = round(1.0 - fill, 6)
+    widest = grid_ctas(Tactic(t.schedule, t.tile_m, WIDEST_TILE_N, t.tile_k), m, n, groups)
+    decode_sized = 0 < widest <= sms
+    critical_path = (waves * t.tile_n, idle) if decode_sized else (0, 0.0)
     if fmt == "mxfp8_mxfp4":
         want = _W8CO128 if m >= 512 * groups else _W8PP64
-        m_rules: tuple = (t != want,)
+        height, schedule = False, (t != want,)
     else:
-        want_m = 64 if m <= 64 * groups else 128
-        m_rules = (t.tile_m != want_m, t.schedule != "pingpong")
-    return (underfill, *m_rules, waves, round(1.0 - fill, 6), -t.tile_m * t.tile_n)
+        height, schedule = t.tile_m != (64 if m <= 64 * groups else 128), (t.schedule != "pingpong",)
+    return (height, *critical_path, *schedule, waves, idle, -t.tile_m * t.tile_n)
 
 
 FAMILY = GemmFamily(
