@@ -632,11 +632,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(fill_rows, str(_fill_path(args.csv)))
     fill_panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for r in fill_rows:
-        if r["act"] == "mxfp4":  # the mode whose decode tile the what-if widens
-            series = fill_panels.setdefault(f"{r['chip']} ({r['sms']} SMs), W4A4", {})
-            series.setdefault(f"{r['model']} {r['gemm']} {r['policy']}", []).append((r["tokens"], r["fill"]))
-    plot_panels(fill_panels, _fill_path(args.png), "MODEL: grouped GEMM grids' SM fill per policy (not measured)",
-                "tokens T", "fill of the SM slots (CTAs / (waves x SMs))")
+        if r["gemm"] == "GEMM2":  # the narrow GEMM (N = Hp) whose grid leaves SMs idle at decode; GEMM1 in the CSV
+            series = fill_panels.setdefault(f"{r['chip']} ({r['sms']} SMs), GEMM2", {})
+            series.setdefault(f"{r['model']} {r['act']} {r['policy']}", []).append((r["tokens"], r["fill"]))
+    plot_panels(fill_panels, _fill_path(args.png), "MODEL: GEMM2's grid, fill of the SM slots per tactic policy "
+                "(not measured; what_if_64x64 fails its compile proof)", "tokens T",
+                "CTAs / (waves x SMs)")
     return 0
 
 

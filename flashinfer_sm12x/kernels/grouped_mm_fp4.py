@@ -126,7 +126,7 @@ def preference(t: Tactic, fmt: str, m: int, n: int, k: int, groups: int, sms: in
        at a fixed tile height, the MMAs) the busiest SM works through; ties go to the least idle fraction of the SM
        slots of those waves (`sm_fill`). E.g. GPT-OSS GEMM2 (N = 2944) at T = 1, 64x128 -> 4 x 23 = 92 CTAs: on 188
        SMs a 64-column tile (184 CTAs, one wave) halves the critical path; on 170 SMs its 184 CTAs take two waves
-       and tie with 64x128 (then rule 5 keeps the wider tile).
+       and tie with 64x128 in critical path and idle share (then rule 4's fewer waves keep the wider tile).
     3. **The schedule rules.** W4A4: Pingpong. W4A8: the 128x64 Pingpong tile (more stages than 128x128),
        Cooperative 128x128 once every expert has several M tiles (m >= 512 x groups).
     4. **Fewest waves, then the least idle fraction** (`sm_fill`) for problems beyond one wave: the wave
