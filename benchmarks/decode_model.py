@@ -9,9 +9,10 @@ the native suite (`scripts/sm12x_suite.sh`) replaces it with measurements. Every
 What is modelled, per chip, model (GPT-OSS-20B: E = 32, GPT-OSS-120B: E = 128; top-4, H = I = 2880 padded to
 2944 as `prepare_gpt_oss_weights` pads), activation mode (W4A4 "mxfp4", W4A8 "mxfp8") and T tokens:
 
-- The kernels fused_moe launches, decided by the package's own rules (imported, not re-stated): the grouped GEMM
-  tactic (`kernels.grouped_mm_fp4.heuristic` for the chip's target), the row plan and the plan_scatter line
-  (`ops.moe_glue.row_plan`, with the chip's SM count), whether GEMM1 can run the activation in its epilogue
+- The kernels fused_moe launches, decided by the package's own rules (imported, not re-stated): each grouped GEMM's
+  tactic (`kernels.grouped_mm_fp4.moe_tactics` for the chip's target and SM count: GEMM1 at N = 2 Ip, GEMM2 at
+  N = Hp, one tile height), the row plan and the plan_scatter line (`moe.pipeline.row_plan`, with the chip's SM
+  count), whether GEMM1 can run the activation in its epilogue
   (`FAMILY.serves("swiglu_quantize", ...)`). At decode that is plan_scatter (or plan + scatter), GEMM1 with the
   fused activation, GEMM2 writing the routed rows, finalize; unfused (`--unfused`, or a tactic without the fused
   epilogue) GEMM1 -> activation kernel -> GEMM2 writing every row.
@@ -27,6 +28,12 @@ What is modelled, per chip, model (GPT-OSS-20B: E = 32, GPT-OSS-120B: E = 128; t
   partial tail wave costs a full wave of MMA but less than a full wave of memory time.
 - One launch floor per dependent kernel (`--launch-floor-us`, default 3 us): launch, ramp-up and drain.
 
+Beside the per-kernel table it writes each GEMM's grid under three tactic policies (`gemm_fill_rows`, the CSV and PNG
+named after --csv / --png with "_gemm_fill"): "single" (one tactic for both GEMMs chosen from the rows alone, the
+pipeline before per-GEMM tactics), "per_gemm" (today's `moe_tactics`) and "what_if_64x64" (the per-GEMM rule with a
+W4A4 Pingpong 64x64 tile added, which fails its compile proof today: the SM fill such a tile would buy). CTAs,
+waves, fill (the busy fraction of the SM slots of those waves) and the modelled GEMM us: a model, not a measurement.
+
 The weight-streaming floor is the active experts' parameter bytes (w13, w2, their scales and biases as the kernels
 read them) over the bandwidth; `floor_fraction` = floor / modelled total (1.0 = at the floor).
 
@@ -34,7 +41,8 @@ Not modelled: caches across steps, PDL overlap between kernels, clocks, the glue
 measured ~22 us at T = 1 on an H200, README: far above its bytes), instruction-level effects.
 
     python benchmarks/decode_model.py [--chips rtx5090,dgx-spark] [--models gpt-oss-20b] [--acts mxfp8]
-        [--tokens 1,8,64] [--launch-floor-us 3] [--dram-latency-us 1] [--unfused] [--csv PATH] [--png PATH]
+        [--tokens 1,8,64] [--launch-floor-us 3] [--dram-latency-us 1] [--unfused] [--tactic NAME] [--csv PATH]
+        [--png PATH]
 """
 
 from __future__ import annotations
@@ -49,8 +57,16 @@ from typing import Any
 
 from flashinfer_sm12x.checks import round_up
 from flashinfer_sm12x.jit.arch import parse_target
+from flashinfer_sm12x.kernels.family import Tactic
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import FAMILY as GROUPED
-from flashinfer_sm12x.kernels.grouped_mm_fp4 import GEMM_FORMAT_OF_ACT
+from flashinfer_sm12x.kernels.grouped_mm_fp4 import (
+    GEMM_FORMAT_OF_ACT,
+    grid_ctas,
+    moe_tactics,
+    padded_rows_bound,
+    preference,
+    sm_fill,
+)
 from flashinfer_sm12x.moe.pipeline import row_plan
 from flashinfer_sm12x.ops.moe_glue import PLAN_SCATTER_CTAS_PER_SM
 from flashinfer_sm12x.registry import MODELS
@@ -170,24 +186,26 @@ class KernelCost:
 
 @dataclass(frozen=True)
 class Layer:
-    """One forward's sizes: shape, mode, T, tactic and the row plan (bound, tiles) the pipeline uses."""
+    """One forward's sizes: shape, mode, T, each GEMM's tactic and the row plan (bound, tiles) the pipeline uses."""
 
     shape: Shape
     chip: Chip
     act: str
     num_t: int
-    tactic: Any              # the grouped GEMM Tactic both GEMMs run (tile_m, tile_n)
+    gemm1: Tactic            # GEMM1's grouped tactic (N = 2 Ip)
+    gemm2: Tactic            # GEMM2's (N = Hp); the same tile_m
     bound: int
     tiles: int
     fused_plan_scatter: bool
 
     @property
-    def tile_m(self) -> int:
-        return self.tactic.tile_m
+    def tactic(self) -> Tactic:
+        """GEMM1's tactic (whose tile_m pads the rows)."""
+        return self.gemm1
 
     @property
-    def tile_n(self) -> int:
-        return self.tactic.tile_n
+    def tile_m(self) -> int:
+        return self.gemm1.tile_m
 
     @property
     def pairs(self) -> int:
@@ -276,9 +294,9 @@ def plan_scatter_cost(layer: Layer) -> list[KernelCost]:
     return [plan, scatter]
 
 
-def grouped_gemm_cost(layer: Layer, name: str, stage: str, n: int, k: int, weights: float,
+def grouped_gemm_cost(layer: Layer, tactic: Tactic, name: str, stage: str, n: int, k: int, weights: float,
                       out_bytes: float) -> KernelCost:
-    """One grouped GEMM of `layer.tactic` over the padded bound (a multiple of tile_m: every expert's rows padded to
+    """One grouped GEMM of `tactic` over the padded bound (a multiple of tile_m: every expert's rows padded to
     it, row_plan's bound): (bound / tile_m) x (N / tile_n) CTAs, one per SM (its stages fill
     shared memory). Reads the A rows of every tile (padding rows too) and their 128x4 scales once from DRAM, the
     weights `weights` (the active experts' plus an unrouted expert's for trailing tiles) and the tile table; writes
@@ -286,11 +304,11 @@ def grouped_gemm_cost(layer: Layer, name: str, stage: str, n: int, k: int, weigh
     a_bytes = layer.bound * k * layer.act_bytes
     padding = (layer.bound - layer.pairs) * k * layer.act_bytes
     tables = I32 * (layer.tiles + 2 * layer.shape.experts)  # expert_of_tile; padded_start and counts
-    ctas = (layer.bound // layer.tile_m) * -(-n // layer.tile_n)
+    ctas = (layer.bound // layer.tile_m) * -(-n // tactic.tile_n)
     return KernelCost(name, stage, ctas, 1, GEMM_INFLIGHT_BYTES,
                       a_bytes + scale_bytes(layer.bound, k) + weights + tables + out_bytes, weight_bytes=weights,
                       padding_bytes=padding, mma_flops=2.0 * layer.bound * n * k, tflops=layer.rate,
-                      tactic=layer.tactic.name)
+                      tactic=tactic.name)
 
 
 def gemm1_cost(layer: Layer, fused: bool) -> KernelCost:
@@ -301,7 +319,8 @@ def gemm1_cost(layer: Layer, fused: bool) -> KernelCost:
     experts = layer.active + trailing_expert_reads(layer)
     weights = experts * (p["w13"] + p["w13_sf"]) + (layer.active * p["b1"] if fused else 0.0)
     out = (layer.pairs * (s.ip * layer.act_bytes + s.ip // SF_BLOCK) if fused else layer.bound * 2 * s.ip * BF16)
-    return grouped_gemm_cost(layer, "GEMM1 + activation" if fused else "GEMM1", "GEMM1", 2 * s.ip, s.hp, weights, out)
+    return grouped_gemm_cost(layer, layer.gemm1, "GEMM1 + activation" if fused else "GEMM1", "GEMM1", 2 * s.ip, s.hp,
+                             weights, out)
 
 
 def activation_cost(layer: Layer) -> KernelCost:
@@ -321,7 +340,8 @@ def gemm2_cost(layer: Layer, routed: bool) -> KernelCost:
     s, p = layer.shape, expert_param_bytes(layer.shape)
     weights = (layer.active + trailing_expert_reads(layer)) * (p["w2"] + p["w2_sf"])
     out = (layer.pairs if routed else layer.bound) * s.hp * BF16
-    return grouped_gemm_cost(layer, "GEMM2" + (" (routed rows)" if routed else ""), "GEMM2", s.hp, s.ip, weights, out)
+    return grouped_gemm_cost(layer, layer.gemm2, "GEMM2" + (" (routed rows)" if routed else ""), "GEMM2", s.hp, s.ip,
+                             weights, out)
 
 
 def finalize_cost(layer: Layer) -> KernelCost:
@@ -383,21 +403,20 @@ def kernel_time(cost: KernelCost, chip: Chip, launch_floor_us: float = LAUNCH_FL
 
 
 def layer_plan(shape: Shape, chip: Chip, act: str, num_t: int, tactic: Any = None) -> Layer:
-    """The pipeline's decisions for one forward: the heuristic's tactic for the chip's target (or `tactic`), the
-    row plan (bound, tiles) and the plan_scatter line for the chip's SM count."""
+    """The pipeline's decisions for one forward: each GEMM's tactic as fused_moe picks it on the chip (its target,
+    SM count and the padded N and K; `tactic`: one Tactic pinning both GEMMs or a (GEMM1, GEMM2) pair), the row
+    plan (bound, tiles) and the plan_scatter line for the chip's SM count."""
     fmt = GEMM_FORMAT_OF_ACT[act]
-    target = parse_target(chip.target)
-    if tactic is None:
-        tactic = row_plan(num_t, shape.top_k, shape.experts, fmt, None, target).tactic
-    plan = row_plan(num_t, shape.top_k, shape.experts, fmt, tactic, target, chip.sms)
-    return Layer(shape, chip, act, num_t, tactic, plan.bound, plan.tiles, plan.fused_plan_scatter)
+    plan = row_plan(num_t, shape.top_k, shape.experts, fmt, tactic, parse_target(chip.target), chip.sms, shape.hp,
+                    shape.ip)
+    return Layer(shape, chip, act, num_t, plan.gemm1, plan.gemm2, plan.bound, plan.tiles, plan.fused_plan_scatter)
 
 
 def pipeline_costs(layer: Layer, fused_epilogue: bool | None = None) -> list[KernelCost]:
     """Every kernel fused_moe launches for `layer`, in order. fused_epilogue None: wherever the tactic serves the
     MoE epilogues (GPT-OSS's weights are gate/up interleaved), False: the unfused pipeline."""
     fmt = GEMM_FORMAT_OF_ACT[layer.act]
-    fusable = GROUPED.serves("swiglu_quantize", fmt, layer.tactic) and (2 * layer.shape.ip) % 64 == 0
+    fusable = GROUPED.serves("swiglu_quantize", fmt, layer.gemm1) and (2 * layer.shape.ip) % 64 == 0
     fused = fusable if fused_epilogue is None else (fused_epilogue and fusable)
     kernels = plan_scatter_cost(layer)
     if fused:
@@ -420,13 +439,15 @@ def model_rows(chip_key: str, model: str, act: str, num_t: int, launch_floor_us:
     layer = layer_plan(shape, chip, act, num_t, tactic)
     floor_bytes = weight_floor_bytes(shape, num_t)
     floor_us = floor_bytes / (chip.bandwidth_gbs * 1e3)
+    both = layer.gemm1.name if layer.gemm1 == layer.gemm2 else f"{layer.gemm1.name} / {layer.gemm2.name}"
     common = {"source": "model", "chip": chip.name, "model": model, "experts": shape.experts, "act": act,
-              "tokens": num_t, "tactic": layer.tactic.name, "rows_computed": layer.bound, "routed_rows": layer.pairs,
+              "tokens": num_t, "tactic": both, "rows_computed": layer.bound, "routed_rows": layer.pairs,
               "active_experts": round(layer.active, 3)}
     rows = []
     for cost in pipeline_costs(layer, fused_epilogue):
         t = kernel_time(cost, chip, launch_floor_us, dram_latency_us)
-        rows.append({**common, "kernel": cost.name, "stage": cost.stage, "launches": 1, "ctas": cost.ctas,
+        rows.append({**common, "kernel": cost.name, "stage": cost.stage, "tactic": cost.tactic or both,
+                     "launches": 1, "ctas": cost.ctas,
                      "waves": round(t["waves"], 4), "tail_fill": round(t["tail_fill"], 4),
                      "dram_bytes": int(cost.dram_bytes), "weight_bytes": int(cost.weight_bytes),
                      "padding_bytes": int(cost.padding_bytes), "mma_gflop": round(cost.mma_flops / 1e9, 4),
@@ -443,6 +464,81 @@ def model_rows(chip_key: str, model: str, act: str, num_t: int, launch_floor_us:
         for key in ("mem_us", "mma_us", "launch_us", "us", "floor_us", "floor_fraction"):
             r[key] = round(r[key], 4)
     return rows
+
+
+# ------------------------------------------------------------------------------------------- GEMM grids (SM fill)
+
+POLICIES = ("single", "per_gemm", "what_if_64x64")
+# A W4A4 decode tile the per-GEMM rule would take if it compiled: Pingpong 64x64 fails its compile proof (the 64-row
+# mainloop loads SFB for TileN >= 128 only; docs/compile_proofs.md), so it appears only in the what-if policy.
+WHAT_IF_TILE = Tactic("pingpong", 64, 64, 128)
+
+
+def policy_tactics(policy: str, shape: Shape, chip: Chip, act: str, num_t: int) -> tuple[Tactic, Tactic] | None:
+    """(GEMM1, GEMM2) tactics under `policy`: "single" the one tactic chosen from the rows alone (the pipeline before
+    per-GEMM tactics: no N, K or SM count), "per_gemm" `moe_tactics` on the chip, "what_if_64x64" the same rule over
+    the shipped menu plus WHAT_IF_TILE (W4A4 only; None for W4A8, which has no 64-row tile)."""
+    fmt, target = GEMM_FORMAT_OF_ACT[act], parse_target(chip.target)
+    rows, num_e = num_t * shape.top_k, shape.experts
+    if policy == "single":
+        plan = row_plan(num_t, shape.top_k, num_e, fmt, None, target, chip.sms)
+        return plan.gemm1, plan.gemm2
+    if policy == "per_gemm":
+        return moe_tactics(rows, num_e, fmt, target, chip.sms, hidden_padded=shape.hp, inter_padded=shape.ip)
+    if fmt != "mxfp4":
+        return None
+    menu = (*GROUPED.shipped(fmt, target), WHAT_IF_TILE)
+
+    def ordered(n: int, k: int) -> list[Tactic]:
+        return sorted(menu, key=lambda t: preference(t, fmt, rows, n, k, num_e, chip.sms))
+
+    gemm1 = next(t for t in ordered(2 * shape.ip, shape.hp) if GROUPED.serves("swiglu_quantize", fmt, t))
+    gemm2 = next(t for t in ordered(shape.hp, shape.ip) if t.tile_m == gemm1.tile_m)
+    return gemm1, gemm2
+
+
+def gemm_fill_rows(chip_key: str, model: str, act: str, num_t: int, launch_floor_us: float = LAUNCH_FLOOR_US,
+                   dram_latency_us: float = DRAM_LATENCY_US) -> list[dict[str, Any]]:
+    """CSV rows of each GEMM's grid under each policy of POLICIES (one per policy and GEMM): tactic, CTAs, waves,
+    fill (the busy fraction of the SM slots of those waves), SMs left idle by a grid under one wave, and the modelled
+    GEMM us (fused epilogues; `kernel_time`). A model, not a measurement."""
+    chip, shape = CHIPS[chip_key], shape_of(model)
+    rows: list[dict[str, Any]] = []
+    for policy in POLICIES:
+        pair = policy_tactics(policy, shape, chip, act, num_t)
+        if pair is None:
+            continue
+        bound = padded_rows_bound(num_t * shape.top_k, shape.experts, pair[0].tile_m)
+        layer = Layer(shape, chip, act, num_t, pair[0], pair[1], bound, bound // pair[0].tile_m, False)
+        for cost, tactic, n, k in ((gemm1_cost(layer, True), pair[0], 2 * shape.ip, shape.hp),
+                                   (gemm2_cost(layer, True), pair[1], shape.hp, shape.ip)):
+            assert cost.ctas == grid_ctas(tactic, num_t * shape.top_k, n, shape.experts)  # one CTA count everywhere
+            waves, fill = sm_fill(cost.ctas, chip.sms)
+            rows.append({"source": "model", "chip": chip.name, "sms": chip.sms, "model": model,
+                         "experts": shape.experts, "act": act, "tokens": num_t, "policy": policy,
+                         "gemm": cost.stage, "n": n, "k": k, "tactic": tactic.name, "ctas": cost.ctas,
+                         "waves": waves, "fill": round(fill, 4), "idle_sms": max(0, chip.sms - cost.ctas),
+                         "us": round(kernel_time(cost, chip, launch_floor_us, dram_latency_us)["us"], 4)})
+    return rows
+
+
+def _print_fill(rows: list[dict[str, Any]]) -> None:
+    """One line per (chip, model, act, T, GEMM): CTAs / fill per policy."""
+    print("\nGEMM grids (MODEL): CTAs, fill of the SM slots, modelled us per policy "
+          + " | ".join(POLICIES) + " (what_if_64x64: a tile that fails its compile proof today)")
+    keyed: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        keyed.setdefault((r["chip"], r["model"], r["act"], r["tokens"], r["gemm"]), {})[r["policy"]] = r
+    for (chip, model, act, num_t, gemm), by_policy in keyed.items():
+        cells = " | ".join(f"{r['tactic']} {r['ctas']} CTAs {r['fill']:.2f} {r['us']:.1f} us"
+                           for r in by_policy.values())
+        print(f"  {chip:<24}{model:<14}{act:<6}T={num_t:<4}{gemm:<6} {cells}")
+
+
+def _fill_path(path: str) -> Path:
+    """decode_model.csv -> decode_model_gemm_fill.csv (beside the per-kernel output)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}_gemm_fill{p.suffix}")
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -530,6 +626,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             panel[f"{r['model']} weight floor"].append((r["tokens"], r["floor_us"]))
     plot_panels(panels, Path(args.png), "MODEL: one GPT-OSS MoE layer per decode step (not measured)", "tokens T",
                 "modelled us per layer", log_y=True)
+    fill_rows = [r for chip_key in chips for model in models for act in acts for num_t in tokens
+                 for r in gemm_fill_rows(chip_key, model, act, num_t, args.launch_floor_us, args.dram_latency_us)]
+    _print_fill(fill_rows)
+    write_csv(fill_rows, str(_fill_path(args.csv)))
+    fill_panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for r in fill_rows:
+        if r["gemm"] == "GEMM2":  # the narrow GEMM (N = Hp) whose grid leaves SMs idle at decode; GEMM1 in the CSV
+            series = fill_panels.setdefault(f"{r['chip']} ({r['sms']} SMs), GEMM2", {})
+            series.setdefault(f"{r['model']} {r['act']} {r['policy']}", []).append((r["tokens"], r["fill"]))
+    plot_panels(fill_panels, _fill_path(args.png), "MODEL: GEMM2's grid, fill of the SM slots per tactic policy "
+                "(not measured; what_if_64x64 fails its compile proof)", "tokens T",
+                "CTAs / (waves x SMs)")
     return 0
 
 

@@ -48,22 +48,35 @@ class Deployment:
 FAMILY_NAMES = tuple(FAMILIES)
 
 
+# The SM counts whose tactic choices a deployment's prebuild covers, per target: the per-GEMM heuristic counts waves
+# in the device's SMs, so each SM120 part may pick other tiles (RTX 5090: 170, RTX PRO 6000 Blackwell: 188);
+# other targets plan for `kernels.family.assumed_sm_count`.
+PLANNED_SM_COUNTS: dict[str, tuple[int, ...]] = {"sm_120a": (170, 188), "sm_120f": (170, 188), "sm_121a": (48,),
+                                                 "sm_121f": (48,)}
+PAD_TO = 128  # prepare_gpt_oss_weights pads H and I to multiples of 128: the GEMMs' N and K
+
+
 def _grouped_mm_fp4_for(target: Target, deployment: Deployment) -> list[ModuleSpec]:
-    """The grouped GEMM modules fused_moe can load: the heuristic's pick for every batch size, as fused_moe calls
-    it (rows = tokens * top_k over the model's experts), in fused_moe's output dtype (bfloat16), with the MoE
-    epilogues fused_moe runs: GEMM1 with the activation fused where the tactic serves it (GPT-OSS checkpoints are
-    interleaved), GEMM2 writing the routed rows only.
-    Both MoE GEMMs of a layer run the same tactic, and N/K are run-time arguments, so the shapes add no modules."""
-    from .kernels.grouped_mm_fp4 import FAMILY
-    from .moe.pipeline import row_plan
+    """The grouped GEMM modules fused_moe can load: the heuristic's picks for every batch size, as fused_moe calls
+    it (rows = tokens * top_k over the model's experts; GEMM1 and GEMM2 each at its own N and K, on each SM count of
+    PLANNED_SM_COUNTS), in fused_moe's output dtype (bfloat16), with the MoE epilogues fused_moe runs: GEMM1 with
+    the activation fused where the tactic serves it (GPT-OSS checkpoints are interleaved), GEMM2 writing the routed
+    rows only. Every picked tactic gets each epilogue it serves (an explicit tactic pins both GEMMs); N and K are
+    run-time arguments, so the shapes add no modules."""
+    from .kernels.family import assumed_sm_count
+    from .kernels.grouped_mm_fp4 import FAMILY, moe_tactics
 
     fmt = gemm_format(deployment.act)
     model = deployment.model
+    hp, ip = (-(-size // PAD_TO) * PAD_TO for size in (model.hidden_size, model.intermediate_size))
+    sm_counts = PLANNED_SM_COUNTS.get(target.name, (assumed_sm_count(target),))
     tactics = []
     for tokens in range(1, deployment.max_num_tokens + 1):
-        tactic = row_plan(tokens, model.top_k, model.num_experts, fmt, None, target).tactic
-        if tactic not in tactics:
-            tactics.append(tactic)
+        for sms in sm_counts:
+            for tactic in moe_tactics(tokens * model.top_k, model.num_experts, fmt, target, sms, hidden_padded=hp,
+                                      inter_padded=ip):
+                if tactic not in tactics:
+                    tactics.append(tactic)
     return [FAMILY.spec(target, fmt, tactic, "bfloat16", epilogue) for tactic in tactics
             for epilogue in ("store", "swiglu_quantize", "store_routed") if FAMILY.serves(epilogue, fmt, tactic)]
 

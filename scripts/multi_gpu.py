@@ -190,14 +190,17 @@ def _inputs(cfg: Config, case: Case) -> tuple[torch.Tensor, Any]:
 
 
 def _tactic(cfg: Config, case: Case, device: torch.device) -> Any:
-    """The full layer's heuristic tactic, pinned on every rank: the same tile_k gives each pair's GEMMs the same
-    float32 accumulation order on every rank (an EP rank's heuristic would see fewer experts and might choose
-    another tile)."""
+    """The full layer's heuristic tactics (GEMM1, GEMM2), pinned on every rank: the same tiles give each pair's GEMMs
+    the same float32 accumulation order on every rank (an EP rank's heuristic would see fewer experts and might choose
+    other tiles)."""
+    from flashinfer_sm12x.checks import round_up
     from flashinfer_sm12x.jit.arch import device_facts
-    from flashinfer_sm12x.kernels.grouped_mm_fp4 import gemm_format, heuristic
+    from flashinfer_sm12x.kernels.grouped_mm_fp4 import gemm_format, moe_tactics
 
-    target = device_facts(device).target if device.type == "cuda" else None
-    return heuristic(max(case.tokens, 1) * cfg.top_k, 0, 0, gemm_format(case.act), target, groups=cfg.experts)[0]
+    facts = device_facts(device) if device.type == "cuda" else None
+    return moe_tactics(max(case.tokens, 1) * cfg.top_k, cfg.experts, gemm_format(case.act),
+                       facts.target if facts else None, facts.sm_count if facts else None,
+                       hidden_padded=round_up(cfg.hidden, 128), inter_padded=round_up(cfg.inter, 128))
 
 
 def _to(routing: Any, device: torch.device) -> Any:

@@ -157,3 +157,39 @@ def test_cli_refuses_unknown_names(tmp_path: Path) -> None:
         dm.main(["--chips", "rtx4090", "--csv", str(tmp_path / "x.csv")])
     with pytest.raises(SystemExit):
         dm.main(["--acts", "mxfp4,mxfp8", "--tactic", "pingpong_64x128x128", "--csv", str(tmp_path / "x.csv")])
+
+
+def test_gemm_fill_rows_compare_the_single_and_per_gemm_tactics() -> None:
+    """Each GEMM's grid under the single tactic (the rows alone), the per-GEMM choice and the 64x64 what-if."""
+    rows = dm.gemm_fill_rows("rtx5090", "gpt-oss-20b", "mxfp8", 1)
+    by = {(r["policy"], r["gemm"]): r for r in rows}
+    assert {r["source"] for r in rows} == {"model"} and "what_if_64x64" not in {r["policy"] for r in rows}  # W4A8
+    assert by[("single", "GEMM2")]["tactic"] == "pingpong_128x64x128" and by[("single", "GEMM2")]["ctas"] == 184
+    assert by[("per_gemm", "GEMM2")]["tactic"] == "pingpong_128x32x128" and by[("per_gemm", "GEMM2")]["ctas"] == 368
+    assert by[("per_gemm", "GEMM2")]["waves"] == 3 and by[("per_gemm", "GEMM2")]["fill"] == pytest.approx(368 / 510,
+                                                                                                           abs=1e-4)
+    assert by[("per_gemm", "GEMM2")]["us"] < by[("single", "GEMM2")]["us"]  # modelled: MMA-bound on padding rows
+    assert by[("per_gemm", "GEMM1")]["tactic"] == by[("single", "GEMM1")]["tactic"] == "pingpong_128x64x128"
+    # W4A4 on a PRO 6000: the shipped tiles are all 128 wide (92 CTAs, 0.49 busy); a 64x64 tile would fill a wave.
+    w4a4 = {(r["policy"], r["gemm"]): r for r in dm.gemm_fill_rows("rtx-pro-6000", "gpt-oss-120b", "mxfp4", 1)}
+    assert w4a4[("per_gemm", "GEMM2")]["ctas"] == 92 and w4a4[("per_gemm", "GEMM2")]["idle_sms"] == 188 - 92
+    assert w4a4[("what_if_64x64", "GEMM2")]["tactic"] == "pingpong_64x64x128"
+    assert w4a4[("what_if_64x64", "GEMM2")]["fill"] == pytest.approx(184 / 188, abs=1e-4)
+
+
+def test_model_rows_name_each_gemms_tactic() -> None:
+    rows = {r["stage"]: r for r in dm.model_rows("rtx5090", "gpt-oss-20b", "mxfp8", 1)}
+    assert rows["GEMM1"]["tactic"] == "pingpong_128x64x128" and rows["GEMM2"]["tactic"] == "pingpong_128x32x128"
+    assert rows["GEMM2"]["ctas"] == 4 * 92
+    assert rows["total"]["tactic"] == "pingpong_128x64x128 / pingpong_128x32x128"
+
+
+def test_cli_writes_the_gemm_fill_csv_beside_the_model(tmp_path: Path) -> None:
+    out = tmp_path / "decode_model.csv"
+    assert dm.main(["--chips", "rtx-pro-6000", "--models", "gpt-oss-120b", "--tokens", "1,8", "--csv", str(out),
+                    "--png", str(tmp_path / "d.png")]) == 0
+    with open(tmp_path / "decode_model_gemm_fill.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["source"] for r in rows} == {"model"} and {r["gemm"] for r in rows} == {"GEMM1", "GEMM2"}
+    assert {r["policy"] for r in rows} == set(dm.POLICIES)
+    assert len(rows) == 2 * 2 * (3 + 2)  # T x GEMMs x (W4A4's three policies + W4A8's two)

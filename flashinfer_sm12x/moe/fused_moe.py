@@ -39,7 +39,7 @@ def fused_moe(
     limit: float | None = 7.0,
     *,
     validate_ids: bool = True,
-    tactic: Tactic | None = None,
+    tactic: Tactic | tuple[Tactic, Tactic] | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     impl: Impl | None = None,
     fused_epilogue: bool | None = None,
@@ -68,8 +68,10 @@ def fused_moe(
     validate_ids : bool
         Keyword-only. True checks precomputed ids on the host (one sync; ValueError on an id outside [0, E)); False
         is for CUDA-graph capture: ids are clamped on the device and nothing syncs.
-    tactic : Tactic, optional
-        Keyword-only. The grouped GEMM tile (default: the heuristic's pick for T * k rows over E experts).
+    tactic : Tactic or (Tactic, Tactic), optional
+        Keyword-only. The grouped GEMM tile: one Tactic pins both GEMMs, a (GEMM1, GEMM2) pair of equal tile_m pins
+        each (default: the heuristic's pick per GEMM for T * k rows over E experts, its N and K and the device's SM
+        count, `kernels.grouped_mm_fp4.moe_tactics`).
     out_dtype : torch.dtype
         Keyword-only. The output's dtype.
     impl : {"kernels", "reference"}, optional

@@ -39,7 +39,7 @@ from ..formats import SfLayout, swizzle_sf, unswizzle_sf
 from ..jit.arch import DeviceFacts, Target, device_facts
 from ..kernels.family import Tactic
 from ..kernels.grouped_mm_fp4 import FAMILY as GROUPED
-from ..kernels.grouped_mm_fp4 import gemm_format, heuristic
+from ..kernels.grouped_mm_fp4 import gemm_format, moe_tactics
 from ..ops.device_guard import on_device
 from ..ops.grouped_mm_fp4 import (
     grouped_mm_fp4,
@@ -52,6 +52,8 @@ from .routing import clamp_expert_ids, permute, route
 
 Impl = Literal["kernels", "reference"]
 Scalar = float | torch.Tensor  # a float, or a per-expert tensor [E]
+# What a caller may pin: one tactic for both GEMMs, or a (GEMM1, GEMM2) pair of equal tile_m; None: the heuristic's.
+TacticChoice = Tactic | tuple[Tactic, Tactic] | None
 
 
 @dataclass(slots=True)  # made per call: a plain slotted init is the cheapest
@@ -128,16 +130,18 @@ class Experts:
 
 
 def run_moe(tokens: Tokens, routing: Routing, experts: Experts, out: torch.Tensor, *, device: DeviceFacts | None,
-            impl: Impl, tactic: Tactic | None = None, fused_epilogue: bool | None = None) -> torch.Tensor:
+            impl: Impl, tactic: TacticChoice = None, fused_epilogue: bool | None = None) -> torch.Tensor:
     """One MoE forward into `out` [T, cols] (cols = the unpadded or the padded hidden size); arguments are validated
     by the caller. `device` (from `jit.arch.device_facts`, looked up once by the caller) is required for "kernels".
+    tactic: None lets the heuristic choose each GEMM's tactic (`kernels.grouped_mm_fp4.moe_tactics`), one Tactic
+    pins both GEMMs, a (GEMM1, GEMM2) pair of equal tile_m pins each.
     fused_epilogue: None fuses where it applies, True requires it (ValueError), False never."""
     if tokens.num_tokens == 0:
         return out
     if impl == "kernels":
         assert device is not None
         return _run_kernels(tokens, routing, experts, out, device, tactic, fused_epilogue)
-    return _run_reference(tokens, routing, experts, out, tactic, device.target if device is not None else None)
+    return _run_reference(tokens, routing, experts, out, tactic, device)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -146,9 +150,11 @@ def run_moe(tokens: Tokens, routing: Routing, experts: Experts, out: torch.Tenso
 
 @dataclass(frozen=True)
 class RowPlan:
-    """Host-side sizes of one forward: everything follows from (T, k, E, tile height)."""
+    """Host-side sizes of one forward: everything follows from (T, k, E, tile height), and the tactic of each GEMM
+    (equal tile_m: GEMM2 reads GEMM1's output rows, padded per expert to the tile height)."""
 
-    tactic: Tactic
+    gemm1: Tactic     # GEMM1 (fc1, with the fused activation where it applies), N = 2 * Ip
+    gemm2: Tactic     # GEMM2 (fc2, the routed-rows store), N = Hp
     num_tokens: int
     top_k: int
     num_experts: int
@@ -158,19 +164,40 @@ class RowPlan:
     workspace_elements: int
     fused_plan_scatter: bool = False  # plan and scatter as one kernel (ops.moe_glue.fused_plan_scatter_serves)
 
+    @property
+    def tile_m(self) -> int:
+        """The tile height both GEMMs and the glue kernels pad every expert's rows to."""
+        return self.gemm1.tile_m
 
-def _checked_tactic(tactic: Tactic | None, rows: int, num_experts: int, fmt: str, target: Target | None) -> Tactic:
-    if tactic is None:  # one tactic for both GEMMs (their M tiles must agree); the choice reads rows and experts only
-        return heuristic(rows, 0, 0, fmt, target, groups=num_experts)[0]
-    if tactic not in GROUPED.candidates(fmt):
-        raise ValueError(f"fused_moe: tactic for {fmt} must be one of {[t.name for t in GROUPED.candidates(fmt)]}, "
-                         f"got {tactic!r}")
-    return tactic
+    @property
+    def tactic(self) -> Tactic:
+        """GEMM1's tactic (the one whose tile_m the plan pads to), for callers that read a single tactic."""
+        return self.gemm1
+
+
+def _checked_tactics(tactic: TacticChoice, rows: int, num_experts: int, fmt: str, target: Target | None,
+                     sm_count: int | None, hp: int, ip: int) -> tuple[Tactic, Tactic]:
+    """(GEMM1, GEMM2) tactics: the heuristic's for each GEMM (tactic None), one pinned tactic for both, or a pinned
+    pair. ValueError for a tactic outside the format's candidates or a pair of unequal tile_m."""
+    if tactic is None:
+        return moe_tactics(rows, num_experts, fmt, target, sm_count, hidden_padded=hp, inter_padded=ip)
+    pair = tactic if isinstance(tactic, tuple) else (tactic, tactic)
+    if len(pair) != 2:
+        raise ValueError(f"fused_moe: tactic must be a Tactic or a (GEMM1, GEMM2) pair, got {tactic!r}")
+    for t in pair:
+        if t not in GROUPED.candidates(fmt):
+            raise ValueError(f"fused_moe: tactic for {fmt} must be one of "
+                             f"{[c.name for c in GROUPED.candidates(fmt)]}, got {t!r}")
+    if pair[0].tile_m != pair[1].tile_m:
+        raise ValueError(f"fused_moe: the two GEMMs' tactics must share tile_m (GEMM2 reads GEMM1's padded rows), got "
+                         f"{pair[0].name} and {pair[1].name}")
+    return pair[0], pair[1]
 
 
 @lru_cache(maxsize=1024)
-def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_fmt: str, tactic: Tactic | None,
-             target: Target | None, sm_count: int | None = None) -> RowPlan:
+def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_fmt: str, tactic: TacticChoice,
+             target: Target | None, sm_count: int | None = None, hidden_padded: int = 0,
+             inter_padded: int = 0) -> RowPlan:
     """The row plan of one forward (cached: a repeated shape costs a dictionary lookup).
 
     Parameters
@@ -179,12 +206,16 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_fmt: str, tacti
         T, k, E.
     gemm_fmt : str
         The grouped GEMM format, "mxfp4" (W4A4) or "mxfp8_mxfp4" (W4A8).
-    tactic : Tactic or None
-        The grouped GEMM tactic; None picks the heuristic's first for `target`.
+    tactic : Tactic, (Tactic, Tactic) or None
+        One grouped GEMM tactic for both GEMMs, a (GEMM1, GEMM2) pair of equal tile_m, or None: the heuristic's
+        choice per GEMM for `target` (`kernels.grouped_mm_fp4.moe_tactics`).
     target : Target or None
         The device's build target (None: the emulation menu).
     sm_count : int, optional
-        The device's SM count, for `fused_plan_scatter_serves`.
+        The device's SM count, for `fused_plan_scatter_serves` and the tactics' wave rule (None: the target's
+        assumed count for the tactics).
+    hidden_padded, inter_padded : int
+        Hp and Ip: the GEMMs' N and K for the heuristic (0: not known; both GEMMs then get the m-based choice).
 
     Returns
     -------
@@ -193,15 +224,16 @@ def row_plan(num_tokens: int, top_k: int, num_experts: int, gemm_fmt: str, tacti
     Raises
     ------
     ValueError
-        A tactic outside the format's candidates.
+        A tactic outside the format's candidates, or a pair of unequal tile_m.
     """
     rows = num_tokens * top_k
-    tactic = _checked_tactic(tactic, rows, num_experts, gemm_fmt, target)
-    tm = tactic.tile_m
+    gemm1, gemm2 = _checked_tactics(tactic, rows, num_experts, gemm_fmt, target, sm_count, hidden_padded,
+                                    inter_padded)
+    tm = gemm1.tile_m
     bound = round_up(rows + min(num_experts, rows) * (tm - 1), tm)
     tiles = bound // tm
     end = max(a + n for a, n in workspace_offsets(num_tokens, top_k, num_experts, tiles).values())
-    return RowPlan(tactic, num_tokens, top_k, num_experts, bound, tiles, round_up(bound, 128), end,
+    return RowPlan(gemm1, gemm2, num_tokens, top_k, num_experts, bound, tiles, round_up(bound, 128), end,
                    fused_plan_scatter_serves(num_tokens, top_k, num_experts, sm_count))
 
 
@@ -356,7 +388,7 @@ def plan_and_scatter(module: Any, plan: RowPlan, views: GlueViews, routing: torc
         Force (True) or forbid (False) plan_scatter; None follows `plan.fused_plan_scatter`. Forcing it beyond the
         kernel's limits (T <= 128, T*k <= 1024) raises in the module.
     """
-    k, num_e, tm = plan.top_k, plan.num_experts, plan.tactic.tile_m
+    k, num_e, tm = plan.top_k, plan.num_experts, plan.tile_m
     limit = num_e if id_limit is None else id_limit
     from_logits = isinstance(routing, torch.Tensor)
     if plan.fused_plan_scatter if fused is None else fused:
@@ -389,15 +421,15 @@ def fuses_activation(experts: Experts, tactic: Tactic) -> bool:
 
 
 def _run_kernels(tokens: Tokens, routing: Routing, experts: Experts, out: torch.Tensor, device: DeviceFacts,
-                 tactic: Tactic | None, fused_epilogue: bool | None) -> torch.Tensor:
+                 tactic: TacticChoice, fused_epilogue: bool | None) -> torch.Tensor:
     num_e = experts.num_experts
     plan = row_plan(tokens.num_tokens, routing.top_k, num_e, experts.gemm_format, tactic, device.target,
-                    device.sm_count)
+                    device.sm_count, experts.hidden_padded, experts.inter_padded)
     check_row_plan(plan, experts.hidden_padded, experts.inter_padded)
-    fusable = fuses_activation(experts, plan.tactic)
+    fusable = fuses_activation(experts, plan.gemm1)
     if fused_epilogue and not fusable:
-        raise ValueError(f"fused_moe: fused_epilogue=True needs interleaved gate/up weights and a tactic with tile_n "
-                         f"% 64 == 0; got the {experts.layout} layout, tactic {plan.tactic.name}")
+        raise ValueError(f"fused_moe: fused_epilogue=True needs interleaved gate/up weights and a GEMM1 tactic with "
+                         f"tile_n % 64 == 0; got the {experts.layout} layout, tactic {plan.gemm1.name}")
     module = glue_module(device.target, experts.act)
     hp, ip = experts.hidden_padded, experts.inter_padded
     ws = workspace(out.device, hp, ip, experts.act)
@@ -414,8 +446,9 @@ def _run_kernels(tokens: Tokens, routing: Routing, experts: Experts, out: torch.
 def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: Any, e: Experts,
                         out: torch.Tensor, target: Target) -> None:
     """GEMM1 -> activation -> GEMM2 -> finalize, after `plan_and_scatter` ran on `views`; GEMM1 runs the activation
-    in its epilogue when `views` has no intermediate."""
-    tactic, k, num_e, fmt = plan.tactic, plan.top_k, plan.num_experts, e.gemm_format
+    in its epilogue when `views` has no intermediate. GEMM1 runs `plan.gemm1`, GEMM2 `plan.gemm2`; each launcher is
+    cached under its own tactic."""
+    t1, t2, k, num_e, fmt = plan.gemm1, plan.gemm2, plan.top_k, plan.num_experts, e.gemm_format
     alpha, alpha_e = _scalar_or_tensor(e.alpha, 1.0)
     beta, beta_e = _scalar_or_tensor(e.beta, 0.0)
     limit, limit_e = _scalar_or_tensor(e.limit, 0.0)
@@ -425,27 +458,27 @@ def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: 
         b1 = b1.clone()  # the activation kernel and GEMM1's fused epilogue read bias rows in 16-byte vectors
     if views.h is None:  # the fused epilogues: GEMM1 runs the activation, GEMM2 writes the routed rows only
         routed = (views.padded_start, views.counts)
-        gemm1 = ws.launcher(("swiglu_quantize", id(views.x), id(e.w13), id(e.w13_sf), id(views.a), tactic), e.w13,
+        gemm1 = ws.launcher(("swiglu_quantize", id(views.x), id(e.w13), id(e.w13_sf), id(views.a), t1), e.w13,
                             e.w13_sf, lambda: grouped_mm_fp4_swiglu_quantize_launcher(
-                                views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile, tactic,
+                                views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile, t1,
                                 views.a_gemm, views.a_sf, routed=routed, fmt=fmt, target=target))
         gemm1(b1, e.swiglu_oai, e.g1, alpha_e, beta_e, limit_e, alpha, beta, limit, e.limit is not None)
-        gemm2 = ws.launcher(("store_routed", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), tactic), e.w2, e.w2_sf,
+        gemm2 = ws.launcher(("store_routed", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), t2), e.w2, e.w2_sf,
                             lambda: grouped_mm_fp4_launcher(views.a_gemm, views.a_sf, e.w2, e.w2_sf,
-                                                            views.expert_of_tile, tactic, views.y, routed=routed,
+                                                            views.expert_of_tile, t2, views.y, routed=routed,
                                                             fmt=fmt, target=target))
         gemm2()
     else:  # unfused: GEMM1 writes bf16, the activation kernel re-quantizes, GEMM2 writes every row
-        ws.launcher(("store", id(views.x), id(e.w13), id(e.w13_sf), id(views.h), tactic), e.w13, e.w13_sf,
+        ws.launcher(("store", id(views.x), id(e.w13), id(e.w13_sf), id(views.h), t1), e.w13, e.w13_sf,
                     lambda: grouped_mm_fp4_launcher(views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile,
-                                                    tactic, views.h, fmt=fmt, target=target))()
-        module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, tactic.tile_m,
+                                                    t1, views.h, fmt=fmt, target=target))()
+        module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, plan.tile_m,
                           layout, e.swiglu_oai, e.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
                           e.limit is not None)
-        ws.launcher(("store", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), tactic), e.w2, e.w2_sf,
+        ws.launcher(("store", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), t2), e.w2, e.w2_sf,
                     lambda: grouped_mm_fp4_launcher(views.a_gemm, views.a_sf, e.w2, e.w2_sf, views.expert_of_tile,
-                                                    tactic, views.y, fmt=fmt, target=target))()
-    module.finalize(views.y, views.workspace, out, k, num_e, tactic.tile_m, e.g2, e.w2_bias)
+                                                    t2, views.y, fmt=fmt, target=target))()
+    module.finalize(views.y, views.workspace, out, k, num_e, plan.tile_m, e.g2, e.w2_bias)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -454,15 +487,22 @@ def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: 
 
 @dataclass(frozen=True)
 class ExpertRows:
-    """Where the T*k (token, expert) pairs live in the padded, expert-contiguous GEMM rows."""
+    """Where the T*k (token, expert) pairs live in the padded, expert-contiguous GEMM rows, and the tactic of each
+    GEMM (equal tile_m)."""
 
-    tactic: Tactic
+    gemm1: Tactic
+    gemm2: Tactic
     bound: int                    # padded row count the buffers are sized by
     dest: torch.Tensor            # [T*k] padded row of permuted pair i
     token_of_row: torch.Tensor    # [T*k] source token of permuted pair i
     inverse: torch.Tensor         # [T*k] permuted position of expanded row t*k + slot
     expert_of_tile: torch.Tensor  # int32 [bound / TM]
     expert_of_row: torch.Tensor   # int64 [bound]
+
+    @property
+    def tactic(self) -> Tactic:
+        """GEMM1's tactic (its tile_m pads the rows), for callers that read a single tactic."""
+        return self.gemm1
 
 
 def tile_layout(offsets: torch.Tensor, num_rows_bound: int, tile_m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -476,26 +516,32 @@ def tile_layout(offsets: torch.Tensor, num_rows_bound: int, tile_m: int) -> tupl
     return padded_end - padded, expert_of_tile.clamp(max=counts.numel() - 1).to(torch.int32)
 
 
-def plan_expert_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: Tactic | None,
-                     target: Target | torch.device | None, validate_ids: bool) -> ExpertRows:
+def plan_expert_rows(ids: torch.Tensor, num_e: int, fmt: str, tactic: TacticChoice,
+                     target: Target | torch.device | None, validate_ids: bool, *, sm_count: int | None = None,
+                     hidden_padded: int = 0, inter_padded: int = 0) -> ExpertRows:
     """The reference's row plan: the pairs sorted by expert, each expert's segment padded to the tile height. The
-    heuristic's tactic (tactic None) is the one for `target` (a CUDA device: its target; CPU or None: the emulation
-    menu)."""
+    heuristic's tactics (tactic None; per GEMM, as `row_plan` chooses them from Hp, Ip and `sm_count`) are the ones
+    for `target` (a CUDA device: its target and SM count; CPU or None: the emulation menu); one Tactic pins both
+    GEMMs, a pair pins each."""
     if isinstance(target, torch.device):
-        target = device_facts(target).target if target.type == "cuda" else None
+        if target.type == "cuda":
+            facts = device_facts(target)
+            target, sm_count = facts.target, sm_count if sm_count is not None else facts.sm_count
+        else:
+            target = None
     # Pairs are permuted as one column, so a rank may hold fewer experts than top_k (expert parallelism).
     offsets, pair_of_row, inverse = permute(ids.reshape(-1, 1), num_e, validate_ids=validate_ids)
     token_of_row = torch.div(pair_of_row, ids.shape[1], rounding_mode="floor")
     rows = ids.numel()
-    tactic = _checked_tactic(tactic, rows, num_e, fmt, target)
-    tm = tactic.tile_m
+    gemm1, gemm2 = _checked_tactics(tactic, rows, num_e, fmt, target, sm_count, hidden_padded, inter_padded)
+    tm = gemm1.tile_m
     bound = round_up(rows + min(num_e, rows) * (tm - 1), tm)
     padded_start, expert_of_tile = tile_layout(offsets, bound, tm)
     pair = torch.arange(rows, device=offsets.device)
     sorted_expert = torch.searchsorted(offsets[1:], pair, right=True)
     dest = padded_start[sorted_expert] + pair - offsets[sorted_expert]
     expert_of_row = expert_of_tile.long().repeat_interleave(tm)
-    return ExpertRows(tactic, bound, dest, token_of_row, inverse, expert_of_tile, expert_of_row)
+    return ExpertRows(gemm1, gemm2, bound, dest, token_of_row, inverse, expert_of_tile, expert_of_row)
 
 
 def swiglu(h: torch.Tensor, layout: str, inter_padded: int, swiglu_oai: bool, alpha: Scalar, beta: Scalar,
@@ -526,7 +572,7 @@ def _per_row(v: Scalar | None, r: ExpertRows) -> Scalar | None:
 
 def run_experts(aq: torch.Tensor, asf: torch.Tensor, r: ExpertRows, e: Experts) -> torch.Tensor:
     """GEMM1 input (quantized padded rows) -> GEMM2 output + fc2 bias, float32 [bound, Hp]."""
-    h = grouped_mm_fp4(aq, asf, e.w13, e.w13_sf, r.expert_of_tile, r.tactic, fmt=e.gemm_format).float()
+    h = grouped_mm_fp4(aq, asf, e.w13, e.w13_sf, r.expert_of_tile, r.gemm1, fmt=e.gemm_format).float()
     if e.g1 is not None:
         h *= _per_row(e.g1, r)
     if e.w13_bias is not None:
@@ -534,7 +580,7 @@ def run_experts(aq: torch.Tensor, asf: torch.Tensor, r: ExpertRows, e: Experts) 
     a = swiglu(h, e.layout, e.inter_padded, e.swiglu_oai, _per_row(e.alpha, r), _per_row(e.beta, r),
                _per_row(e.limit, r))
     aq2, asf2 = _quantize(a.contiguous(), e.act)
-    y = grouped_mm_fp4(aq2, asf2, e.w2, e.w2_sf, r.expert_of_tile, r.tactic, fmt=e.gemm_format).float()
+    y = grouped_mm_fp4(aq2, asf2, e.w2, e.w2_sf, r.expert_of_tile, r.gemm2, fmt=e.gemm_format).float()
     if e.g2 is not None:
         y *= _per_row(e.g2, r)
     if e.w2_bias is not None:
@@ -551,8 +597,8 @@ def local_routing(ids: torch.Tensor, weights: torch.Tensor, routing: Routing,
     return local.clamp(0, num_experts - 1).to(torch.int32).contiguous(), weights
 
 
-def _run_reference(tokens: Tokens, routing: Routing, e: Experts, out: torch.Tensor, tactic: Tactic | None,
-                   target: Target | None) -> torch.Tensor:
+def _run_reference(tokens: Tokens, routing: Routing, e: Experts, out: torch.Tensor, tactic: TacticChoice,
+                   device: DeviceFacts | None) -> torch.Tensor:
     num_e, num_t, hp = e.num_experts, tokens.num_tokens, e.hidden_padded
     if routing.logits is not None:
         ids, weights = route(routing.logits, routing.top_k)
@@ -564,7 +610,9 @@ def _run_reference(tokens: Tokens, routing: Routing, e: Experts, out: torch.Tens
         validate = False  # checked against the global range by the caller
     elif not routing.validate_ids and routing.logits is None:
         ids, _ = clamp_expert_ids(ids, num_e)
-    r = plan_expert_rows(ids, num_e, e.gemm_format, tactic, target, validate)
+    r = plan_expert_rows(ids, num_e, e.gemm_format, tactic, device.target if device is not None else None, validate,
+                         sm_count=device.sm_count if device is not None else None, hidden_padded=hp,
+                         inter_padded=e.inter_padded)
     tok = r.token_of_row.long()
     if tokens.scales is None:  # float rows: gather, then quantize the padded rows
         x = torch.zeros(r.bound, hp, dtype=torch.float32, device=out.device)

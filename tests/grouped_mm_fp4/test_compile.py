@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.compile_proof, pytest.mark.slow]
 
 M64 = Tactic("pingpong", 64, 128, 128)
 W4A8_PP64 = Tactic("pingpong", 128, 64, 128)
+W4A8_PP32 = Tactic("pingpong", 128, 32, 128)  # W4A8 GEMM2's decode tile on 170-SM parts (moe_tactics at T = 1)
 MMA = {"mxfp4": "OMMA.SF", "mxfp8_mxfp4": "QMMA.SF.16832.F32.E4M3.E2M1"}
 EPILOGUE_GROWTH = 1.5  # SASS instructions of GEMM1 with the fused activation over the same tile's plain store
 # (arch, format, tactic, epilogue): every config the tests below read, compiled once, two at a time.
@@ -37,6 +38,7 @@ CONFIGS = [
     ("sm_121a", "mxfp4", M64, "swiglu_quantize"),
     ("sm_120a", "mxfp8_mxfp4", W4A8_PP64, "swiglu_quantize"),
     ("sm_121a", "mxfp4", M64, "store_routed"),
+    ("sm_120a", "mxfp8_mxfp4", W4A8_PP32, "store_routed"),
 ]
 
 
@@ -96,3 +98,9 @@ def test_gemm2_routed_rows_store_compiles(reports: dict) -> None:
     kernel = _proven(reports, ("sm_121a", "mxfp4", M64, "store_routed")).kernel()
     plain = _proven(reports, ("sm_121a", "mxfp4", M64, "store")).kernel()
     assert kernel.count("LDG.E.CONSTANT") <= plain.count("LDG.E.CONSTANT") + 4
+
+
+def test_w4a8_gemm2_decode_tile_routed_store_compiles(reports: dict) -> None:
+    """The per-GEMM heuristic gives W4A8 GEMM2 Pingpong 128x32 at T = 1 on an RTX 5090 (368 CTAs instead of 184 in
+    two waves): with the routed-rows store it keeps the native MMA, no mainloop spills and the N32 mainloop shape."""
+    _proven(reports, ("sm_120a", "mxfp8_mxfp4", W4A8_PP32, "store_routed"))
