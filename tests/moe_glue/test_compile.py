@@ -12,8 +12,9 @@ from flashinfer_sm12x.kernels.moe_glue import MENU, moe_glue_spec, required_inst
 from flashinfer_sm12x.ops.moe_glue import PLAN_SCATTER_CTAS_PER_SM
 
 pytestmark = pytest.mark.compile_proof
-MAX_PLAN_INSTRUCTIONS = 2_500  # SASS instructions of plan_kernel (1,704 with logits on sm_120a)
-MAX_PLAN_SCATTER_INSTRUCTIONS = 6_000  # plan_scatter_kernel: plan + scatter + padding scales (4,176 on sm_120a)
+MAX_PLAN_INSTRUCTIONS = 2_500  # SASS instructions of plan_kernel (1,640 with logits on sm_120a)
+MAX_PLAN_SCATTER_INSTRUCTIONS = 6_000  # plan_scatter_kernel: plan + scatter + padding scales (3,432 on sm_120a,
+# 4,408 on sm_90a)
 
 
 @pytest.mark.parametrize("arch", ["sm_120a", "sm_121a", "sm_90a"])
