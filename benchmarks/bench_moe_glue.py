@@ -52,7 +52,7 @@ def copy_bandwidth() -> float:
 
 
 def measure(num_t: int, w, module, target, bw: float, iters: int, per_graph: int, panels_us: dict,
-            panels_frac: dict) -> dict:
+            panels_frac: dict, glue_only: bool = False) -> dict:
     """One T: launches, host time, each glue kernel's time and bandwidth fraction (printed; returned as a row)."""
     dev, name = torch.device("cuda"), torch.cuda.get_device_name()
     hp, ip = w.hidden_size_padded, w.intermediate_size_padded
@@ -62,10 +62,14 @@ def measure(num_t: int, w, module, target, bw: float, iters: int, per_graph: int
     def forward(impl: str = "kernels", hidden=hidden, logits=logits) -> torch.Tensor:
         return fused_moe(hidden, logits, w, top_k=TOP_K, impl=impl)
 
-    forward()
-    launches = kernel_launches(forward)
-    torch_launches = kernel_launches(lambda: forward("reference"))
-    host = host_us(forward, 50)
+    if glue_only:  # the glue kernels alone: no GEMM module is loaded (nor needed)
+        launches = torch_launches = -1
+        host = float("nan")
+    else:
+        forward()
+        launches = kernel_launches(forward)
+        torch_launches = kernel_launches(lambda: forward("reference"))
+        host = host_us(forward, 50)
     plan = row_plan(num_t, TOP_K, NUM_E, "mxfp4", None, target, device_facts(dev).sm_count)
     v = glue_views(dev, plan, hp, ip, "mxfp4")
     tm, pairs = plan.tactic.tile_m, num_t * TOP_K
@@ -132,6 +136,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--launches", type=int, default=10,
                         help="calls per CUDA graph in the kernel timings (amortizes the graph's submission latency)")
+    parser.add_argument("--glue-only", action="store_true",
+                        help="time the glue kernels only (no fused_moe forward: launches and host time not measured)")
     parser.add_argument("--csv", type=Path, default=None, help="CSV path (default: benchmarks/results/<name>.csv)")
     parser.add_argument("--png", type=Path, default=None, help="PNG path (default: next to the CSV)")
     args = parser.parse_args()
@@ -153,7 +159,8 @@ def main() -> None:
     header += f" {'plan+scatter us':>15}"
     print(header)
     for num_t in tokens:
-        rows.append(measure(num_t, w, module, target, bw, args.iters, args.launches, panels_us, panels_frac))
+        rows.append(measure(num_t, w, module, target, bw, args.iters, args.launches, panels_us, panels_frac,
+                            args.glue_only))
     for r in rows:
         if "glue_chain_us_T1" in r:
             print(f"glue chain latency at T = 1 ({r['glue_chain_kernels_T1']} kernels, GEMMs excluded): "

@@ -8,6 +8,7 @@
 #              references, the fused MoE end to end, CUDA graphs; the native SM90 kernels (quantizers, MoE glue)
 #              bit-exact against the torch oracle
 #   sanitizer  compute-sanitizer memcheck of mm_fp4; memcheck and racecheck of the fused MoE and the glue kernels
+#              (SANITIZE_GLUE_ONLY=1: the glue kernels alone under memcheck, racecheck, initcheck and synccheck)
 #   sweep      the compile sweep of every family for sm_120a/sm_121a (CPU work, beside the GPU stages)
 #   w4a8       W4A8's closing runs (not in the default list): its modules built in parallel, then side by side
 #              compute-sanitizer memcheck of the dense W4A8 GEMM (every shipped tactic) and of the W4A8 grouped GEMM
@@ -23,8 +24,9 @@
 #              threads); then the two crashes it guards against, reproduced on purpose: mm_fp4 with the bindings
 #              releasing the GIL, and the previous checkout's fused_moe from 8 streams
 #   baseline   the checkout in BASELINE_TAR (default .carry/head.tar: `git archive HEAD` before a change) run beside
-#              this one, sharing the module cache: moe_bits (compared by `bits` with this checkout's) and the glue
-#              benchmark at GLUE_TOKENS, so a kernel change is timed against what it replaces on the same machine
+#              this one, in its own module cache (BASELINE_ARCHIVES): moe_bits (compared by `bits` with this
+#              checkout's; BASELINE_SKIP_BITS=1 leaves it out) and the glue kernels alone at GLUE_TOKENS, the
+#              baseline's then this checkout's back to back, so a kernel change is timed against what it replaces
 #   launch     scripts/launch_check.py: the pinned Cooperative 128x128 dense tactic alone (LAUNCH_TACTIC), as built
 #              (static cudart) and under compute-sanitizer (which names the failing API call), and in the background
 #              rebuilt with FLASHINFER_SM12X_CUDART=shared: whether the runtime's linking decides a launch failure
@@ -141,6 +143,11 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
     timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 python3 "$@" 2>&1 \
       | tee "$RESULTS/sanitizer_${name}_$tool.log" | tail -4
   }
+  if [[ -n ${SANITIZE_GLUE_ONLY:-} ]]; then  # the glue kernels only, under all four tools
+    for tool in memcheck racecheck initcheck synccheck; do
+      run_sanitizer "$tool" moe_glue scripts/sanitize_moe.py --glue-only
+    done
+  else
   [[ -z ${SANITIZE_SKIP_QUANTIZE:-} ]] && run_sanitizer memcheck quantize scripts/sanitize_quantize.py
   run_sanitizer memcheck moe scripts/sanitize_moe.py
   run_sanitizer racecheck moe_glue scripts/sanitize_moe.py --glue-only
@@ -151,6 +158,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
   if [[ -n ${SANITIZE_GLUE_ALL:-} ]]; then
     run_sanitizer initcheck moe_glue scripts/sanitize_moe.py --glue-only
     run_sanitizer synccheck moe_glue scripts/sanitize_moe.py --glue-only
+  fi
   fi
 fi
 pack
@@ -220,13 +228,20 @@ if [[ " $stages " == *" baseline "* ]]; then
     (cd "$BASE" && base_python python3 -m flashinfer_sm12x cache import "$OLDPWD/$carried" --arch sm_90a) 2>&1 \
       | tail -1 | tee -a "$RESULTS/import_baseline.log"
   done
-  echo "== [$(elapsed) s] baseline ($tarball): moe_bits, then the glue benchmark"
-  base_python python3 scripts/moe_bits.py --build-only --jobs 16 > "$RESULTS/bits_baseline_build.log" 2>&1
-  base_python python3 scripts/moe_bits.py --out "$RESULTS/bits_baseline.json" 2>&1 \
-    | tee "$RESULTS/bits_baseline.log" | tail -2
-  base_python python3 benchmarks/bench_moe_glue.py --tokens "${GLUE_TOKENS:-1,8,32,64,128,1024,8192}" \
+  if [[ -z ${BASELINE_SKIP_BITS:-} ]]; then
+    echo "== [$(elapsed) s] baseline ($tarball): moe_bits"
+    base_python python3 scripts/moe_bits.py --build-only --jobs 16 > "$RESULTS/bits_baseline_build.log" 2>&1
+    base_python python3 scripts/moe_bits.py --out "$RESULTS/bits_baseline.json" 2>&1 \
+      | tee "$RESULTS/bits_baseline.log" | tail -2
+  fi
+  # The glue kernels alone (no GEMM module needed), the baseline's and then this checkout's, back to back.
+  echo "== [$(elapsed) s] baseline: the glue kernels, the baseline's then this checkout's"
+  base_python python3 benchmarks/bench_moe_glue.py --glue-only --tokens "${GLUE_TOKENS:-1,8,32,64,128,1024,8192}" \
     --csv "$RESULTS/bench_moe_glue_baseline.csv" --png "$RESULTS/bench_moe_glue_baseline.png" 2>&1 \
-    | tee "$RESULTS/bench_moe_glue_baseline.log" | tail -12
+    | tee "$RESULTS/bench_moe_glue_baseline.log" | tail -8
+  python3 benchmarks/bench_moe_glue.py --glue-only --tokens "${GLUE_TOKENS:-1,8,32,64,128,1024,8192}" \
+    --csv "$RESULTS/bench_moe_glue_new.csv" --png "$RESULTS/bench_moe_glue_new.png" 2>&1 \
+    | tee "$RESULTS/bench_moe_glue_new.log" | tail -8
 fi
 pack
 
@@ -299,9 +314,11 @@ fi
 pack
 
 if [[ " $stages " == *" profile "* ]]; then
-  echo "== [$(elapsed) s] profile: glue kernels (durations from the profiler and per call in graphs)"
-  python3 benchmarks/bench_moe_glue.py --tokens "${GLUE_TOKENS:-1,8,32,64,128,1024,8192}" \
-    --csv "$RESULTS/bench_moe_glue.csv" --png "$RESULTS/bench_moe_glue.png" 2>&1 | tee "$RESULTS/bench_moe_glue.log" | tail -14
+  if [[ -z ${PROFILE_SKIP_BENCH:-} ]]; then
+    echo "== [$(elapsed) s] profile: glue kernels (durations from the profiler and per call in graphs)"
+    python3 benchmarks/bench_moe_glue.py --tokens "${GLUE_TOKENS:-1,8,32,64,128,1024,8192}" \
+      --csv "$RESULTS/bench_moe_glue.csv" --png "$RESULTS/bench_moe_glue.png" 2>&1 | tee "$RESULTS/bench_moe_glue.log" | tail -14
+  fi
   if command -v ncu > /dev/null; then
     echo "== [$(elapsed) s] profile: Nsight Compute on the glue kernels at T = 1 and 64"
     timeout 240 ncu --kernel-name regex:"plan|scatter|finalize|activation" --launch-count 10 \
