@@ -131,3 +131,29 @@ def test_cached_gemm_launcher_does_not_keep_weights_alive() -> None:
     del b
     with pytest.raises(RuntimeError, match="freed"):
         launch()
+
+
+@pytest.mark.parametrize(("act", "pair"), [("mxfp8", ("pingpong:128x64", "pingpong:128x32")),
+                                           ("mxfp4", ("pingpong:64x128", "pingpong:64x128")),
+                                           ("mxfp4", ("pingpong:128x128", "cooperative:128x128"))])
+def test_each_gemm_runs_its_own_tactic(act: str, pair: tuple[str, str]) -> None:
+    """A (GEMM1, GEMM2) pair of different tiles sharing tile_m (the wave-aware choice on a 170-SM part: W4A8 128x64 then
+    128x32) against the reference pipeline with the same pair, and against the single-tactic run bit for bit where the
+    GEMM2 tile only changes the order of independent tiles (a GEMM's rows do not depend on its tile width)."""
+    from flashinfer_sm12x.kernels.family import Tactic
+
+    def tactic(text: str) -> Tactic:
+        schedule, shape = text.split(":")
+        m, n = (int(v) for v in shape.split("x"))
+        return Tactic(schedule, m, n, 128)
+
+    _, w = weights(32, act=act)
+    hidden, logits = make_inputs(7, H, 32)
+    hidden, logits = hidden.cuda(), logits.cuda()
+    gemm1, gemm2 = tactic(pair[0]), tactic(pair[1])
+    got = fused_moe(hidden, logits, w, top_k=4, impl="kernels", tactic=(gemm1, gemm2))
+    want = fused_moe(hidden, logits, w, top_k=4, impl="reference", tactic=(gemm1, gemm2))
+    single = fused_moe(hidden, logits, w, top_k=4, impl="kernels", tactic=gemm1)
+    assert got.isfinite().all()
+    assert rel_l2(got, want.double()) < KERNELS_VS_TORCH
+    assert torch.equal(got, single)
