@@ -400,7 +400,7 @@ struct Sm90StreamKSchedulerTag {};
 }  // namespace flashinfer_sm12x::emulated
 
 // The config's customization points for emulated builds (gemm/config.cuh): the atom and the SM90 schedulers.
-namespace flashinfer_sm12x::mm_fp4::detail {
+namespace flashinfer_sm12x::gemm::detail {
 template <class Collective>
 struct MaybeEmulatedAtom<Collective, true> {
   using type = typename emulated::WithEmulatedAtom<Collective>::type;
@@ -410,7 +410,7 @@ struct SchedulerTag<Schedule, true> {
   using type = cute::conditional_t<cute::is_same_v<Schedule, StreamK>, emulated::Sm90StreamKSchedulerTag,
                                    emulated::Sm90PersistentSchedulerTag>;
 };
-}  // namespace flashinfer_sm12x::mm_fp4::detail
+}  // namespace flashinfer_sm12x::gemm::detail
 
 namespace cute {
 template <>

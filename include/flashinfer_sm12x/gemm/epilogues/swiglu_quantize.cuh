@@ -37,7 +37,10 @@
 #include "flashinfer_sm12x/gemm/epilogues/register_epilogue.cuh"
 #include "flashinfer_sm12x/gemm/epilogues/routed_rows.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::grouped_mm_fp4 {
+
+// The epilogue tag of grouped configs: fc1 bias + SwiGLU + quantization for GEMM2, written instead of D (MoE GEMM1).
+struct SwigluQuantize {};
 
 enum class BiasDtype : int { kNone = 0, kFloat32 = 1, kFloat16 = 2, kBfloat16 = 3 };
 
@@ -53,7 +56,7 @@ struct SwigluQuantizeArguments {
 };
 
 template <ActFormat F, int TileM, int TileN>
-class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, uint8_t> {
+class SwigluQuantizeEpilogue : public gemm::RegisterEpilogue<SwigluQuantizeArguments, uint8_t> {
  public:
   static_assert(TileN % 64 == 0, "a tile must hold whole 32-output scale blocks: TileN % 64 == 0");
   static constexpr int kChunkRows = TileM < 32 ? TileM : 32;
@@ -64,7 +67,7 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
   static constexpr int kGroups = kChunkRows * kGroupsPerRow;
   static constexpr uint32_t kBarrier = static_cast<uint32_t>(cutlass::arch::ReservedNamedBarriers::FirstUserBarrier);
 
-  using Base = RegisterEpilogue<SwigluQuantizeArguments, uint8_t>;
+  using Base = gemm::RegisterEpilogue<SwigluQuantizeArguments, uint8_t>;
   using typename Base::Arguments;
   using typename Base::Params;
   using Base::Base;
@@ -219,15 +222,15 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
 
 // The collective CUTLASS's kernels call: the epilogue behind the adapter of register-storing epilogues.
 template <class Format, int TileM, int TileN>
-using SwigluQuantizeCollective = RegisterEpilogueCollective<
-    SwigluQuantizeEpilogue<cute::is_same_v<Format, Mxfp8Mxfp4> ? ActFormat::kMxfp8 : ActFormat::kMxfp4,
+using SwigluQuantizeCollective = gemm::RegisterEpilogueCollective<
+    SwigluQuantizeEpilogue<cute::is_same_v<Format, gemm::Mxfp8Mxfp4> ? ActFormat::kMxfp8 : ActFormat::kMxfp4,
                            TileM, TileN>>;
 
-namespace detail {
-template <class Format, int TileM, int TileN, class BuilderEpilogue>
-struct EpilogueOf<SwigluQuantize, Format, TileM, TileN, BuilderEpilogue> {
-  using type = SwigluQuantizeCollective<Format, TileM, TileN>;
-};
-}  // namespace detail
+}  // namespace flashinfer_sm12x::grouped_mm_fp4
 
-}  // namespace flashinfer_sm12x::mm_fp4
+namespace flashinfer_sm12x::gemm::detail {
+template <class Format, int TileM, int TileN, class BuilderEpilogue>
+struct EpilogueOf<grouped_mm_fp4::SwigluQuantize, Format, TileM, TileN, BuilderEpilogue> {
+  using type = grouped_mm_fp4::SwigluQuantizeCollective<Format, TileM, TileN>;
+};
+}  // namespace flashinfer_sm12x::gemm::detail

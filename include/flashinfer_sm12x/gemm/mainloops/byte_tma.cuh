@@ -18,7 +18,7 @@
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 template <class Base>
 struct ByteTmaMainloop : Base {
@@ -157,4 +157,4 @@ struct Mainloop<Collective, MainloopKind::ByteTma> {
 };
 }  // namespace detail
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm

@@ -12,7 +12,7 @@
 #include "flashinfer_sm12x/common/grouped_b.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::grouped_mm_fp4 {
 
 template <class Base>
 struct GroupedCollectiveMainloop : Base {
@@ -66,11 +66,11 @@ struct GroupedCollectiveMainloop : Base {
   }
 };
 
-namespace detail {
+}  // namespace flashinfer_sm12x::grouped_mm_fp4
+
+namespace flashinfer_sm12x::gemm::detail {
 template <class Collective>
 struct Mainloop<Collective, MainloopKind::GroupedCollective> {
-  using type = GroupedCollectiveMainloop<Collective>;
+  using type = grouped_mm_fp4::GroupedCollectiveMainloop<Collective>;
 };
-}  // namespace detail
-
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm::detail

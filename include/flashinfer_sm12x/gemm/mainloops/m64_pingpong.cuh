@@ -38,7 +38,7 @@
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 template <class Blueprint>
 struct M64PingpongMainloop : Blueprint {
@@ -348,4 +348,4 @@ struct Mainloop<Collective, MainloopKind::M64Pingpong> {
 };
 }  // namespace detail
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm

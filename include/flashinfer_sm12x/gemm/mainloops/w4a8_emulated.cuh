@@ -22,7 +22,7 @@
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 // The packed image of B inside the collective's SW128 uint8 layout, in 4-bit units: one stage is (TileN, TileK)
 // codes; the native layout tiles its 8 x 128 atoms N first, then K, then stages (checked below).
@@ -184,4 +184,4 @@ struct Mainloop<Collective, MainloopKind::EmulatedW4A8> {
 };
 }  // namespace detail
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm
