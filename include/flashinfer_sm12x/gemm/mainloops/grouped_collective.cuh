@@ -29,7 +29,7 @@ struct GroupedCollectiveMainloop : Base {
     Params params{};
     static_cast<typename Base::Params&>(params) = Base::to_underlying_arguments(problem_shape, args, workspace);
     auto [M, N, K, L] = append<4>(problem_shape, 1);
-    params.grouped_b = GroupedB{args.b_batch_of_m_tile, args.b_batch_of_m_tile ? args.num_b_batches : int(L)};
+    params.grouped_b = GroupedB::of(args, int(L));
     // The base encoded B over the problem's L; the experts' B spans all batches (its SFB layout already does:
     // the launcher builds layout_SFB over num_b_batches).
     auto tensor_b = make_tensor(recast_ptr<typename Base::TmaInternalElementB>(args.ptr_B),
