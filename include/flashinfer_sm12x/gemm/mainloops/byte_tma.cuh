@@ -4,10 +4,10 @@
 // The SM120 collective encodes packed fp4 A/B with CU_TENSOR_MAP_DATA_TYPE_16U4_ALIGN8B, a sub-byte TMA type that
 // SM90 does not have. For packed data (no smem gaps) that transfer is byte-identical to a UINT8 transfer of half the
 // K extent (common/packed_fp4_tma.cuh), which every TMA-capable GPU supports. This wrapper adds byte-typed A/B atoms
-// to Params and provides its own load_init / load (the producer side, common/tma_producer.cuh); the consumer side (mma,
-// with Params sliced to the base) and everything else are inherited. It serves the emulated SM90 builds of 128-row tiles and, natively,
-// the packed e2m1 grouped GEMMs: with `b_batch_of_m_tile` set, M tile m multiplies B batch b_batch_of_m_tile[m]
-// (common/grouped_b.cuh).
+// to Params and provides its own load_init / load (the producer side, common/tma_producer.cuh); the consumer side
+// (mma, with Params sliced to the base) and everything else are inherited. It serves the emulated SM90 builds of
+// 128-row tiles and, natively, the packed e2m1 grouped GEMMs: with `b_batch_of_m_tile` set, M tile m multiplies B
+// batch b_batch_of_m_tile[m] (common/grouped_b.cuh).
 #pragma once
 
 #include "cute/atom/copy_traits_sm90_tma.hpp"
