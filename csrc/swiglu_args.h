@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Binding-side arguments of the MoE activation (moe/activation.cuh), shared by the glue module's activation kernel
+// Binding-side arguments of the SwiGLU activation (common/swiglu.cuh), shared by the glue module's activation kernel
 // and GEMM1's fused swiglu + quantize epilogue: optional per-expert float32 [E] tensors or scalars.
 #pragma once
 
@@ -7,7 +7,7 @@
 #include <tvm/ffi/optional.h>
 
 #include "ffi_checks.h"
-#include "flashinfer_sm12x/moe/activation.cuh"
+#include "flashinfer_sm12x/common/swiglu.cuh"
 
 namespace flashinfer_sm12x::ffi {
 
@@ -19,12 +19,12 @@ inline const float* optional_floats(const tvm::ffi::Optional<TensorView>& t, int
   return static_cast<const float*>((*t).data_ptr());
 }
 
-inline moe::SwigluArgs swiglu_args(int64_t experts, bool oai, const tvm::ffi::Optional<TensorView>& g1,
+inline SwigluArgs swiglu_args(int64_t experts, bool oai, const tvm::ffi::Optional<TensorView>& g1,
                                    const tvm::ffi::Optional<TensorView>& alpha_e,
                                    const tvm::ffi::Optional<TensorView>& beta_e,
                                    const tvm::ffi::Optional<TensorView>& limit_e, double alpha, double beta,
                                    double limit, bool has_limit) {
-  moe::SwigluArgs a;
+  SwigluArgs a;
   a.oai = oai;
   a.g1 = optional_floats(g1, experts, "g1 must be float32 [E]");
   a.alpha_e = optional_floats(alpha_e, experts, "alpha must be float32 [E]");

@@ -46,7 +46,7 @@ struct W4A8Case {
       cutlass::mx_float8_t<cutlass::float_e4m3_t>, cutlass::layout::RowMajor, 16,
       cutlass::mx_float4_t<cutlass::float_e2m1_t>, cutlass::layout::ColumnMajor, 128, float, TileShape,
       Shape<_1, _1, _1>, cutlass::gemm::collective::StageCount<2>, Schedule>::CollectiveOp;
-  using Mainloop = flashinfer_sm12x::mm_fp4::EmulatedW4A8Mainloop<
+  using Mainloop = flashinfer_sm12x::gemm::EmulatedW4A8Mainloop<
       typename flashinfer_sm12x::emulated::WithEmulatedAtom<Native>::type>;
   static_assert(cute::is_same_v<typename Mainloop::SmemCopyAtomB,
                                 Copy_Atom<flashinfer_sm12x::emulated::SM90_EMU_SU4_DU8x16_x4_LDSM_N, uint8_t>>,

@@ -4,6 +4,8 @@ quantize (scatter, plan_scatter, activation) use the native conversion instructi
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from flashinfer_sm12x.jit.arch import parse_target
@@ -47,7 +49,7 @@ def test_glue_module_is_spill_free_and_converts_natively(arch: str, act_format: 
     instruction = required_instruction(act_format, target)
     if instruction:
         for k in kernels:
-            if "scatter_kernelILNS0_9ActFormatE" in k.name and "Lb1E" in k.name:
+            if re.search(r"scatter_kernelILN\w*?9ActFormatE", k.name) and "Lb1E" in k.name:
                 continue  # the pre-quantized copy (scatter_kernel or plan_scatter_kernel) converts nothing
             if "scatter_kernel" in k.name or "activation_kernel" in k.name:
                 assert k.count(instruction) > 0, f"no {instruction} in {k.name}"

@@ -15,6 +15,12 @@ struct GroupedB {
   int32_t const* b_batch_of_m_tile = nullptr;
   int batches = 1;  // extent of B's batch mode (E when grouped)
 
+  // From a mainloop's GroupedBArguments: the table and E when grouped, else the problem's `problem_batches`.
+  template <class Arguments>
+  static GroupedB of(Arguments const& args, int problem_batches) {
+    return GroupedB{args.b_batch_of_m_tile, args.b_batch_of_m_tile ? args.num_b_batches : problem_batches};
+  }
+
   // One global load by the producer thread per output tile: negligible next to the tile's TMA traffic.
   CUTLASS_DEVICE int batch_of(int m_tile, int l_coord) const {
     return b_batch_of_m_tile ? __ldg(b_batch_of_m_tile + m_tile) : l_coord;

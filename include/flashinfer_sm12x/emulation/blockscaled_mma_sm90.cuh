@@ -147,24 +147,31 @@ CUTE_DEVICE void e2m1x4_container_to_f16x4(uint32_t s, uint32_t& p01, uint32_t& 
   p23 = __byte_perm(hi, 0u, 0x3424u);  // bytes {0, hi2, 0, hi3}
 }
 
-}  // namespace detail
-
-// The emulated operation. SF = cutlass::float_ue8m0_t (VS 32) or cutlass::float_ue4m3_t (VS 16).
-template <class SF, int VS>
-struct SM90_EMU_16x8x64_TN_VS {
-  static_assert((cute::is_same_v<SF, cutlass::float_ue8m0_t> && VS == 32) ||
-                    (cute::is_same_v<SF, cutlass::float_ue4m3_t> && VS == 16),
-                "emulated: MXFP4 (ue8m0/32) and NVFP4 (ue4m3/16) only");
-  using Native = cute::SM120::BLOCKSCALED::SM120_16x8x64_TN_VS<cutlass::float_e2m1_t, cutlass::float_e2m1_t,
-                                                               float, SF, VS>;
+// An emulated op keeps the register interface of the native op it stands for (its MMA_Traits are the native ones).
+template <class NativeOp>
+struct NativeRegisters {
+  using Native = NativeOp;
   using DRegisters = typename Native::DRegisters;
   using ARegisters = typename Native::ARegisters;
   using BRegisters = typename Native::BRegisters;
   using CRegisters = typename Native::CRegisters;
   using SFARegisters = typename Native::SFARegisters;
   using SFBRegisters = typename Native::SFBRegisters;
-  using RegTypeSF = typename Native::RegTypeSF;
+};
 
+}  // namespace detail
+
+// The emulated operation. SF = cutlass::float_ue8m0_t (VS 32) or cutlass::float_ue4m3_t (VS 16).
+template <class SF, int VS>
+struct SM90_EMU_16x8x64_TN_VS
+    : detail::NativeRegisters<cute::SM120::BLOCKSCALED::SM120_16x8x64_TN_VS<cutlass::float_e2m1_t,
+                                                                             cutlass::float_e2m1_t, float, SF, VS>> {
+  static_assert((cute::is_same_v<SF, cutlass::float_ue8m0_t> && VS == 32) ||
+                    (cute::is_same_v<SF, cutlass::float_ue4m3_t> && VS == 16),
+                "emulated: MXFP4 (ue8m0/32) and NVFP4 (ue4m3/16) only");
+  using RegTypeSF = typename SM90_EMU_16x8x64_TN_VS::Native::RegTypeSF;
+
+  // One argument per register, as CuTe's MMA op interface (and the native op) has it; the W4A8 op's is alike.
   CUTE_HOST_DEVICE static void
   fma(float& d0, float& d1, float& d2, float& d3,
       uint32_t const& a0, uint32_t const& a1, uint32_t const& a2, uint32_t const& a3,
@@ -243,15 +250,9 @@ struct SM90_EMU_16x8x64_TN_VS {
 // over its own k-values (4t.. in the first, 16+4t.. in the second, same slot order for A and B) compute the k32 dot
 // product, permuted. The products are exact (e4m3 x e2m1 has <= 6 significant bits) and the whole k32 is one
 // scale block, so the scales are applied once to the fp32 block sum.
-struct SM90_EMU_16x8x32_TN_E4M3_E2M1 {
-  using Native = cute::SM120::BLOCKSCALED::SM120_16x8x32_TN_VS<cutlass::float_e4m3_t, cutlass::float_e2m1_t, float,
-                                                               cutlass::float_ue8m0_t, 32>;
-  using DRegisters = typename Native::DRegisters;
-  using ARegisters = typename Native::ARegisters;
-  using BRegisters = typename Native::BRegisters;
-  using CRegisters = typename Native::CRegisters;
-  using SFARegisters = typename Native::SFARegisters;
-  using SFBRegisters = typename Native::SFBRegisters;
+struct SM90_EMU_16x8x32_TN_E4M3_E2M1
+    : detail::NativeRegisters<cute::SM120::BLOCKSCALED::SM120_16x8x32_TN_VS<
+          cutlass::float_e4m3_t, cutlass::float_e2m1_t, float, cutlass::float_ue8m0_t, 32>> {
 
   CUTE_HOST_DEVICE static void
   fma(float& d0, float& d1, float& d2, float& d3,
@@ -399,7 +400,7 @@ struct Sm90StreamKSchedulerTag {};
 }  // namespace flashinfer_sm12x::emulated
 
 // The config's customization points for emulated builds (gemm/config.cuh): the atom and the SM90 schedulers.
-namespace flashinfer_sm12x::mm_fp4::detail {
+namespace flashinfer_sm12x::gemm::detail {
 template <class Collective>
 struct MaybeEmulatedAtom<Collective, true> {
   using type = typename emulated::WithEmulatedAtom<Collective>::type;
@@ -409,7 +410,7 @@ struct SchedulerTag<Schedule, true> {
   using type = cute::conditional_t<cute::is_same_v<Schedule, StreamK>, emulated::Sm90StreamKSchedulerTag,
                                    emulated::Sm90PersistentSchedulerTag>;
 };
-}  // namespace flashinfer_sm12x::mm_fp4::detail
+}  // namespace flashinfer_sm12x::gemm::detail
 
 namespace cute {
 template <>

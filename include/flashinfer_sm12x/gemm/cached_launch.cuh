@@ -8,7 +8,8 @@
 // prepared Params are kept in a bounded per-configuration LRU cache (gemm/launch_cache.h) keyed by exactly those
 // values. A hit re-runs only what is not pure - the workspace initialisation (stream-K zeroes its reduction flags
 // on every call; a no-op for the other schedulers) - and launches. A miss prepares as run<Config> does
-// (gemm/launcher.cuh) and stores the result.
+// (gemm/launcher.cuh) and stores the result. The dense GEMM's own piece: namespace flashinfer_sm12x::mm_fp4, on the
+// launch it shares with the grouped GEMM (flashinfer_sm12x::gemm).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -46,7 +47,7 @@ uint64_t key_word(T value) {
 
 // Everything the Params of `p` depend on. The structured binding names every field of Problem: a field added to
 // Problem makes this line fail to compile until the key covers it too.
-inline LaunchKey key_of(Problem const& p, int device, void const* workspace) {
+inline LaunchKey key_of(gemm::Problem const& p, int device, void const* workspace) {
   auto const& [m, n, k, a, b, sfa, sfb, d, alpha, b_batch_of_m_tile, num_b_batches, epilogue_args] = p;
   static_assert(LaunchKey::kWords == 14, "one word per Problem field, plus the device and the workspace");
   return LaunchKey{{detail::key_word(device), detail::key_word(m), detail::key_word(n), detail::key_word(k),
@@ -65,7 +66,7 @@ LaunchCache<PreparedLaunch<Config>>& launch_cache() {
 // run<Config> with the prepared Params cached. `workspace_needed` receives the workspace size the problem needs;
 // when it exceeds `workspace_capacity` nothing is launched and cudaErrorInvalidValue is returned.
 template <class Config>
-cudaError_t run_cached(Problem const& p, void* workspace, size_t workspace_capacity, cudaStream_t stream,
+cudaError_t run_cached(gemm::Problem const& p, void* workspace, size_t workspace_capacity, cudaStream_t stream,
                        bool enable_pdl, size_t& workspace_needed) {
   static_assert(!Config::kGrouped, "grouped problems carry per-call device tile maps: use run<Config>");
   using Gemm = typename Config::Gemm;
@@ -80,9 +81,9 @@ cudaError_t run_cached(Problem const& p, void* workspace, size_t workspace_capac
     workspace_needed = prepared.workspace_bytes;
     if (workspace_needed > workspace_capacity) return cudaErrorInvalidValue;
     cutlass::Status s = Config::GemmKernel::initialize_workspace(prepared.args, workspace, stream, nullptr);
-    if (s != cutlass::Status::kSuccess) return detail::to_cuda(s);
+    if (s != cutlass::Status::kSuccess) return gemm::detail::to_cuda(s);
   } else {
-    prepared.args = detail::make_arguments<Config>(p);
+    prepared.args = gemm::detail::make_arguments<Config>(p);
     prepared.workspace_bytes = Gemm::get_workspace_size(prepared.args);
     workspace_needed = prepared.workspace_bytes;
     if (workspace_needed > workspace_capacity) return cudaErrorInvalidValue;
@@ -91,11 +92,11 @@ cudaError_t run_cached(Problem const& p, void* workspace, size_t workspace_capac
     if (s != cutlass::Status::kSuccess)
       return s == cutlass::Status::kErrorNotSupported ? cudaErrorNotSupported : cudaErrorInvalidValue;
     s = gemm.initialize(prepared.args, workspace, stream);  // workspace, TMA descriptors, smem attribute
-    if (s != cutlass::Status::kSuccess) return detail::to_cuda(s);
+    if (s != cutlass::Status::kSuccess) return gemm::detail::to_cuda(s);
     prepared.params = gemm.params();
     launch_cache<Config>().insert(key, prepared);
   }
-  return detail::to_cuda(Gemm::run(prepared.params, stream, /*cuda_adapter=*/nullptr, enable_pdl));
+  return gemm::detail::to_cuda(Gemm::run(prepared.params, stream, /*cuda_adapter=*/nullptr, enable_pdl));
 }
 
 }  // namespace flashinfer_sm12x::mm_fp4

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The block-scaled GEMM configuration shared by mm_fp4 (dense, gemm/mm_fp4.cuh) and grouped_mm_fp4 (the MoE GEMM,
-// gemm/grouped_mm_fp4.cuh) on SM120/SM121 (RTX 50xx, RTX PRO 6000, DGX Spark):
+// gemm/grouped_mm_fp4.cuh) on SM120/SM121 (RTX 50xx, RTX PRO 6000, DGX Spark), in namespace flashinfer_sm12x::gemm
+// (each GEMM's own pieces are in flashinfer_sm12x::mm_fp4 / flashinfer_sm12x::grouped_mm_fp4):
 //
 //   D[M,N] = alpha * (A[M,K] . SFA) x (B[N,K] . SFB)^T       (TN: A and B both K-major, D row-major)
 //
@@ -43,7 +44,7 @@
 #include "cutlass/gemm/kernel/tile_scheduler.hpp"
 
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 // ---------------------------------------------------------------------------------------------
 // Compile-time tags
@@ -52,10 +53,9 @@ struct Mxfp4 {};       // e2m1 x e2m1, ue8m0 scale per 32 (kind::mxf4nvf4, scale
 struct Nvfp4 {};       // e2m1 x e2m1, ue4m3 scale per 16 (kind::mxf4nvf4, scale_vec::4X)
 struct Mxfp8Mxfp4 {};  // W4A8: A e4m3, B e2m1, ue8m0 per 32 (kind::mxf8f6f4, FP8 rate)
 
-// Epilogues: what GEMM writes.
-struct StoreD {};          // CUTLASS's TMA epilogue: D = alpha * acc in bf16 / fp16
-struct SwigluQuantize {};  // MoE GEMM1: fc1 bias + SwiGLU + quantization for GEMM2 (gemm/epilogues/swiglu_quantize.cuh)
-struct StoreRouted {};     // MoE GEMM2: D for the routed rows only (gemm/epilogues/store_routed.cuh)
+// Epilogues: what GEMM writes. StoreD is CUTLASS's TMA epilogue, D = alpha * acc in bf16 / fp16; the grouped GEMM's
+// fused MoE epilogues (grouped_mm_fp4::SwigluQuantize, grouped_mm_fp4::StoreRouted) are tags of their own headers.
+struct StoreD {};
 
 struct Pingpong {};
 struct Cooperative {};
@@ -63,6 +63,7 @@ struct StreamK {};     // Cooperative kernel + stream-K tile scheduler
 
 namespace detail {
 
+// One specialization per format, written out in full: a table of CUTLASS types, alike by design.
 template <class Format> struct FormatTraits;
 
 template <> struct FormatTraits<Mxfp4> {
@@ -129,6 +130,8 @@ struct EpilogueOf {
   using type = BuilderEpilogue;
 };
 
+}  // namespace detail
+
 // Which mainloop runs the collective CUTLASS built:
 //   Collective        CUTLASS's SM120 collective as built (native dense 128/256-row tiles);
 //   ByteTma           the same with packed e2m1 A/B through byte TMA (emulated 128-row tiles; native grouped W4A4);
@@ -136,8 +139,13 @@ struct EpilogueOf {
 //   M64Pingpong       our 64-row mainloop (MXFP4 / NVFP4 64-row Pingpong tiles, dense and grouped);
 //   EmulatedW4A8      the W4A8 collective with its e2m1 operand through a packed byte image (emulated, dense and
 //                     grouped).
-// Each kind but the first is specialised in its header under gemm/mainloops/.
+// Each kind but the first is specialised in its header under gemm/mainloops/. jit/gemm_includes.cu.jinja picks the
+// header to include by the same rules, and the rendered source asserts that both chose the same kind
+// (Config::kMainloopKind == kIncludedMainloop, jit/compile_facts.cu.jinja; tests/test_mainloop_choice.py renders
+// every shipped spec against this function).
 enum class MainloopKind { Collective, ByteTma, GroupedCollective, M64Pingpong, EmulatedW4A8 };
+
+namespace detail {
 
 template <bool Emulated, bool M64, bool Grouped, bool PackedFp4>
 constexpr MainloopKind mainloop_kind() {
@@ -230,9 +238,10 @@ struct MmFp4Config {
               static_cast<int>(sizeof(typename CollectiveEpilogue::SharedStorage))>>,
       typename detail::MainloopScheduleTag<Format, Schedule>::type>::CollectiveOp;
 
+  static constexpr MainloopKind kMainloopKind =
+      detail::mainloop_kind<Emulated, kM64, Grouped, !cute::is_same_v<Format, Mxfp8Mxfp4>>();
   using CollectiveMainloop = typename detail::Mainloop<
-      typename detail::MaybeEmulatedAtom<NativeMainloop, Emulated>::type,
-      detail::mainloop_kind<Emulated, kM64, Grouped, !cute::is_same_v<Format, Mxfp8Mxfp4>>()>::type;
+      typename detail::MaybeEmulatedAtom<NativeMainloop, Emulated>::type, kMainloopKind>::type;
 
   using GemmKernel = cutlass::gemm::kernel::GemmUniversal<
       cute::Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,
@@ -249,4 +258,4 @@ struct MmFp4Config {
   static constexpr bool kFusedEpilogue = !cute::is_same_v<Epilogue, StoreD>;
 };
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm

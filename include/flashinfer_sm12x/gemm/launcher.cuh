@@ -10,7 +10,7 @@
 
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 struct Problem {
   int m, n, k;
@@ -143,4 +143,4 @@ cudaError_t run(Problem const& p, void* workspace, cudaStream_t stream, bool ena
   return detail::to_cuda(gemm.run(stream, /*cuda_adapter=*/nullptr, enable_pdl));
 }
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm

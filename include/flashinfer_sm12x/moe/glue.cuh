@@ -29,7 +29,7 @@
 
 #include <cstdint>
 
-#include "flashinfer_sm12x/moe/activation.cuh"
+#include "flashinfer_sm12x/common/swiglu.cuh"
 #include "flashinfer_sm12x/moe/routing.cuh"
 #include "flashinfer_sm12x/quantize/block_scale.cuh"
 

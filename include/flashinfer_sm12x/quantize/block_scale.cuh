@@ -358,34 +358,48 @@ FIS_D uint32_t local_amax_bits(const float (&v)[N]) {
   return m;
 }
 
-template <int N>
-FIS_D uint32_t mxfp4_quantize_segment(const float (&v)[N], ScaleRecipe recipe, uint32_t (&packed)[N / 8]) {
+// How an MX element format packs into 32-bit words: elements per word, the word of a NaN block, the packer.
+template <class Elem>
+struct MxPacking;
+template <>
+struct MxPacking<E2m1Format> {
+  static constexpr int kPerWord = 8;
+  static constexpr uint32_t kNanWord = 0x77777777u;
+  FIS_D static uint32_t pack(const float (&v)[8]) { return e2m1x8(v); }
+};
+template <>
+struct MxPacking<E4m3Format> {
+  static constexpr int kPerWord = 4;
+  static constexpr uint32_t kNanWord = 0x7F7F7F7Fu;
+  FIS_D static uint32_t pack(const float (&v)[4]) { return e4m3x4(v); }
+};
+
+// The MX segment quantizer of either element format (mxfp4_quantize_segment / mxfp8_quantize_segment).
+template <class Elem, int N>
+FIS_D uint32_t mx_quantize_segment(const float (&v)[N], ScaleRecipe recipe,
+                                   uint32_t (&packed)[N / MxPacking<Elem>::kPerWord]) {
   static_assert(N == 8 || N == 16 || N == 32, "a lane holds 8, 16 or 32 elements of a 32-element block");
-  const uint32_t code = e8m0_from_amax_bits<E2m1Format>(group_max<32 / N>(local_amax_bits(v)), recipe);
+  using Packing = MxPacking<Elem>;
+  const uint32_t code = e8m0_from_amax_bits<Elem>(group_max<32 / N>(local_amax_bits(v)), recipe);
   const float inverse = e8m0_inverse(code);
 #pragma unroll
-  for (int w = 0; w < N / 8; ++w) {
-    float scaled[8];
+  for (int w = 0; w < N / Packing::kPerWord; ++w) {
+    float scaled[Packing::kPerWord];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) scaled[i] = __fmul_rn(v[8 * w + i], inverse);
-    packed[w] = code == kE8m0Nan ? 0x77777777u : e2m1x8(scaled);
+    for (int i = 0; i < Packing::kPerWord; ++i) scaled[i] = __fmul_rn(v[Packing::kPerWord * w + i], inverse);
+    packed[w] = code == kE8m0Nan ? Packing::kNanWord : Packing::pack(scaled);
   }
   return code;
 }
 
 template <int N>
+FIS_D uint32_t mxfp4_quantize_segment(const float (&v)[N], ScaleRecipe recipe, uint32_t (&packed)[N / 8]) {
+  return mx_quantize_segment<E2m1Format, N>(v, recipe, packed);
+}
+
+template <int N>
 FIS_D uint32_t mxfp8_quantize_segment(const float (&v)[N], ScaleRecipe recipe, uint32_t (&packed)[N / 4]) {
-  static_assert(N == 8 || N == 16 || N == 32, "a lane holds 8, 16 or 32 elements of a 32-element block");
-  const uint32_t code = e8m0_from_amax_bits<E4m3Format>(group_max<32 / N>(local_amax_bits(v)), recipe);
-  const float inverse = e8m0_inverse(code);
-#pragma unroll
-  for (int w = 0; w < N / 4; ++w) {
-    float scaled[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) scaled[i] = __fmul_rn(v[4 * w + i], inverse);
-    packed[w] = code == kE8m0Nan ? 0x7F7F7F7Fu : e4m3x4(scaled);
-  }
-  return code;
+  return mx_quantize_segment<E4m3Format, N>(v, recipe, packed);
 }
 
 template <int N>

@@ -12,7 +12,7 @@
 #include "cutlass/epilogue/collective/detail.hpp"
 #include "cutlass/epilogue/dispatch_policy.hpp"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 // Arguments_ is both the host arguments and the kernel's Params (plain pointers and scalars).
 template <class Arguments_, class ElementD_>
@@ -56,4 +56,4 @@ struct RegisterEpilogue {
 template <class Epilogue>
 using RegisterEpilogueCollective = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<Epilogue>;
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm

@@ -10,7 +10,7 @@
 
 #include "cutlass/cutlass.h"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::grouped_mm_fp4 {
 
 // The routing plan's per-expert tables (device memory); null padded_start: every row counts as routed.
 struct RoutedRows {
@@ -25,4 +25,4 @@ struct RoutedRows {
   }
 };
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::grouped_mm_fp4

@@ -24,7 +24,9 @@
 #include "flashinfer_sm12x/gemm/epilogues/register_epilogue.cuh"
 #include "flashinfer_sm12x/gemm/epilogues/routed_rows.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::grouped_mm_fp4 {
+
+struct StoreRouted {};  // the epilogue tag of grouped configs: D for the routed rows only (MoE GEMM2)
 
 struct StoreRoutedArguments {
   void* d = nullptr;                        // [M, N] row-major, the config's ElementD
@@ -33,11 +35,11 @@ struct StoreRoutedArguments {
 };
 
 template <class ElementD_, int TileM, int TileN>
-class StoreRoutedEpilogue : public RegisterEpilogue<StoreRoutedArguments, ElementD_> {
+class StoreRoutedEpilogue : public gemm::RegisterEpilogue<StoreRoutedArguments, ElementD_> {
  public:
   static_assert(TileN % 2 == 0);
 
-  using Base = RegisterEpilogue<StoreRoutedArguments, ElementD_>;
+  using Base = gemm::RegisterEpilogue<StoreRoutedArguments, ElementD_>;
   using typename Base::Arguments;
   using typename Base::Params;
   using ElementD = ElementD_;
@@ -105,13 +107,13 @@ class StoreRoutedEpilogue : public RegisterEpilogue<StoreRoutedArguments, Elemen
 };
 
 template <class ElementD, int TileM, int TileN>
-using StoreRoutedCollective = RegisterEpilogueCollective<StoreRoutedEpilogue<ElementD, TileM, TileN>>;
+using StoreRoutedCollective = gemm::RegisterEpilogueCollective<StoreRoutedEpilogue<ElementD, TileM, TileN>>;
 
-namespace detail {
+}  // namespace flashinfer_sm12x::grouped_mm_fp4
+
+namespace flashinfer_sm12x::gemm::detail {
 template <class Format, int TileM, int TileN, class BuilderEpilogue>
-struct EpilogueOf<StoreRouted, Format, TileM, TileN, BuilderEpilogue> {
-  using type = StoreRoutedCollective<typename BuilderEpilogue::ElementD, TileM, TileN>;
+struct EpilogueOf<grouped_mm_fp4::StoreRouted, Format, TileM, TileN, BuilderEpilogue> {
+  using type = grouped_mm_fp4::StoreRoutedCollective<typename BuilderEpilogue::ElementD, TileM, TileN>;
 };
-}  // namespace detail
-
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm::detail

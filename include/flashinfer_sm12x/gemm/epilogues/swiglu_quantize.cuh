@@ -12,7 +12,7 @@
 //   64-row mainloops), so the epilogue does not depend on it: each thread writes its accumulators, rounded to
 //   bf16, into a shared-memory row band of kChunkRows rows (coordinates from the MMA's partition of an identity
 //   tensor), the epilogue threads synchronise on a named barrier, and then every thread reads 16 consecutive
-//   staged values (8 gate/up pairs), applies the activation (moe/activation.cuh, the code of the standalone
+//   staged values (8 gate/up pairs), applies the activation (common/swiglu.cuh, the code of the standalone
 //   activation kernel) and quantizes the 8 outputs with 3 neighbouring lanes (one 32-output block per 4 lanes).
 //   Bands of 32 rows keep the staging buffer at 8.5 KiB for a 128-column tile, so the mainloop keeps its stages.
 // - Bits. Rounding the accumulators to bf16 first is what the unfused path does (GEMM1 writes bf16, the activation
@@ -32,12 +32,15 @@
 
 #include "cute/tensor.hpp"
 #include "cutlass/arch/barrier.h"
+#include "flashinfer_sm12x/common/swiglu.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 #include "flashinfer_sm12x/gemm/epilogues/register_epilogue.cuh"
 #include "flashinfer_sm12x/gemm/epilogues/routed_rows.cuh"
-#include "flashinfer_sm12x/moe/activation.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::grouped_mm_fp4 {
+
+// The epilogue tag of grouped configs: fc1 bias + SwiGLU + quantization for GEMM2, written instead of D (MoE GEMM1).
+struct SwigluQuantize {};
 
 enum class BiasDtype : int { kNone = 0, kFloat32 = 1, kFloat16 = 2, kBfloat16 = 3 };
 
@@ -49,22 +52,22 @@ struct SwigluQuantizeArguments {
   RoutedRows routed;                        // rows not routed are not written (null tables: every row is)
   const void* bias = nullptr;               // fc1 bias [E, N] in GEMM1's column order, or null
   BiasDtype bias_dtype = BiasDtype::kNone;
-  moe::SwigluArgs act;
+  SwigluArgs act;
 };
 
-template <moe::ActFormat F, int TileM, int TileN>
-class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, uint8_t> {
+template <ActFormat F, int TileM, int TileN>
+class SwigluQuantizeEpilogue : public gemm::RegisterEpilogue<SwigluQuantizeArguments, uint8_t> {
  public:
   static_assert(TileN % 64 == 0, "a tile must hold whole 32-output scale blocks: TileN % 64 == 0");
   static constexpr int kChunkRows = TileM < 32 ? TileM : 32;
   static_assert(TileM % kChunkRows == 0);
   static constexpr int kPitch = TileN + 8;  // bf16 per staged row: 16 spare bytes spread the fragment stores' banks
-  static constexpr int kPairs = 8;          // gate/up pairs per thread and pass (= moe::kQuantElems outputs)
+  static constexpr int kPairs = 8;          // gate/up pairs per thread and pass (= kQuantElems outputs)
   static constexpr int kGroupsPerRow = TileN / (2 * kPairs);
   static constexpr int kGroups = kChunkRows * kGroupsPerRow;
   static constexpr uint32_t kBarrier = static_cast<uint32_t>(cutlass::arch::ReservedNamedBarriers::FirstUserBarrier);
 
-  using Base = RegisterEpilogue<SwigluQuantizeArguments, uint8_t>;
+  using Base = gemm::RegisterEpilogue<SwigluQuantizeArguments, uint8_t>;
   using typename Base::Arguments;
   using typename Base::Params;
   using Base::Base;
@@ -98,7 +101,7 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
     CUTE_STATIC_ASSERT_V(size(coords) == size(accumulators));
 
     const int expert = __ldg(params_.expert_of_tile + m_tile);
-    const moe::ExpertSwiglu act = moe::ExpertSwiglu::of(params_.act, expert);
+    const ExpertSwiglu act = ExpertSwiglu::of(params_.act, expert);
     // Rows below both bounds are written: the problem's rows and the expert's routed rows.
     const int64_t row_end = cute::min(static_cast<int64_t>(m_total), params_.routed.end_of(expert));
     const bool last_n_tile = n0 + TileN >= n_total;
@@ -144,7 +147,7 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
           CUTLASS_PRAGMA_UNROLL
           for (int j = 0; j < kPairs; ++j) a[j] = 0.f;
         }
-        moe::quantize_store<F>(a, active, row, static_cast<int>((n0 + col) / 2), inter, params_.out, params_.out_sf);
+        quantize_store<F>(a, active, row, static_cast<int>((n0 + col) / 2), inter, params_.out, params_.out_sf);
       }
       if (last_n_tile) zero_pad_scale_columns(m0 + chunk * kChunkRows, m_total, inter, thread_idx, kThreads);
       cutlass::arch::NamedBarrier::sync(kThreads, kBarrier);  // the band is restaged next (or by the next tile)
@@ -219,15 +222,15 @@ class SwigluQuantizeEpilogue : public RegisterEpilogue<SwigluQuantizeArguments, 
 
 // The collective CUTLASS's kernels call: the epilogue behind the adapter of register-storing epilogues.
 template <class Format, int TileM, int TileN>
-using SwigluQuantizeCollective = RegisterEpilogueCollective<
-    SwigluQuantizeEpilogue<cute::is_same_v<Format, Mxfp8Mxfp4> ? moe::ActFormat::kMxfp8 : moe::ActFormat::kMxfp4,
+using SwigluQuantizeCollective = gemm::RegisterEpilogueCollective<
+    SwigluQuantizeEpilogue<cute::is_same_v<Format, gemm::Mxfp8Mxfp4> ? ActFormat::kMxfp8 : ActFormat::kMxfp4,
                            TileM, TileN>>;
 
-namespace detail {
-template <class Format, int TileM, int TileN, class BuilderEpilogue>
-struct EpilogueOf<SwigluQuantize, Format, TileM, TileN, BuilderEpilogue> {
-  using type = SwigluQuantizeCollective<Format, TileM, TileN>;
-};
-}  // namespace detail
+}  // namespace flashinfer_sm12x::grouped_mm_fp4
 
-}  // namespace flashinfer_sm12x::mm_fp4
+namespace flashinfer_sm12x::gemm::detail {
+template <class Format, int TileM, int TileN, class BuilderEpilogue>
+struct EpilogueOf<grouped_mm_fp4::SwigluQuantize, Format, TileM, TileN, BuilderEpilogue> {
+  using type = grouped_mm_fp4::SwigluQuantizeCollective<Format, TileM, TileN>;
+};
+}  // namespace flashinfer_sm12x::gemm::detail

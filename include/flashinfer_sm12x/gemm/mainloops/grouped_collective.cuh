@@ -12,7 +12,7 @@
 #include "flashinfer_sm12x/common/grouped_b.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::grouped_mm_fp4 {
 
 template <class Base>
 struct GroupedCollectiveMainloop : Base {
@@ -29,7 +29,7 @@ struct GroupedCollectiveMainloop : Base {
     Params params{};
     static_cast<typename Base::Params&>(params) = Base::to_underlying_arguments(problem_shape, args, workspace);
     auto [M, N, K, L] = append<4>(problem_shape, 1);
-    params.grouped_b = GroupedB{args.b_batch_of_m_tile, args.b_batch_of_m_tile ? args.num_b_batches : int(L)};
+    params.grouped_b = GroupedB::of(args, int(L));
     // The base encoded B over the problem's L; the experts' B spans all batches (its SFB layout already does:
     // the launcher builds layout_SFB over num_b_batches).
     auto tensor_b = make_tensor(recast_ptr<typename Base::TmaInternalElementB>(args.ptr_B),
@@ -66,11 +66,11 @@ struct GroupedCollectiveMainloop : Base {
   }
 };
 
-namespace detail {
+}  // namespace flashinfer_sm12x::grouped_mm_fp4
+
+namespace flashinfer_sm12x::gemm::detail {
 template <class Collective>
 struct Mainloop<Collective, MainloopKind::GroupedCollective> {
-  using type = GroupedCollectiveMainloop<Collective>;
+  using type = grouped_mm_fp4::GroupedCollectiveMainloop<Collective>;
 };
-}  // namespace detail
-
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm::detail

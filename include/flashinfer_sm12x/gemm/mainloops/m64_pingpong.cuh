@@ -36,9 +36,10 @@
 
 #include "flashinfer_sm12x/common/grouped_b.cuh"
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
+#include "flashinfer_sm12x/common/tma_producer.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 template <class Blueprint>
 struct M64PingpongMainloop : Blueprint {
@@ -159,7 +160,7 @@ struct M64PingpongMainloop : Blueprint {
     using namespace cute;
     auto [M, N, K, L] = append<4>(problem_shape, 1);
     Params params{};
-    params.grouped_b = GroupedB{args.b_batch_of_m_tile, args.b_batch_of_m_tile ? args.num_b_batches : int(L)};
+    params.grouped_b = GroupedB::of(args, int(L));
     params.tma_load_a = make_packed_fp4_tma<ElementA, GmemTiledCopyA>(args.ptr_A, make_shape(M, K, L), args.dA,
                                                                       SmemStageA{}, BoxA{});
     params.tma_load_b = make_packed_fp4_tma<ElementB, GmemTiledCopyB>(
@@ -172,69 +173,45 @@ struct M64PingpongMainloop : Blueprint {
   }
 
   CUTLASS_DEVICE static void prefetch_tma_descriptors(Params const& params) {
-    cute::prefetch_tma_descriptor(params.tma_load_a.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_load_b.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_load_sfa.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_load_sfb.get_tma_descriptor());
+    flashinfer_sm12x::prefetch_tma_descriptors(params.tma_load_a, params.tma_load_b, params.tma_load_sfa,
+                                               params.tma_load_sfb);
   }
 
-  // ---- Producer ------------------------------------------------------------------------------------------
+  // ---- Producer (common/tma_producer.cuh) ----------------------------------------------------------------
   // Global views, tiled: A (64, K, m, k, l), B (N, K, n, k, l), SFA in 128-row blocks (128, K, m/2, k, l).
   template <class ProblemShape_MNKL>
   CUTLASS_DEVICE auto load_init(ProblemShape_MNKL const& problem_shape_MNKL, Params const& params) const {
     using namespace cute;
-    using X = Underscore;
     auto [M, N, K, L] = problem_shape_MNKL;
     using SfaTile = Shape<Int<kSfaLoadRows>, Int<kTileN>, Int<kTileK>>;
-    return make_tuple(
-        local_tile(params.tma_load_a.get_tma_tensor(make_shape(M, K, L)), TileShape{}, make_coord(_, _, _),
-                   Step<_1, X, _1>{}),
-        local_tile(params.tma_load_b.get_tma_tensor(make_shape(N, K, params.grouped_b.batches)), TileShape{},
-                   make_coord(_, _, _), Step<X, _1, _1>{}),
-        local_tile(params.tma_load_sfa.get_tma_tensor(shape(params.layout_SFA)), SfaTile{}, make_coord(_, _, _),
-                   Step<_1, X, _1>{}),
-        local_tile(params.tma_load_sfb.get_tma_tensor(shape(params.layout_SFB)), TileShape{}, make_coord(_, _, _),
-                   Step<X, _1, _1>{}));
+    return make_tuple(m_side_tiles<TileShape>(params.tma_load_a, make_shape(M, K, L)),
+                      n_side_tiles<TileShape>(params.tma_load_b, make_shape(N, K, params.grouped_b.batches)),
+                      m_side_tiles<SfaTile>(params.tma_load_sfa, shape(params.layout_SFA)),
+                      n_side_tiles<TileShape>(params.tma_load_sfb, shape(params.layout_SFB)));
   }
 
+  // SFA: the 128-row block that holds this CTA's 64 rows (m-tile / 2), whole.
   template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
   CUTLASS_DEVICE void load(Params const& params, MainloopPipeline pipeline, PipelineState write_state,
                            cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
                            BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
                            int /*thread_idx*/, uint32_t /*block_rank_in_cluster*/, TensorStorage& smem) {
-    using namespace cute;
-    if (cute::elect_one_sync()) {
+    produce_k_tiles(pipeline, write_state, k_tile_iter, k_tile_count, [&] {
+      using namespace cute;
       auto [gA_mkl, gB_nkl, gSFA_mkl, gSFB_nkl] = load_inputs;
       auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
       const int sfa_block = int(m_coord) / kTilesPerSfaLoad;
       const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
-
-      auto tma_a = params.tma_load_a.get_slice(0);
-      auto tma_b = params.tma_load_b.get_slice(0);
-      auto tma_sfa = params.tma_load_sfa.get_slice(0);
-      auto tma_sfb = params.tma_load_sfb.get_slice(0);
-      Tensor src_a = tma_a.partition_S(gA_mkl(_, _, m_coord, _, l_coord));        // (TMA, TMA_M, TMA_K, k)
-      Tensor src_b = tma_b.partition_S(gB_nkl(_, _, n_coord, _, l_b));
-      Tensor src_sfa = tma_sfa.partition_S(gSFA_mkl(_, _, sfa_block, _, l_coord));
-      Tensor src_sfb = tma_sfb.partition_S(gSFB_nkl(_, _, n_coord, _, l_b));
-      Tensor dst_a = tma_a.partition_D(make_tensor(make_smem_ptr(smem.smem_A.begin()), SmemLayoutA{}));
-      Tensor dst_b = tma_b.partition_D(make_tensor(make_smem_ptr(smem.smem_B.begin()), SmemLayoutB{}));
-      Tensor dst_sfa = tma_sfa.partition_D(make_tensor(make_smem_ptr(smem.smem_SFA.begin()), SmemLayoutSFA{}));
-      Tensor dst_sfb = tma_sfb.partition_D(make_tensor(make_smem_ptr(smem.smem_SFB.begin()), SmemLayoutSFB{}));
-
-      CUTLASS_PRAGMA_NO_UNROLL
-      for (; k_tile_count > 0; --k_tile_count, ++k_tile_iter, ++write_state) {
-        pipeline.producer_acquire(write_state);
-        auto* full_barrier = pipeline.producer_get_barrier(write_state);
-        const int stage = write_state.index();
-        const auto k = *k_tile_iter;
-        copy(params.tma_load_a.with(*full_barrier), src_a(_, _, _, k), dst_a(_, _, _, stage));
-        copy(params.tma_load_b.with(*full_barrier), src_b(_, _, _, k), dst_b(_, _, _, stage));
-        copy(params.tma_load_sfa.with(*full_barrier), src_sfa(_, _, _, k), dst_sfa(_, _, _, stage));
-        copy(params.tma_load_sfb.with(*full_barrier), src_sfb(_, _, _, k), dst_sfb(_, _, _, stage));
-      }
-    }
-    __syncwarp();
+      return make_tuple(
+          tma_operand(params.tma_load_a, gA_mkl(_, _, m_coord, _, l_coord),
+                      make_tensor(make_smem_ptr(smem.smem_A.begin()), SmemLayoutA{})),
+          tma_operand(params.tma_load_b, gB_nkl(_, _, n_coord, _, l_b),
+                      make_tensor(make_smem_ptr(smem.smem_B.begin()), SmemLayoutB{})),
+          tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, sfa_block, _, l_coord),
+                      make_tensor(make_smem_ptr(smem.smem_SFA.begin()), SmemLayoutSFA{})),
+          tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_coord, _, l_b),
+                      make_tensor(make_smem_ptr(smem.smem_SFB.begin()), SmemLayoutSFB{})));
+    });
   }
 
   // ---- Consumer ------------------------------------------------------------------------------------------
@@ -364,4 +341,4 @@ struct Mainloop<Collective, MainloopKind::M64Pingpong> {
 };
 }  // namespace detail
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm

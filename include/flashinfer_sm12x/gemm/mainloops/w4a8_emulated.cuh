@@ -20,9 +20,10 @@
 
 #include "flashinfer_sm12x/common/grouped_b.cuh"
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
+#include "flashinfer_sm12x/common/tma_producer.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
-namespace flashinfer_sm12x::mm_fp4 {
+namespace flashinfer_sm12x::gemm {
 
 // The packed image of B inside the collective's SW128 uint8 layout, in 4-bit units: one stage is (TileN, TileK)
 // codes; the native layout tiles its 8 x 128 atoms N first, then K, then stages (checked below).
@@ -90,39 +91,21 @@ struct EmulatedW4A8Mainloop : Base {
                                 make_layout(make_shape(M, K, L), args.dA));
     params.tma_load_a = make_tma_copy(GmemTiledCopyA{}, tensor_a, SmemLayoutA{}(_, _, Int<0>{}),
                                       make_shape(shape<0>(TileShape{}), shape<2>(TileShape{})), _1{});
-    params.tma_load_sfa = make_tma_copy<uint16_t>(
-        typename Base::GmemTiledCopySFA{}, make_tensor(args.ptr_SFA, args.layout_SFA),
-        typename Base::SmemLayoutSFA{}(_, _, Int<0>{}), make_shape(shape<0>(TileShape{}), shape<2>(TileShape{})), _1{});
-    using TileShapeSFB = typename Base::TileShapeSFB;
-    params.tma_load_sfb = make_tma_copy<uint16_t>(
-        typename Base::GmemTiledCopySFB{}, make_tensor(args.ptr_SFB, args.layout_SFB),
-        typename Base::SmemLayoutSFB{}(_, _, Int<0>{}), make_shape(shape<1>(TileShapeSFB{}), shape<2>(TileShapeSFB{})),
-        _1{});
-    params.layout_SFA = args.layout_SFA;
-    params.layout_SFB = args.layout_SFB;
-    params.grouped_b = GroupedB{args.b_batch_of_m_tile, args.b_batch_of_m_tile ? args.num_b_batches : int(L)};
+    encode_collective_scale_tmas<Base>(params, args);
+    params.grouped_b = GroupedB::of(args, int(L));
     params.tma_load_b8 = make_b_tma(args.ptr_B, make_shape(N, K, params.grouped_b.batches), args.dB);
     return params;
   }
 
   CUTLASS_DEVICE static void prefetch_tma_descriptors(Params const& params) {
-    cute::prefetch_tma_descriptor(params.tma_load_a.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_load_b8.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_load_sfa.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(params.tma_load_sfb.get_tma_descriptor());
+    flashinfer_sm12x::prefetch_tma_descriptors(params.tma_load_a, params.tma_load_b8, params.tma_load_sfa,
+                                               params.tma_load_sfb);
   }
 
+  // Producer (common/tma_producer.cuh): A and the scales as in the base, B into its packed image.
   template <class ProblemShape_MNKL>
   CUTLASS_DEVICE auto load_init(ProblemShape_MNKL const& problem_shape_MNKL, Params const& params) const {
-    using namespace cute;
-    using X = Underscore;
-    auto [M, N, K, L] = problem_shape_MNKL;
-    auto tile = [](auto tensor, auto step) { return local_tile(tensor, TileShape{}, make_coord(_, _, _), step); };
-    return make_tuple(tile(params.tma_load_a.get_tma_tensor(make_shape(M, K, L)), Step<_1, X, _1>{}),
-                      tile(params.tma_load_b8.get_tma_tensor(make_shape(N, K, params.grouped_b.batches)),
-                           Step<X, _1, _1>{}),
-                      tile(params.tma_load_sfa.get_tma_tensor(shape(params.layout_SFA)), Step<_1, X, _1>{}),
-                      tile(params.tma_load_sfb.get_tma_tensor(shape(params.layout_SFB)), Step<X, _1, _1>{}));
+    return collective_operand_tiles<Base>(params.tma_load_a, params.tma_load_b8, params, problem_shape_MNKL);
   }
 
   // The packed image of B's stages, as the byte TMA writes it.
@@ -131,49 +114,15 @@ struct EmulatedW4A8Mainloop : Base {
     return make_tensor(recast_ptr<ElementB>(make_smem_ptr(shared_tensors.smem_B.begin())), SmemLayoutPackedB{});
   }
 
-  // Producer: one elected lane issues the four TMA loads of each k-tile into the pipeline stage.
   template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
   CUTLASS_DEVICE void load(Params const& params, MainloopPipeline pipeline, PipelineState smem_pipe_write,
                            cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
                            BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
                            int /*thread_idx*/, uint32_t /*block_rank_in_cluster*/, TensorStorage& shared_tensors) {
-    using namespace cute;
-    if (cute::elect_one_sync()) {
-      Tensor sA = make_tensor(make_smem_ptr(shared_tensors.smem_A.begin()), SmemLayoutA{});
-      Tensor sB = packed_b_image(shared_tensors);
-      Tensor sSFA = make_tensor(make_smem_ptr(shared_tensors.smem_SFA.begin()), typename Base::SmemLayoutSFA{});
-      Tensor sSFB = make_tensor(make_smem_ptr(shared_tensors.smem_SFB.begin()), typename Base::SmemLayoutSFB{});
-      auto [gA_mkl, gB_nkl, gSFA_mkl, gSFB_nkl] = load_inputs;
-      auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
-      // SFB tiles are at least 128 wide: a narrower N tile loads the SFB tile of the 128-aligned column below it.
-      using TileShapeSFB = typename Base::TileShapeSFB;
-      constexpr int kNPerSfbTile = size<1>(TileShapeSFB{}) / size<1>(TileShape{});
-      const int n_sfb = (int(n_coord) / kNPerSfbTile) * kNPerSfbTile;
-      auto tma_a = params.tma_load_a.get_slice(0);
-      auto tma_b = params.tma_load_b8.get_slice(0);
-      auto tma_sfa = params.tma_load_sfa.get_slice(0);
-      auto tma_sfb = params.tma_load_sfb.get_slice(0);
-      Tensor tAgA = tma_a.partition_S(gA_mkl(_, _, m_coord, _, l_coord));
-      Tensor tAsA = tma_a.partition_D(sA);
-      const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
-      Tensor tBgB = tma_b.partition_S(gB_nkl(_, _, n_coord, _, l_b));
-      Tensor tBsB = tma_b.partition_D(sB);
-      Tensor tAgSFA = tma_sfa.partition_S(gSFA_mkl(_, _, m_coord, _, l_coord));
-      Tensor tAsSFA = tma_sfa.partition_D(sSFA);
-      Tensor tBgSFB = tma_sfb.partition_S(gSFB_nkl(_, _, n_sfb, _, l_b));
-      Tensor tBsSFB = tma_sfb.partition_D(sSFB);
-      CUTLASS_PRAGMA_NO_UNROLL
-      for (; k_tile_count > 0; --k_tile_count, ++k_tile_iter, ++smem_pipe_write) {
-        pipeline.producer_acquire(smem_pipe_write);
-        auto* bar = pipeline.producer_get_barrier(smem_pipe_write);
-        int stage = smem_pipe_write.index();
-        copy(params.tma_load_a.with(*bar), tAgA(_, _, _, *k_tile_iter), tAsA(_, _, _, stage));
-        copy(params.tma_load_b8.with(*bar), tBgB(_, _, _, *k_tile_iter), tBsB(_, _, _, stage));
-        copy(params.tma_load_sfa.with(*bar), tAgSFA(_, _, _, *k_tile_iter), tAsSFA(_, _, _, stage));
-        copy(params.tma_load_sfb.with(*bar), tBgSFB(_, _, _, *k_tile_iter), tBsSFB(_, _, _, stage));
-      }
-    }
-    __syncwarp();
+    produce_k_tiles(pipeline, smem_pipe_write, k_tile_iter, k_tile_count, [&] {
+      return collective_tma_operands<Base>(params.tma_load_a, params.tma_load_b8, params, load_inputs, blk_coord,
+                                           shared_tensors, packed_b_image(shared_tensors));
+    });
   }
 };
 
@@ -184,4 +133,4 @@ struct Mainloop<Collective, MainloopKind::EmulatedW4A8> {
 };
 }  // namespace detail
 
-}  // namespace flashinfer_sm12x::mm_fp4
+}  // namespace flashinfer_sm12x::gemm

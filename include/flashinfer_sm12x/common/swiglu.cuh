@@ -1,21 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
-// The MoE activation between the two GEMMs, shared by the standalone activation kernel (moe/glue.cuh, K3) and GEMM1's
-// fused epilogue (gemm/epilogues/swiglu_quantize.cuh), so that both paths compute the same bits:
+// The SwiGLU activation between two GEMMs and the block quantization of its outputs to the next GEMM's input format.
+// One definition serves the standalone activation kernel (moe/glue.cuh) and GEMM1's fused epilogue
+// (gemm/epilogues/swiglu_quantize.cuh), so that both paths compute the same bits:
 //   x = gate [* g1[e]] [+ bias_gate],  y = up [* g1[e]] [+ bias_up]
 //   swiglu_oai: x = min(x, limit), y = clamp(y, -limit, limit) (when limited); a = (y + beta) * x * sigmoid(alpha * x)
 //   swiglu:     a = x * sigmoid(x) * y
 // then 8 consecutive outputs are quantized to the activation format of GEMM2 (E8M0 scale per 32, 128x4 layout).
 // float32 with correctly rounded operations in the torch reference's order; an absent g1 or bias is skipped, not
-// applied as 1 or 0 (x + 0 would turn -0 into +0).
+// applied as 1 or 0 (x + 0 would turn -0 into +0). In the package's root namespace, beside the other common/ pieces:
+// neither the GEMM nor the MoE glue owns it.
 #pragma once
 
 #include <cstdint>
 
 #include "flashinfer_sm12x/quantize/block_scale.cuh"
 
-namespace flashinfer_sm12x::moe {
-
-namespace q = flashinfer_sm12x::quantize;
+namespace flashinfer_sm12x {
 
 enum class ActFormat : int { kMxfp4 = 0, kMxfp8 = 1 };
 
@@ -35,14 +35,14 @@ __device__ __forceinline__ void quantize_store(const float (&v)[kQuantElems], bo
   uint32_t code;
   if constexpr (F == ActFormat::kMxfp4) {
     uint32_t packed[1];
-    code = q::mxfp4_quantize_segment<kQuantElems>(v, q::ScaleRecipe::kRceil, packed);
+    code = quantize::mxfp4_quantize_segment<kQuantElems>(v, quantize::ScaleRecipe::kRceil, packed);
     if (active) *reinterpret_cast<uint32_t*>(data + row * (cols / 2) + col / 2) = packed[0];
   } else {
     uint32_t packed[2];
-    code = q::mxfp8_quantize_segment<kQuantElems>(v, q::ScaleRecipe::kRceil, packed);
+    code = quantize::mxfp8_quantize_segment<kQuantElems>(v, quantize::ScaleRecipe::kRceil, packed);
     if (active) *reinterpret_cast<uint2*>(data + row * cols + col) = make_uint2(packed[0], packed[1]);
   }
-  if (active && (col & 31) == 0) sf[q::sf_offset_128x4(row, col / 32, sf_cols)] = static_cast<uint8_t>(code);
+  if (active && (col & 31) == 0) sf[quantize::sf_offset_128x4(row, col / 32, sf_cols)] = static_cast<uint8_t>(code);
 }
 
 // torch's sigmoid in float32: 1 / (1 + exp(-x)).
@@ -99,4 +99,4 @@ struct ExpertSwiglu {
   }
 };
 
-}  // namespace flashinfer_sm12x::moe
+}  // namespace flashinfer_sm12x
