@@ -234,7 +234,7 @@ struct ActivationParams {
   int tile_m = 0, bound = 0, sf_rows = 0;
   int inter = 0;                     // Ip (output columns), a multiple of 32
   GateUpLayout layout = GateUpLayout::kInterleaved;
-  SwigluArgs act;                    // g1, swiglu_oai or plain swiglu, alpha / beta / limit (moe/activation.cuh)
+  SwigluArgs act;                    // g1, swiglu_oai or plain swiglu, alpha / beta / limit (common/swiglu.cuh)
   const void* b1 = nullptr;          // [E, 2 * inter] or null
   uint8_t* out = nullptr;            // [bound, row_bytes(inter)]
   uint8_t* out_sf = nullptr;         // 128x4 over sf_rows rows
