@@ -172,6 +172,22 @@ def verify_spec(spec: ModuleSpec, module_dir: Path) -> tuple[Path | None, str]:
     return cache.verify(module_dir, spec.source_key(), spec.header_roots(), spec.local_compilers())
 
 
+def install_bundled(spec: ModuleSpec, root: Path | None = None) -> bool:
+    """Install `spec` from an installed kernel bundle into the cache if one holds it and nothing verified is there
+    yet; no compiler is needed. Returns whether a bundle's copy was installed (False: already cached, or no bundle
+    holds it)."""
+    check_layout()
+    module_dir = module_dir_for(spec, root)
+    if verify_spec(spec, module_dir)[0] is not None:
+        return False
+    with build_lock(module_dir.parent / f"{spec.name}.lock", spec.name):
+        if verify_spec(spec, module_dir)[0] is not None:
+            return False
+        from . import bundles
+
+        return bundles.install_from_bundles(spec, module_dir) and verify_spec(spec, module_dir)[0] is not None
+
+
 def build_module(spec: ModuleSpec, root: Path | None = None, *, announce: bool = True) -> Path:
     """Find `spec` verified in the cache, else in an installed kernel bundle, else build it.
 

@@ -22,7 +22,7 @@ from .. import env
 from ..errors import ConfigError, Sm12xError
 from . import build, toolchain
 from .arch import Target, check_nvcc_supports
-from .module import ModuleSpec, build_module, module_dir_for, verify_spec
+from .module import ModuleSpec, build_module, install_bundled, module_dir_for, verify_spec
 
 GIB = 1 << 30
 # Host memory one translation unit takes while it compiles (nvcc's cicc + ptxas peaks, measured).
@@ -154,6 +154,7 @@ def job_budget(jobs: int | None = None, meminfo: Path = Path("/proc/meminfo")) -
 class Summary:
     built: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    bundled: list[str] = field(default_factory=list)  # copied from an installed kernel bundle: no compile
     failed: list[tuple[str, str]] = field(default_factory=list)
     wall_seconds: float = 0.0
     child_cpu_seconds: float = 0.0
@@ -161,7 +162,8 @@ class Summary:
     interrupted: bool = False
 
     def render(self) -> str:
-        return (f"prebuild: {len(self.built)} built, {len(self.cached)} cached, {len(self.failed)} failed; "
+        return (f"prebuild: {len(self.built)} built, {len(self.cached)} cached, {len(self.bundled)} from kernel "
+                f"bundles, {len(self.failed)} failed; "
                 f"wall {self.wall_seconds:.1f} s, compilers' CPU {self.child_cpu_seconds:.1f} s, "
                 f"peak compiler RSS {self.child_peak_rss_bytes / GIB:.2f} GiB")
 
@@ -210,6 +212,8 @@ def run_plan(items: list[PlanItem], budget: JobBudget, *, root: Path | None = No
         name = item.spec.name
         if _is_cached(item.spec, root):
             return "cached"
+        if install_bundled(item.spec, root):
+            return "bundled"
         echo(f"[{index}/{total}] building {name} ({', '.join(item.translation_units)})")
         build_module(item.spec, root, announce=False)
         return "built"
@@ -243,6 +247,9 @@ def run_plan(items: list[PlanItem], budget: JobBudget, *, root: Path | None = No
                 if outcome == "cached":
                     summary.cached.append(name)
                     echo(f"[{index}/{total}] cached {name}")
+                elif outcome == "bundled":
+                    summary.bundled.append(name)
+                    echo(f"[{index}/{total}] from a kernel bundle: {name}")
                 else:
                     summary.built.append(name)
                     echo(f"[{index}/{total}] built {name} in {time.monotonic() - began:.1f} s")

@@ -86,7 +86,7 @@ def test_doctor_old_cudnn(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.compile_proof
 def test_prebuild_list_clear(cache_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prebuild", "--arch", "sm_120a,sm_121a", "--ops", "mma_probe"]) == 0
-    assert "prebuild: 6 built, 0 cached, 0 failed" in capsys.readouterr().out
+    assert "prebuild: 6 built, 0 cached, 0 from kernel bundles, 0 failed" in capsys.readouterr().out
     assert main(["cache", "list"]) == 0
     out = capsys.readouterr().out
     assert out.count("mma_probe_mxfp4_") == 6 and "sm_121a" in out and "MiB" in out

@@ -302,6 +302,27 @@ def test_bundle_on_the_search_path_is_used_without_compiling(exported: Path, cac
 
 
 @pytest.mark.compile_proof
+def test_prebuild_reports_bundled_modules_apart_from_built_ones(exported: Path, cache_root: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, no_compiles: None,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A module copied from a kernel bundle is neither "built" nor announced as building: prebuild counts it apart,
+    so "0 built" means that nothing compiled."""
+    from flashinfer_sm12x.jit import prebuild
+
+    bundle = _unpack(exported, tmp_path / "bundle")
+    monkeypatch.setenv(bundles.BUNDLE_PATH, str(bundle))
+    bundles.clear_bundle_cache()
+    try:
+        items = [prebuild.PlanItem("mma_probe", _probe())]
+        summary = prebuild.run_plan(items, prebuild.JobBudget(1, None, "test"), root=cache_root)
+    finally:
+        bundles.clear_bundle_cache()
+    assert summary.bundled == [_probe().name] and not summary.built and not summary.cached
+    assert "0 built, 0 cached, 1 from kernel bundles, 0 failed" in summary.render()
+    assert "building" not in capsys.readouterr().out
+
+
+@pytest.mark.compile_proof
 def test_tampered_bundle_is_skipped_and_the_module_built(exported: Path, cache_root: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = _unpack(exported, tmp_path / "bundle")
