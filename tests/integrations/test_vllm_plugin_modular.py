@@ -4,7 +4,9 @@ experts class (`vllm_modular`) inside vLLM's own `FusedMoEKernel` with vLLM's in
 (`MoEPrepareAndFinalizeNoDPEPModular`: no dispatch, global ids, the finalize only copies), `impl="reference"` with
 the grouped GEMM replaced by the torch model of its contract. Checks: one rank equals our own full-layer
 `fused_moe`; EP ranks (2 and 3, uneven) sum to the full layer; ids outside a rank's slice contribute nothing; a
-rank with no tokens; the plugin's selection for DP + EP (and its refusals)."""
+rank with no tokens; the plugin's selection for DP + EP (and its refusals); and vLLM's own all-gather /
+reduce-scatter prepare/finalize, picked by vLLM's maybe_make_prepare_finalize, around our experts with the EP group
+simulated in one process (a real multi-process vLLM world needs vLLM's CPU platform or GPUs: not run here)."""
 
 from __future__ import annotations
 
@@ -247,3 +249,64 @@ def test_a_batched_prepare_finalize_is_refused(monkeypatch: pytest.MonkeyPatch) 
     w = prepare_gpt_oss_weights(**make_weights(4, HIDDEN, INTER))
     with pytest.raises(ValueError, match="Standard"):
         vm.make_kernel(_moe(4, dp=2, ep=2), w, 0, NUM_E)
+
+
+class _SimulatedEPGroup:
+    """Stands in for vLLM's EP GroupCoordinator of a DP world run one rank after the other in this process: `dispatch`
+    is the all-gather (every rank receives all ranks' tokens, ids and weights), `combine_into_output` records each
+    rank's contribution to the reduce-scatter, summed by the test once every rank ran."""
+
+    def __init__(self, chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        self.chunks, self.rank, self.combined = chunks, 0, {}
+
+    def dispatch(self, hidden_states, topk_weights, topk_ids, is_sequence_parallel=False, extra_tensors=None):
+        x, ids, weights = self.chunks[self.rank]
+        assert extra_tensors is None  # no activation scales: the prepare step left the rows unquantized
+        assert torch.equal(hidden_states, x) and hidden_states.dtype == torch.bfloat16
+        assert torch.equal(topk_ids, ids) and torch.equal(topk_weights, weights)
+        return tuple(torch.cat([c[i] for c in self.chunks]) for i in (0, 2, 1))
+
+    def allocate_combine_input(self, shape, dtype, device, is_sequence_parallel=False):
+        return None
+
+    def combine_into_output(self, hidden_states, output, is_sequence_parallel=False):
+        self.combined[self.rank] = hidden_states.clone()
+        output.zero_()  # the reduce-scatter's result is assembled by the test
+        return output
+
+
+@pytest.mark.parametrize("act", ["mxfp8", "mxfp4"])
+@pytest.mark.parametrize("tokens", [(7, 5), (6, 0)])
+def test_dp_ep_through_vllms_allgather_prepare_finalize(model_gemm: pytest.MonkeyPatch, act: str,
+                                                        tokens: tuple[int, int]) -> None:
+    """DP = EP = 2 over vLLM's default all2all: vLLM's own maybe_make_prepare_finalize picks its all-gather /
+    reduce-scatter prepare/finalize (MoEPrepareAndFinalizeNaiveDPEPModular) for our experts; with the EP group
+    simulated, the reduce-scatter of the ranks' outputs equals the full layer on every rank's tokens (an idle DP
+    rank included)."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.layers.fused_moe import all2all_utils
+    from vllm.model_executor.layers.fused_moe.expert_map_manager import determine_expert_map
+    from vllm.model_executor.layers.fused_moe.prepare_finalize import naive_dp_ep
+
+    raw = make_weights(NUM_E, HIDDEN, INTER)
+    chunks = [_routing(n, seed=3 + r) for r, n in enumerate(tokens)]
+    group = _SimulatedEPGroup(chunks)
+    model_gemm.setattr(all2all_utils, "get_ep_all2all_manager", lambda *a, **k: SimpleNamespace(world_size=2))
+    model_gemm.setattr(naive_dp_ep, "get_ep_group", lambda: group)
+    for rank in range(2):
+        count, emap, _ = determine_expert_map(2, rank, NUM_E)
+        ep = vp.expert_slice(emap, count, NUM_E)
+        w = prepare_gpt_oss_weights(**ep_shard(raw, ep.offset, count), act=act)
+        kernel = vm.make_kernel(_moe(count, dp=2, ep=2, ep_rank=rank), w, ep.offset, NUM_E, impl="reference")
+        assert type(kernel.prepare_finalize) is naive_dp_ep.MoEPrepareAndFinalizeNaiveDPEPModular
+        group.rank = rank
+        x, ids, weights = chunks[rank]
+        out = _apply(kernel, w, x, ids, weights, emap)
+        assert out.shape == (tokens[rank], HIDDEN)
+    x_all, ids_all, w_all = (torch.cat([c[i] for c in chunks]) for i in range(3))
+    total = group.combined[0].float() + group.combined[1].float()  # the reduce-scatter's sum, before the scatter
+    full = fused_moe(x_all, (ids_all, w_all), prepare_gpt_oss_weights(**raw, act=act), impl="reference",
+                     out_dtype=torch.float32)
+    assert total.shape == full.shape == (sum(tokens), HIDDEN)
+    assert float((total - full).abs().max()) <= 2 * 2.0 ** -8 * float(full.abs().max())
