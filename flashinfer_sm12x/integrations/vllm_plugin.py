@@ -16,12 +16,14 @@ subclass of vLLM's GptOssMxfp4Config whose MoE method subclasses GptOssMxfp4MoEM
 "gpt_oss_mxfp4" because vLLM's GPT-OSS weight loader checks them. A layer our kernels do not serve keeps vLLM's
 own method and backend, with one log line per reason and process: an explicit `--moe-backend` other than "auto"
 (vLLM's explicit choice wins over the plugin's opt-in, an environment variable often set image-wide), data
-parallelism combined with expert parallelism (vLLM's all2all modular kernels: not served yet), EPLB, an expert
-placement other than "linear", LoRA, another activation.
+parallelism combined with expert parallelism over an all2all backend other than vLLM's default
+`allgather_reducescatter`, EPLB, an expert placement other than "linear", LoRA, another activation.
 Served: one GPU, tensor parallelism (each rank holds I/tp, padded to 128; vLLM all-reduces the output and loads
 the fc2 bias on TP rank 0 only) and expert parallelism with DP = 1 (each rank holds a contiguous slice of the
 experts; vLLM hands over global expert ids and all-reduces; the slice becomes fused_moe's expert_offset /
-num_global_experts once, at load time).
+num_global_experts once, at load time), and data parallelism with expert parallelism: the layer runs vLLM's
+modular kernel, vLLM's prepare/finalize (all2all dispatch and combine) around our experts class
+(`vllm_modular.Sm12xMxfp4Experts`), built at load time.
 Our path: sizes padded to multiples of 128, weights adopted in place after loading (scales swizzled to the
 128x4 layout, same shapes), and `apply` runs the fused MoE on vLLM's top-k ids/weights (routing stays
 vLLM's). Activations: `FLASHINFER_SM12X_MOE_ACT=mxfp8` (W4A8, default) or `mxfp4` (W4A4, lower accuracy).
@@ -175,8 +177,11 @@ def why_not_ours(moe: Any, placement: str = "linear") -> str | None:
         if getattr(pc, "enable_eplb", False):
             return "expert parallelism with EPLB (redundant, moving experts)"
         if pc.use_all2all_kernels:
-            return ("expert parallelism with data parallelism (vLLM's all2all modular kernels; the plugin serves "
-                    "TP+EP with DP = 1)")
+            from .vllm_modular import all2all_reason
+
+            reason = all2all_reason(pc)
+            if reason is not None:
+                return reason
         if placement != "linear":
             return f"expert placement {placement!r} (the plugin serves contiguous expert slices: 'linear')"
     if getattr(moe, "is_lora_enabled", False):
@@ -292,8 +297,14 @@ def make_method_class(base: type) -> type:
             self.sm12x_weights: PreparedMoEWeights | None = None
             self.sm12x_slice: ExpertSlice | None = None
             pc = moe.moe_parallel_config
+            # DP > 1 with EP (or PCP / SP with EP): vLLM's modular kernel, its prepare/finalize (all2all dispatch
+            # and combine) around our experts, built once the weights are adopted; otherwise `apply` calls fused_moe.
+            self.sm12x_modular = bool(pc.use_ep and pc.use_all2all_kernels)
+            path = (f"vLLM's modular kernel (all2all {pc.all2all_backend!r} dispatch/combine around our experts)"
+                    if self.sm12x_modular else "fused_moe called from the MoE method")
             _log_once(logging.INFO, f"flashinfer_sm12x: GPT-OSS MoE layers run flashinfer_sm12x.fused_moe "
-                                    f"({self.sm12x_act}; tp {pc.tp_size}, ep {pc.ep_size if pc.use_ep else 1})")
+                                    f"({self.sm12x_act}; tp {pc.tp_size}, dp {pc.dp_size}, "
+                                    f"ep {pc.ep_size if pc.use_ep else 1}; path: {path})")
 
         @property
         def uses_sm12x(self) -> bool:
@@ -326,6 +337,15 @@ def make_method_class(base: type) -> type:
             self.sm12x_slice = expert_slice(getattr(layer, "expert_map", None), num_local,
                                             self.moe.num_experts, layer.w13_weight.device)
             self.sm12x_weights = adopt_layer_weights(layer, self.sm12x_act)
+            if self.sm12x_modular:
+                from .vllm_modular import make_kernel
+
+                ep = self.sm12x_slice
+                self.moe_kernel = make_kernel(self.moe, self.sm12x_weights,
+                                              0 if ep is None else ep.offset, None if ep is None else ep.num_global)
+                _log_once(logging.INFO, "flashinfer_sm12x: data + expert parallel MoE layers run vLLM's modular "
+                                        f"kernel {type(self.moe_kernel.prepare_finalize).__name__} + "
+                                        f"{type(self.moe_kernel.fused_experts).__name__}")
             return None
 
         def get_fused_moe_quant_config(self, layer: Any) -> Any:
@@ -340,6 +360,12 @@ def make_method_class(base: type) -> type:
                 raise NotImplementedError("flashinfer_sm12x vLLM plugin: shared experts (GPT-OSS has none)")
             if self.sm12x_weights is None:
                 raise RuntimeError("flashinfer_sm12x vLLM plugin: apply() before process_weights_after_loading()")
+            if self.moe_kernel is not None:  # DP + EP: dispatch, our experts, combine (vllm_modular)
+                return self.moe_kernel.apply(hidden_states=x, w1=layer.w13_weight, w2=layer.w2_weight,
+                                             topk_weights=topk_weights, topk_ids=topk_ids, activation=layer.activation,
+                                             global_num_experts=layer.global_num_experts,
+                                             expert_map=layer.expert_map,
+                                             apply_router_weight_on_input=layer.apply_router_weight_on_input)
             # vLLM's ids are valid by construction and this runs inside graph capture: no host-side id check.
             # Under EP they are global ids; the slice (fixed at load time) tells fused_moe which are ours.
             ep = self.sm12x_slice

@@ -100,6 +100,8 @@ def test_method_choices(registry: None) -> None:
     assert "EPLB" in vp.why_not_ours(ep_eplb)
     dp_ep = _moe_config(use_ep=True)[0]
     dp_ep.moe_parallel_config.dp_size = 2
+    assert vp.why_not_ours(dp_ep) is None  # DP + EP over vLLM's default all2all: vLLM's modular kernel, our experts
+    dp_ep.moe_parallel_config.all2all_backend = "deepep_low_latency"
     assert "data parallelism" in vp.why_not_ours(dp_ep)
     assert "round_robin" in vp.why_not_ours(_moe_config(use_ep=True)[0], "round_robin")
 
