@@ -296,12 +296,6 @@ if [[ " $stages " == *" stress "* ]]; then
     echo "exit status $?" >> "$RESULTS/stress_release_gil.log"
     tail -n 6 "$RESULTS/stress_release_gil.log"
   fi
-  if [[ -n ${STRESS_SANITIZE:-} ]]; then  # the API errors behind a case that fails alone (compute-sanitizer names them)
-    echo "== [$(elapsed) s] stress, diagnosis: mm_fp4 cases one thread at a time under compute-sanitizer"
-    timeout 180 compute-sanitizer --tool memcheck --print-limit 8 python3 tests/stress/stress_concurrency.py \
-      --ops mm_fp4 --modes streams --threads 1 --calls 3 > "$RESULTS/stress_mm_fp4_sanitized.log" 2>&1
-    grep -E "Program hit|ERROR SUMMARY|serial run|=========     at|Error" "$RESULTS/stress_mm_fp4_sanitized.log" | head -12
-  fi
   if [[ -d $OLD && -z ${STRESS_SKIP_OLD:-} ]]; then
     wait_oldbuild
     echo "== [$(elapsed) s] stress, diagnosis: the previous checkout's fused_moe from 8 streams"
