@@ -75,8 +75,8 @@ class Routing:
     """Router logits [T, E] (top_k softmax-renormalised, as GPT-OSS), or precomputed (ids [T, k], weights [T, k]).
 
     Expert parallelism: ids are global in [0, id_limit); the experts held are [id_base, id_base + E); pairs routed
-    elsewhere contribute nothing. `validate_ids` checks ids on the host (one sync); otherwise they are clamped on
-    the device."""
+    elsewhere get no row in the plan (nothing computes them) and contribute nothing. `validate_ids` checks ids on
+    the host (one sync); otherwise they are clamped on the device."""
 
     logits: torch.Tensor | None
     ids: torch.Tensor | None
@@ -360,7 +360,7 @@ def workspace_part(views: GlueViews, plan: RowPlan, name: str) -> torch.Tensor:
 def plan_and_scatter(module: Any, plan: RowPlan, views: GlueViews, routing: torch.Tensor | tuple[torch.Tensor, ...],
                      hidden: torch.Tensor, hidden_cols: int, *, input_sf: torch.Tensor | None = None,
                      swizzled_input_sf: bool = True, id_base: int = 0, id_limit: int | None = None,
-                     zero_foreign: bool = False, fused: bool | None = None) -> None:
+                     skip_foreign: bool = False, fused: bool | None = None) -> None:
     """The plan and the scatter of one forward: one kernel (plan_scatter) at decode sizes, else plan then scatter.
 
     Both write the same workspace (ids, weights, ranks, dest, counts, padded starts, expert_of_tile) and the same
@@ -381,9 +381,10 @@ def plan_and_scatter(module: Any, plan: RowPlan, views: GlueViews, routing: torc
         E8M0 scales of pre-quantized `hidden` (MXFP8 module only), 128x4 (`swizzled_input_sf`) or linear.
     swizzled_input_sf : bool
         The layout of `input_sf`.
-    id_base, id_limit, zero_foreign :
-        Precomputed ids: global ids valid in [0, id_limit) (default E), this rank's experts from id_base; other
-        ranks' experts weigh 0 when `zero_foreign`.
+    id_base, id_limit, skip_foreign :
+        Precomputed ids: global ids valid in [0, id_limit) (default E), this rank's experts from id_base. With
+        `skip_foreign` a pair routed to another rank's expert gets local id -1, weight 0 and no row (dest -1): the
+        scatter, the GEMMs, the activation and finalize never compute it.
     fused : bool, optional
         Force (True) or forbid (False) plan_scatter; None follows `plan.fused_plan_scatter`. Forcing it beyond the
         kernel's limits (T <= 128, T*k <= 1024) raises in the module.
@@ -394,12 +395,12 @@ def plan_and_scatter(module: Any, plan: RowPlan, views: GlueViews, routing: torc
     if plan.fused_plan_scatter if fused is None else fused:
         ids, weights = (routing, None) if from_logits else routing
         module.plan_scatter(ids, weights, hidden, input_sf, swizzled_input_sf, views.workspace, views.x, views.x_sf,
-                            k, num_e, hidden_cols, tm, plan.bound, id_base, limit, zero_foreign)
+                            k, num_e, hidden_cols, tm, plan.bound, id_base, limit, skip_foreign)
         return
     if from_logits:
         module.plan_logits(routing, views.workspace, k, tm, plan.tiles)
     else:
-        module.plan_ids(routing[0], routing[1], views.workspace, num_e, tm, plan.tiles, id_base, limit, zero_foreign)
+        module.plan_ids(routing[0], routing[1], views.workspace, num_e, tm, plan.tiles, id_base, limit, skip_foreign)
     if input_sf is None:
         module.scatter(hidden, views.workspace, views.x, views.x_sf, k, num_e, hidden_cols, tm, plan.bound)
     else:
@@ -438,7 +439,7 @@ def _run_kernels(tokens: Tokens, routing: Routing, experts: Experts, out: torch.
         plan_and_scatter(module, plan, views, routing.logits if routing.logits is not None else
                          (routing.ids, routing.weights), tokens.data, hp, input_sf=tokens.scales,
                          swizzled_input_sf=tokens.swizzled_scales, id_base=routing.id_base, id_limit=routing.id_limit,
-                         zero_foreign=routing.foreign(num_e))
+                         skip_foreign=routing.foreign(num_e))
         _gemms_and_finalize(ws, plan, views, module, experts, out, device.target)
     return out
 

@@ -74,7 +74,7 @@ def _check_rows(plan: RowPlan, views: GlueViews, ids: torch.Tensor, module: obje
     assert torch.equal(views.expert_of_tile, r.expert_of_tile)
 
 
-def test_plan_from_ids_clamps_flags_and_zeroes_foreign_experts() -> None:
+def test_plan_from_ids_flags_and_skips_foreign_experts() -> None:
     num_t, num_e, k = 70, 8, 4
     plan, views = _setup(num_t, num_e, k, "mxfp8", 128, 128)
     module = glue_module(torch.device("cuda"), "mxfp8")
@@ -87,10 +87,22 @@ def test_plan_from_ids_clamps_flags_and_zeroes_foreign_experts() -> None:
     module.plan_ids(ids, w, views.workspace, num_e, plan.tactic.tile_m, plan.tiles, num_e, 2 * num_e, True)  # rank 1
     local = ids.long() - num_e
     mine = (local >= 0) & (local < num_e)
-    assert torch.equal(workspace_part(views, plan, "ids").view(num_t, k).long(), local.clamp(0, num_e - 1))
+    # Another rank's pair: local id -1, weight 0, no rank (and, below, no row).
+    assert torch.equal(workspace_part(views, plan, "ids").view(num_t, k).long(), torch.where(mine, local, -1))
     assert torch.equal(workspace_part(views, plan, "weights").view(num_t, k), torch.where(mine, w, 0.0))
+    assert bool((workspace_part(views, plan, "rank").view(num_t, k)[~mine] == -1).all())
     assert int(state[1]) == 1
-    _check_rows(plan, views, local.clamp(0, num_e - 1).to(torch.int32), module, "mxfp8_mxfp4")
+    module.scatter(torch.zeros(num_t, 128, device="cuda"), views.workspace, views.x, views.x_sf, k, num_e, 128,
+                   plan.tactic.tile_m, plan.bound)
+    dest = workspace_part(views, plan, "dest").view(num_t, k)
+    assert bool((dest[~mine] == -1).all())
+    experts = local[mine]  # the local pairs in ascending j
+    counts = torch.bincount(experts, minlength=num_e)
+    assert torch.equal(workspace_part(views, plan, "counts").long(), counts)
+    tm = plan.tactic.tile_m
+    start = torch.cumsum((counts + tm - 1) // tm * tm, 0) - (counts + tm - 1) // tm * tm
+    before = torch.stack([(experts[:i] == experts[i]).sum() for i in range(experts.numel())])
+    assert torch.equal(dest[mine].long(), start[experts] + before)
 
 
 @pytest.mark.parametrize("act", ["mxfp4", "mxfp8"])

@@ -135,7 +135,7 @@ def test_from_ids_fused_equals_two_kernels_and_the_oracle(id_dtype: torch.dtype,
     _check_against_oracle(plan, views, ids.to(torch.int32), hidden, hp, "mxfp4")
 
 
-def test_from_ids_expert_parallel_remaps_flags_and_zeroes_foreign_experts() -> None:
+def test_from_ids_expert_parallel_remaps_flags_and_skips_foreign_experts() -> None:
     num_t, num_e, hp = 40, 32, 512
     plan, views = _setup(num_t, num_e, "mxfp8", hp)
     module = glue_module(torch.device("cuda"), "mxfp8")
@@ -144,14 +144,40 @@ def test_from_ids_expert_parallel_remaps_flags_and_zeroes_foreign_experts() -> N
     ids[5, 1] = 99  # outside every rank's range
     weights = torch.rand(num_t, K, generator=g).cuda()
     hidden = _hidden(num_t, hp, torch.bfloat16)
-    kw = {"id_base": num_e, "id_limit": 2 * num_e, "zero_foreign": True}
+    kw = {"id_base": num_e, "id_limit": 2 * num_e, "skip_foreign": True}
     _both_ways(module, plan, views, (ids, weights), hidden, hp, **kw)
     local = ids.long() - num_e
     mine = (local >= 0) & (local < num_e)
-    assert torch.equal(workspace_part(views, plan, "ids").view(num_t, K).long(), local.clamp(0, num_e - 1))
+    assert torch.equal(workspace_part(views, plan, "ids").view(num_t, K).long(), torch.where(mine, local, -1))
     assert torch.equal(workspace_part(views, plan, "weights").view(num_t, K), torch.where(mine, weights, 0.0))
     assert int(workspace_part(views, plan, "state")[1]) == 1
-    _check_against_oracle(plan, views, local.clamp(0, num_e - 1).to(torch.int32), hidden, hp, "mxfp8")
+    dest = workspace_part(views, plan, "dest").view(num_t, K)
+    assert bool((dest[~mine] == -1).all()) and bool((workspace_part(views, plan, "rank").view(num_t, K)[~mine]
+                                                     == -1).all())
+    # The local pairs' rows, counts and tiles are those of a plan over the local pairs alone.
+    experts = local[mine]
+    counts = torch.bincount(experts, minlength=num_e)
+    assert torch.equal(workspace_part(views, plan, "counts").long(), counts)
+    tm = plan.tactic.tile_m
+    padded = (counts + tm - 1) // tm * tm
+    start = torch.cumsum(padded, 0) - padded
+    before = torch.stack([(experts[:i] == experts[i]).sum() for i in range(experts.numel())])
+    rows = start[experts] + before
+    assert torch.equal(dest[mine].long(), rows)
+    tile_rows = torch.arange(plan.tiles, device="cuda") * tm
+    want_tiles = torch.searchsorted(torch.cumsum(padded, 0), tile_rows, right=True).clamp(max=num_e - 1)
+    assert torch.equal(views.expert_of_tile.long(), want_tiles)
+    # Routed rows hold their token's quantized row, every other row keeps its stale bytes; scales match the
+    # quantizer over the local rows (padding scales zeroed).
+    x = torch.zeros(plan.bound, hp, dtype=torch.float32, device="cuda")
+    tokens = torch.arange(num_t, device="cuda").unsqueeze(1).expand(num_t, K)[mine]
+    x[rows] = hidden.index_select(0, tokens).float()
+    want_q, want_sf = mxfp8_quantize(x, True, 32)
+    assert torch.equal(views.x[rows], want_q.view(torch.uint8).reshape(views.x.shape)[rows])
+    padding = torch.ones(plan.bound, dtype=torch.bool, device="cuda")
+    padding[rows] = False
+    assert bool((views.x[padding] == STALE).all())
+    assert torch.equal(views.x_sf, want_sf.view(torch.uint8).reshape(-1))
 
 
 def test_all_tied_logits_pick_the_lowest_ids() -> None:

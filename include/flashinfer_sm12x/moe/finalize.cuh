@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // MoE finalize (glue kernel K4): out[t, c] = sum over slots s = 0..k-1, in order, of
-//   w[t, s] * (g2[e] * y[dest[t*k + s], c] + b2[e, c]),   e = ids[t*k + s],   c < H (the unpadded columns).
+//   w[t, s] * (g2[e] * y[dest[t*k + s], c] + b2[e, c]),   e = ids[t*k + s],   c < H (the unpadded columns),
+// leaving out the slots of foreign pairs (dest = -1: another rank's expert), so a token with none of this rank's
+// experts gets a zero row.
 // float32 accumulation with correctly rounded multiplies and adds (no FMA contraction): the same arithmetic as the
 // torch path (y.float() * g2, + b2.float(), * w, summed over slots), so the result is bit-identical. A thread owns
 // one column group of one token and sums its k slots in order: no atomics, the sum order is fixed (deterministic).
@@ -23,7 +25,7 @@ constexpr int kFinalizeThreads = 128;
 
 struct FinalizeParams {
   const __nv_bfloat16* y = nullptr;  // [bound, y_cols] GEMM2 output
-  const int32_t* dest = nullptr;     // [T*k] row of pair j in y
+  const int32_t* dest = nullptr;     // [T*k] row of pair j in y; -1: a foreign pair, left out
   const int32_t* ids = nullptr;      // [T*k] local expert
   const float* weights = nullptr;    // [T*k]
   const float* g2 = nullptr;         // [E] or null
@@ -97,9 +99,10 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_kernel(const Finali
 #pragma unroll
     for (int b = 0; b < kB; ++b) {
       const bool active = s0 + b < p.top_k;
-      row[b] = active ? __ldg(p.dest + j0 + s0 + b) : 0;
-      expert[b] = active ? __ldg(p.ids + j0 + s0 + b) : 0;
-      weight[b] = active ? __ldg(p.weights + j0 + s0 + b) : 0.f;
+      row[b] = active ? __ldg(p.dest + j0 + s0 + b) : -1;
+      const bool routed = row[b] >= 0;
+      expert[b] = routed ? __ldg(p.ids + j0 + s0 + b) : 0;
+      weight[b] = routed ? __ldg(p.weights + j0 + s0 + b) : 0.f;
     }
     float g2[kB];
     q::RawVec<__nv_bfloat16, 8> y_raw[kVector ? kB : 1];
@@ -107,6 +110,7 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_kernel(const Finali
     float y_scalar[kB], b_scalar[kB];
 #pragma unroll
     for (int b = 0; b < kB; ++b) {
+      if (row[b] < 0) continue;  // past top_k, or foreign: nothing to load (uniform over the CTA: one token)
       g2[b] = p.g2 ? __ldg(p.g2 + expert[b]) : 1.f;
       const __nv_bfloat16* y_at = p.y + row[b] * p.y_cols + c;
       const BiasT* b_at = b2 ? b2 + static_cast<int64_t>(expert[b]) * p.b2_cols + c : nullptr;
@@ -121,6 +125,7 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_kernel(const Finali
 #pragma unroll
     for (int b = 0; b < kB; ++b) {
       if (s0 + b >= p.top_k) break;
+      if (row[b] < 0) continue;  // a foreign pair: not part of this rank's sum
       float v[kCols], bias[kCols] = {};
       if constexpr (kVector) {
         q::widen_raw(y_raw[b], v);

@@ -58,7 +58,7 @@ struct RoutedRows {
   int tile_m = 0, bound = 0;
   __device__ __forceinline__ bool operator()(int64_t row) const {
     if (row >= bound) return false;
-    const int e = expert_of_tile[row / tile_m];
+    const int e = expert_of_tile[static_cast<int>(row) / tile_m];  // row < bound: a 32-bit division (inline)
     return row - padded_start[e] < counts[e];
   }
 };
@@ -74,7 +74,8 @@ __device__ __forceinline__ void zero_padding_scales(int64_t sf_rows, int64_t col
   const int64_t col_tiles = (cols / 32 + 3) / 4;
   const int64_t units = sf_rows / 128 * col_tiles;
   for (int64_t u = warp_id; u < units; u += num_warps) {
-    const int64_t first_row = u / col_tiles * 128 + lane;
+    // units < 2^31 (sf_rows and cols are ints): a 32-bit division, inline, not the 64-bit division's subroutine.
+    const int64_t first_row = int64_t(static_cast<int>(u) / static_cast<int>(col_tiles)) * 128 + lane;
     uint8_t* at = sf + u * 512 + lane * 16;
     bool routed[4];
     bool any = false;
@@ -109,7 +110,7 @@ struct ScatterParams {
   const int32_t* counts = nullptr;
   const int32_t* padded_start = nullptr;
   const int32_t* expert_of_tile = nullptr;
-  int32_t* dest = nullptr;           // [T*k]
+  int32_t* dest = nullptr;           // [T*k] (-1 for a foreign pair)
   uint8_t* out = nullptr;            // [bound, row_bytes(cols)]
   uint8_t* out_sf = nullptr;         // 128x4 over sf_rows rows
 };
@@ -120,7 +121,8 @@ constexpr int kLoadBatch = 4;
 
 // Token t's hidden row -> its padded row (gathered and quantized, or copied), with the row's 128x4 padding columns
 // zeroed; returns the row. `row_of()` gives the row: it is called once, after the first loads of the hidden row are
-// issued, so the loads overlap the caller's index lookups. Shared by scatter_kernel and plan_scatter_kernel
+// issued, so the loads overlap the caller's index lookups. A negative row (a foreign pair, routing.cuh's
+// kForeignExpert) writes nothing and is returned as is. Shared by scatter_kernel and plan_scatter_kernel
 // (kThreads threads, all of them call).
 template <ActFormat F, bool kCopy, class InT, int kThreads, class RowOf>
 __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, const RowOf& row_of) {
@@ -138,6 +140,7 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
         raw[b] = i < vecs ? __ldg(reinterpret_cast<const uint4*>(src) + i) : make_uint4(0, 0, 0, 0);
       }
       if (base == 0) row = row_of();
+      if (row < 0) continue;  // a foreign pair (expert parallelism): no row to write (block-uniform)
       uint4* dst = reinterpret_cast<uint4*>(p.out + row * p.cols);
 #pragma unroll
       for (int b = 0; b < kLoadBatch; ++b) {
@@ -145,6 +148,7 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
         if (i < vecs) dst[i] = raw[b];
       }
     }
+    if (row < 0) return row;
     if (!p.vector_loads) {
       uint8_t* dst = p.out + row * p.cols;
       for (int64_t i = threadIdx.x; i < p.cols; i += kThreads) dst[i] = src[i];
@@ -171,6 +175,7 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
         }
       }
       if (base == 0) row = row_of();
+      if (row < 0) break;  // a foreign pair: no row to write (block-uniform)
 #pragma unroll
       for (int b = 0; b < kLoadBatch; ++b) {
         if (base + b * kThreads >= groups) break;  // block-uniform: no thread of the block has a group here
@@ -188,7 +193,7 @@ __device__ __forceinline__ int64_t scatter_row(const ScatterParams& p, int t, co
       }
     }
   }
-  zero_sf_pad_cols<kThreads>(row, p.cols, p.out_sf);
+  if (row >= 0) zero_sf_pad_cols<kThreads>(row, p.cols, p.out_sf);
   return row;
 }
 
@@ -211,8 +216,11 @@ __global__ void __launch_bounds__(kRowThreads) scatter_kernel(const ScatterParam
     const int32_t *ids = p.ids, *padded_start = p.padded_start, *rank = p.rank;
     const int32_t* chunk_base = p.chunk_base + (t / kTokensPerChunk) * p.num_experts;
     const int64_t row = scatter_row<F, kCopy, InT, kRowThreads>(p, t, [=] {
+      // A foreign pair (e = kForeignExpert < 0) reads expert 0's entries, and its row becomes -1 (all bits set by
+      // the sign of e): branch-free, so the row's loads stay in flight across this lookup.
       const int e = ids[j];
-      return int64_t(padded_start[e]) + chunk_base[e] + rank[j];
+      const int known = max(e, 0);
+      return (int64_t(padded_start[known]) + chunk_base[known] + rank[j]) | (int64_t(e) >> 63);
     });
     if (threadIdx.x == 0) p.dest[j] = static_cast<int32_t>(row);
   }
@@ -226,7 +234,7 @@ __global__ void __launch_bounds__(kRowThreads) scatter_kernel(const ScatterParam
 struct ActivationParams {
   const __nv_bfloat16* h = nullptr;  // [bound, 2 * inter] GEMM1 output
   const int32_t* ids = nullptr;      // [T*k] expert of pair j
-  const int32_t* dest = nullptr;     // [T*k] row of pair j
+  const int32_t* dest = nullptr;     // [T*k] row of pair j (-1: a foreign pair, skipped)
   const int32_t* expert_of_tile = nullptr;
   const int32_t* padded_start = nullptr;
   const int32_t* counts = nullptr;
@@ -247,6 +255,7 @@ constexpr int kActBatch = 3;
 template <ActFormat F, class BiasT>
 __device__ __forceinline__ void activation_row(const ActivationParams& p) {
   const int64_t r = p.dest[blockIdx.x];
+  if (r < 0) return;  // a foreign pair: no row (block-uniform)
   const int e = p.ids[blockIdx.x];
   const int64_t width = 2 * static_cast<int64_t>(p.inter);
   const __nv_bfloat16* hrow = p.h + r * width;

@@ -122,7 +122,10 @@ __device__ __forceinline__ int64_t plan_pair_row(const PlanScatterParams& p, Sha
   __syncthreads();
 
   // 2. Counts, then padded starts (exclusive scan of the tile-padded counts).
-  for (int x = tid; x < pairs; x += kFusedThreads) atomicAdd(&s.count[s.ids[x]], 1);
+  for (int x = tid; x < pairs; x += kFusedThreads) {
+    const int e = s.ids[x];
+    if (e >= 0) atomicAdd(&s.count[e], 1);  // foreign pairs (kForeignExpert) get no row
+  }
   __syncthreads();
   int padded = 0;
   if (tid < num_e) padded = (s.count[tid] + pp.tile_m - 1) / pp.tile_m * pp.tile_m;
@@ -133,14 +136,19 @@ __device__ __forceinline__ int64_t plan_pair_row(const PlanScatterParams& p, Sha
   }
   __syncthreads();
 
-  // 3. Pair j's stable rank among the earlier pairs of its expert (block-uniform trip count).
+  // 3. Pair j's stable rank among the earlier pairs of its expert (block-uniform trip count); a foreign pair has
+  //    neither rank nor row (-1: scatter_row skips it).
   const int e = s.ids[j];
-  int rank = 0;
-  for (int base = 0; base < j; base += kFusedThreads) {
-    const int other = base + tid;
-    rank += __syncthreads_count(other < j && s.ids[other] == e);
+  int rank = -1;
+  int64_t row = -1;
+  if (e >= 0) {  // block-uniform
+    rank = 0;
+    for (int base = 0; base < j; base += kFusedThreads) {
+      const int other = base + tid;
+      rank += __syncthreads_count(other < j && s.ids[other] == e);
+    }
+    row = s.start[e] + rank;
   }
-  const int64_t row = s.start[e] + rank;
   if (tid == 0) {
     pp.ids[j] = e;
     pp.weights[j] = s.weights[j];

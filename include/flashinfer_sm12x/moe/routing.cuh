@@ -29,6 +29,9 @@ constexpr int kTokensPerChunk = 128;
 constexpr int kMaxExperts = 512;                    // kPlanThreads: one thread per expert in the scans
 constexpr int kMaxExpertsPerLane = kMaxExperts / 32;
 constexpr int kMaxTopK = 16;
+// The local id of a pair routed to an expert another rank holds (expert parallelism): the plan gives it no row, the
+// scatter and activation kernels skip it (dest = -1) and finalize leaves it out of the token's sum.
+constexpr int32_t kForeignExpert = -1;
 
 struct PlanParams {
   // Inputs: either router logits [T, E] or precomputed ids [T, k] (+ weights [T, k]).
@@ -41,15 +44,16 @@ struct PlanParams {
   int tile_m = 0;
   int num_tiles = 0;    // bound / tile_m
   int num_chunks = 0;
-  // Precomputed ids: valid global ids are [0, id_limit); the local expert is id - id_base. Ids outside the local
-  // range are clamped into it; their weight is zeroed when zero_foreign (expert parallelism: another rank's expert).
+  // Precomputed ids: valid global ids are [0, id_limit); the local expert is id - id_base. With skip_foreign
+  // (expert parallelism) a pair whose local id is outside [0, E) is another rank's: it gets kForeignExpert, weight
+  // 0, no rank and no row -- nothing downstream computes it. Without it such ids are clamped into [0, E).
   int id_base = 0;
   int id_limit = 0;
-  bool zero_foreign = false;
+  bool skip_foreign = false;
   // Outputs (workspace).
-  int32_t* ids = nullptr;            // [T*k] local expert, clamped to [0, E)
+  int32_t* ids = nullptr;            // [T*k] local expert in [0, E), or kForeignExpert
   float* weights = nullptr;          // [T*k]
-  int32_t* rank = nullptr;           // [T*k] position inside (chunk, expert)
+  int32_t* rank = nullptr;           // [T*k] position inside (chunk, expert); -1 for a foreign pair
   int32_t* chunk_base = nullptr;     // [num_chunks, E]: chunk counts, then their exclusive prefix over chunks
   int32_t* counts = nullptr;         // [E]
   int32_t* padded_start = nullptr;   // [E]
@@ -176,8 +180,12 @@ __device__ void copy_token(const PlanParams& p, int t, int lane, int32_t* ids_ou
     if ((global < 0 || global >= p.id_limit) && error_flag) *error_flag = 1;  // every writer stores the same value
     int64_t local = global - p.id_base;
     if (local < 0 || local >= p.num_experts) {
-      if (p.zero_foreign) w = 0.f;
-      local = local < 0 ? 0 : p.num_experts - 1;
+      if (p.skip_foreign) {
+        local = kForeignExpert;
+        w = 0.f;
+      } else {
+        local = local < 0 ? 0 : p.num_experts - 1;
+      }
     }
     ids_out[s] = static_cast<int32_t>(local);
     weights_out[s] = w;
@@ -239,10 +247,10 @@ __global__ void __launch_bounds__(kPlanThreads, 1) plan_kernel(const PlanParams 
   for (int base = t0 * k; base < t1 * k; base += kPlanThreads) {
     const int j = base + tid;
     const bool active = j < t1 * k;
-    const int e = active ? p.ids[j] : -1;
+    const int e = active ? p.ids[j] : kForeignExpert;  // a foreign pair is ranked like an inactive lane: not at all
     const uint32_t peers = __match_any_sync(0xffffffffu, e);
     const int rank_in_warp = __popc(peers & lanes_below);
-    if (active && rank_in_warp == 0) warp_hist[warp][e] = __popc(peers);
+    if (e >= 0 && rank_in_warp == 0) warp_hist[warp][e] = __popc(peers);
     __syncthreads();
     for (int x = tid; x < num_e; x += kPlanThreads) {
       int run = running[x];
@@ -254,7 +262,7 @@ __global__ void __launch_bounds__(kPlanThreads, 1) plan_kernel(const PlanParams 
       running[x] = run;
     }
     __syncthreads();
-    if (active) p.rank[j] = warp_hist[warp][e] + rank_in_warp;
+    if (active) p.rank[j] = e >= 0 ? warp_hist[warp][e] + rank_in_warp : -1;
     __syncthreads();
     for (int x = tid; x < num_e; x += kPlanThreads)
       for (int w = 0; w < kPlanWarps; ++w) warp_hist[w][x] = 0;
