@@ -8,7 +8,9 @@
 #              references, the fused MoE end to end, CUDA graphs; the native SM90 kernels (quantizers, MoE glue)
 #              bit-exact against the torch oracle
 #   sanitizer  compute-sanitizer memcheck of mm_fp4; memcheck and racecheck of the fused MoE and the glue kernels
-#              (SANITIZE_GLUE_ONLY=1: the glue kernels alone under memcheck, racecheck, initcheck and synccheck)
+#              (SANITIZE_GLUE_ONLY=1: the glue kernels alone under memcheck, racecheck, initcheck and synccheck;
+#              SANITIZE_MATRIX=1: every family -- quantize, glue, fused_moe W4A4 / W4A8 with their grouped GEMMs,
+#              mm_fp4 in each format -- under all four tools, side by side; sanitizer_matrix.txt sums them up)
 #   sweep      the compile sweep of every family for sm_120a/sm_121a (CPU work, beside the GPU stages)
 #   w4a8       W4A8's closing runs (not in the default list): its modules built in parallel, then side by side
 #              compute-sanitizer memcheck of the dense W4A8 GEMM (every shipped tactic) and of the W4A8 grouped GEMM
@@ -18,8 +20,8 @@
 #              bandwidth measured in the same run), reduced mm_fp4 / MoE benchmarks (emulated: correctness only)
 #   oldbuild   the previous checkout's modules for `bits` and `stress` (.carry/base: a `git archive` of it), built in the
 #              background into its own cache while the later stages run
-#   bits       scripts/moe_bits.py: the MoE grid and the dense 64-row tile on this checkout and on .carry/base, compared
-#              bit for bit (needs oldbuild in the same or an earlier call)
+#   bits       scripts/moe_bits.py: the MoE grid and the dense 64-row tile on this checkout, compared bit for bit with
+#              the baseline's (stage baseline) and, with oldbuild in the same call, with .carry/base's
 #   stress     tests/stress/stress_concurrency.py (8 threads on 8 streams, on one stream, graph capture beside eager
 #              threads); then the two crashes it guards against, reproduced on purpose: mm_fp4 with the bindings
 #              releasing the GIL, and the previous checkout's fused_moe from 8 streams
@@ -143,7 +145,35 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
     timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 python3 "$@" 2>&1 \
       | tee "$RESULTS/sanitizer_${name}_$tool.log" | tail -4
   }
-  if [[ -n ${SANITIZE_GLUE_ONLY:-} ]]; then  # the glue kernels only, under all four tools
+  if [[ -n ${SANITIZE_MATRIX:-} ]]; then  # every family under all four tools, SANITIZE_PARALLEL runs at a time
+    # (default 8; one GPU serves them side by side: most of a run is the tool instrumenting each module as it loads)
+    sanitize_one() {  # tool, log name, script and its arguments; prints one summary line
+      local tool=$1 name=$2
+      shift 2
+      local log="$RESULTS/sanitizer_${name}_$tool.log"
+      timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 python3 "$@" > "$log" 2>&1
+      local status=$?
+      echo "$tool $name: exit $status; $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1);" \
+        "$(grep -hE 'workload done|cases over' "$log" | tail -1)"
+    }
+    export -f sanitize_one
+    export RESULTS limit
+    echo "== [$(elapsed) s] sanitizer matrix: building the workloads' modules"
+    for fmt in mxfp4 nvfp4 mxfp8_mxfp4; do
+      python3 scripts/sanitize_mm_fp4.py --formats "$fmt" --build-only > "$RESULTS/sanitize_build_mm_$fmt.log" 2>&1 &
+    done
+    python3 scripts/sanitize_moe.py --act mxfp8 --build-only > "$RESULTS/sanitize_build_moe_w4a8.log" 2>&1 &
+    python3 scripts/sanitize_moe.py --build-only > "$RESULTS/sanitize_build_moe.log" 2>&1 &
+    wait
+    echo "== [$(elapsed) s] sanitizer matrix: 4 tools x (quantize, glue, fused_moe W4A4 and W4A8, mm_fp4 x 3 formats)"
+    for tool in memcheck racecheck initcheck synccheck; do
+      echo "$tool quantize scripts/sanitize_quantize.py"
+      echo "$tool moe_glue scripts/sanitize_moe.py --glue-only"
+      echo "$tool moe scripts/sanitize_moe.py"
+      echo "$tool moe_w4a8 scripts/sanitize_moe.py --act mxfp8"
+      for fmt in mxfp4 nvfp4 mxfp8_mxfp4; do echo "$tool mm_fp4_$fmt scripts/sanitize_mm_fp4.py --formats $fmt"; done
+    done | xargs -P "${SANITIZE_PARALLEL:-8}" -L 1 bash -c 'sanitize_one "$@"' _ | sort | tee "$RESULTS/sanitizer_matrix.txt"
+  elif [[ -n ${SANITIZE_GLUE_ONLY:-} ]]; then  # the glue kernels only, under all four tools
     for tool in memcheck racecheck initcheck synccheck; do
       run_sanitizer "$tool" moe_glue scripts/sanitize_moe.py --glue-only
     done
@@ -254,11 +284,14 @@ if [[ " $stages " == *" bits "* ]]; then
     python3 scripts/moe_bits.py --compare "$RESULTS/bits_baseline.json" "$RESULTS/bits_new.json" 2>&1 \
       | tee "$RESULTS/bits_compare_baseline.log" | tail -12
   fi
-  wait_oldbuild
-  echo "== [$(elapsed) s] bits: the previous checkout"
-  old_python python3 "$PWD/scripts/moe_bits.py" --out "$RESULTS/bits_old.json" 2>&1 | tee "$RESULTS/bits_old.log" | tail -4
-  python3 scripts/moe_bits.py --compare "$RESULTS/bits_old.json" "$RESULTS/bits_new.json" 2>&1 \
-    | tee "$RESULTS/bits_compare.log" | tail -12
+  if [[ " $stages " == *" oldbuild "* ]]; then  # the previous checkout too (its modules built by oldbuild)
+    wait_oldbuild
+    echo "== [$(elapsed) s] bits: the previous checkout"
+    old_python python3 "$PWD/scripts/moe_bits.py" --out "$RESULTS/bits_old.json" 2>&1 | tee "$RESULTS/bits_old.log" \
+      | tail -4
+    python3 scripts/moe_bits.py --compare "$RESULTS/bits_old.json" "$RESULTS/bits_new.json" 2>&1 \
+      | tee "$RESULTS/bits_compare.log" | tail -12
+  fi
 fi
 pack
 

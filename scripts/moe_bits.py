@@ -3,11 +3,11 @@
 """The MoE grid's outputs, saved to compare two checkouts bit for bit (a refactor or a kernel change must not move
 one bit of fused_moe's or cutlass_fused_moe's output).
 
-Grid: GPT-OSS shapes (H = I = 2880), E = 32 and 128, top-4, T in {1, 7, 64, 300, 2048}, W4A4 and W4A8 weights; router
-logits and precomputed ids; skewed routing (every token on the same four experts); the unfused pipeline at two
-sizes; a CUDA graph replay; cutlass_fused_moe (FlashInfer's W4A8 convention) at two sizes; and the dense GEMM's
-64-row tile (MXFP4, NVFP4) at three shapes. Inputs are seeded and made on the CPU, so both checkouts see the same
-bits. Only entry points both checkouts have are used.
+Grid: GPT-OSS shapes (H = I = 2880), E = 32 and 128, top-4, T in {1, 7, 64, 300, 2048}, W4A4 and W4A8 weights;
+router logits and precomputed ids; skewed routing (every token on the same four experts); the unfused pipeline at
+two sizes; a CUDA graph replay; one expert-parallel rank (1 of 3, global ids) at T = 1 and 64; cutlass_fused_moe
+(FlashInfer's W4A8 convention) at two sizes; and the dense GEMM's 64-row tile (MXFP4, NVFP4) at three shapes. Inputs
+are seeded and made on the CPU, so both checkouts see the same bits. Only entry points both checkouts have are used.
 
     FLASHINFER_SM12X_EMULATE=1 python scripts/moe_bits.py --build-only   # its modules, in parallel
     FLASHINFER_SM12X_EMULATE=1 python scripts/moe_bits.py --out new.json
@@ -91,6 +91,14 @@ def run_grid() -> dict[str, object]:
                 return y.clone()
 
             _record(out, f"E{num_e}/{act}/graph", replayed)
+            # Expert parallelism: rank 1 of 3 (a contiguous slice of the experts), global ids.
+            offset = count = num_e // 3
+            w_ep = fs.prepare_gpt_oss_weights(**{k: v[offset:offset + count] for k, v in raw.items()}, pad_to=128,
+                                              act=act)
+            for num_t in (1, 64):
+                hidden, _, ids, tw = (t.to(dev) for t in _inputs(num_t, num_e, 7 * num_t + num_e))
+                _record(out, f"E{num_e}/{act}/T{num_t}/ep_rank1_of_3", lambda: fs.fused_moe(
+                    hidden, (ids, tw), w_ep, validate_ids=False, expert_offset=offset, num_global_experts=num_e))
         w8 = fs.prepare_gpt_oss_weights(**raw, pad_to=128, interleaved=False, up_first=True, act="mxfp8")
         limit = torch.full((num_e,), 7.0, device=dev)
         for num_t in (5, 300):
