@@ -32,7 +32,8 @@ _FN = "grouped_mm_fp4"
 _A_ELEMS_PER_BYTE = {"mxfp4": 2, "mxfp8_mxfp4": 1}
 _SF_DTYPES = (torch.uint8, torch.float8_e8m0fnu)
 _E2M1X2 = getattr(torch, "float4_e2m1fn_x2", None)
-# Workspace sizes per (module, m, n, k, experts): a pure function of the module and the shape.
+# Workspace sizes per (module, device index, m, n, k, experts): a pure function of the module, the device's SM count
+# and the shape.
 _WORKSPACE_BYTES: dict[tuple, int] = {}
 
 
@@ -271,9 +272,12 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
 
     module = FAMILY.load(target, fmt, tactic, out_dtype, epilogue)
-    size = _WORKSPACE_BYTES.get((id(module), m, n, k, experts))
+    # The device too: the A-row-bound descriptor slots scale with its SM count.
+    key = (id(module), a.device.index, m, n, k, experts)
+    size = _WORKSPACE_BYTES.get(key)
     if size is None:
-        size = _WORKSPACE_BYTES[(id(module), m, n, k, experts)] = int(module.workspace_bytes(m, n, k, experts))
+        with on_device(a.device.index):
+            size = _WORKSPACE_BYTES[key] = int(module.workspace_bytes(m, n, k, experts))
     workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=a.device)
     a_bytes = a if a.dtype == torch.uint8 else a.view(torch.uint8)
     return module, (a_bytes, b, a_descale.view(torch.uint8), b_descale.view(torch.uint8), expert_of_tile, out,
