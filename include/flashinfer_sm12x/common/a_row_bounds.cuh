@@ -109,7 +109,8 @@ struct ARowBounds {
     ring = ring + 1 == kSlotsPerOwner ? 0 : ring + 1;
     auto const* src = reinterpret_cast<uint4 const*>(full);
     auto* dst = reinterpret_cast<uint4*>(slot);
-    CUTLASS_PRAGMA_UNROLL
+    // Rolled: the producer warp runs under a small register budget (40 in the Pingpong kernel).
+    CUTLASS_PRAGMA_NO_UNROLL
     for (int i = 0; i < int(sizeof(cute::TmaDescriptor) / sizeof(uint4)); ++i) dst[i] = src[i];
     // An extent is at least 1: an empty first expert keeps row 0 (a padding row, never routed).
     replace_row_extent(slot, static_cast<uint32_t>(row_end > 1 ? row_end : 1));
