@@ -12,9 +12,10 @@
 // The copies live in global memory (TMA reads descriptors from global, param or const space), in a buffer of the
 // call (the op allocates it with the workspace, so concurrent launches never share one): kSlotsPerOwner slots per
 // owner, where an owner is a CTA slot of the launch:
-//   - SM12x (CLC scheduler: the grid covers every tile, so blockIdx is unbounded): the SM, %smid. A grouped CTA needs
-//     more than half an SM's shared memory (static_assert in gemm/config.cuh), so one CTA of any launch runs on an SM
-//     at a time, and a CTA that starts there finds every earlier CTA's loads complete.
+//   - SM12x (CLC scheduler: the grid covers every tile, so blockIdx is unbounded): the SM, %smid (the launcher sizes
+//     the buffer for twice the SM count: SM ids need not be contiguous). A grouped CTA needs more than half an SM's
+//     shared memory (static_assert in gemm/config.cuh), so one CTA of any launch runs on an SM at a time, and a CTA
+//     that starts there finds every earlier CTA's loads complete.
 //   - SM90 (the emulated test build, persistent scheduler: the grid is at most the SM count): the linear blockIdx.
 // An owner past the buffer's owners reads the whole tile (the old behaviour: correct, unbounded).
 // Slot reuse: the producer rewrites the slots of its owner in a ring. Every tile issues at least one k-tile load, each

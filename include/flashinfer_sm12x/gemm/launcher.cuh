@@ -61,11 +61,19 @@ Problem kernel_problem(Problem const& p) {
   }
 }
 
-// A-row-bound descriptor slots (grouped configs): one owner per SM (common/a_row_bounds.cuh).
+// Owners of A-row-bound descriptor slots (grouped configs, common/a_row_bounds.cuh): the emulated SM90 build's
+// persistent grid has at most one CTA per SM, indexed by blockIdx; natively an owner is an SM by %smid, whose values
+// need not be contiguous on a part with SMs disabled: twice the SM count covers any die with at most twice the SMs
+// enabled (an owner past them reads whole tiles).
+template <class Config>
+int a_row_bound_owners() {
+  return Config::kEmulated ? sm_count_cached() : 2 * sm_count_cached();
+}
+
 template <class Config>
 size_t a_row_bounds_bytes() {
   if constexpr (Config::kGrouped) {
-    return a_row_bounds_slot_bytes(sm_count_cached(), Config::kStages);
+    return a_row_bounds_slot_bytes(a_row_bound_owners<Config>(), Config::kStages);
   } else {
     return 0;
   }
@@ -96,7 +104,8 @@ typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem, v
     ml.b_batch_of_m_tile = p.b_batch_of_m_tile;
     ml.num_b_batches = p.num_b_batches;
     if (p.a_row_padded_start && p.a_row_counts && a_row_slots) {
-      ml.a_row_bounds = ARowBoundsArguments{p.a_row_padded_start, p.a_row_counts, a_row_slots, sm_count_cached()};
+      ml.a_row_bounds = ARowBoundsArguments{p.a_row_padded_start, p.a_row_counts, a_row_slots,
+                                            a_row_bound_owners<Config>()};
     }
   }
 
