@@ -18,9 +18,10 @@ What is modelled, per chip, model (GPT-OSS-20B: E = 32, GPT-OSS-120B: E = 128; t
   epilogue) GEMM1 -> activation kernel -> GEMM2 writing every row.
 - Each kernel's DRAM bytes (reads + writes, each tensor once; what L2 serves again is not counted): the weights
   of the active experts (the expected number of distinct experts hit by T tokens x top-k under uniform routing),
-  the padded rows the grouped GEMMs read and compute (every expert's rows padded to the tile height, plus the
-  host's bound; trailing tiles run on expert E-1, whose weights are read too when it is not routed), activations,
-  scales, routing workspace, biases.
+  the routed rows of A the grouped GEMMs read (A's rows are bounded per expert on the device: padding rows are
+  zero-filled by TMA, not fetched) and the 128-row scale atoms of every tile they compute (every expert's rows
+  padded to the tile height, plus the host's bound; trailing tiles run on expert E-1, whose weights are read too
+  when it is not routed), activations, scales, routing workspace, biases.
 - Its MMA work, padding rows included, at the chip's dense FP4 rate (W4A4) or FP8 rate (W4A8, half of it).
 - Its CTAs over the SMs in waves: time = sum over ceil(waves) waves of the per-wave cost, a wave's cost being
   max(per-CTA MMA time at one SM's share of the rate, per-CTA bytes at the bandwidth one CTA gets in that wave).
@@ -298,11 +299,11 @@ def grouped_gemm_cost(layer: Layer, tactic: Tactic, name: str, stage: str, n: in
                       out_bytes: float) -> KernelCost:
     """One grouped GEMM of `tactic` over the padded bound (a multiple of tile_m: every expert's rows padded to
     it, row_plan's bound): (bound / tile_m) x (N / tile_n) CTAs, one per SM (its stages fill
-    shared memory). Reads the A rows of every tile (padding rows too) and their 128x4 scales once from DRAM, the
-    weights `weights` (the active experts' plus an unrouted expert's for trailing tiles) and the tile table; writes
-    `out_bytes`. MMA: every computed row, 2 * bound * N * K."""
-    a_bytes = layer.bound * k * layer.act_bytes
-    padding = (layer.bound - layer.pairs) * k * layer.act_bytes
+    shared memory). Reads the routed rows of A (bounded per expert: padding rows are not fetched) and the 128x4
+    scales of every tile once from DRAM, the weights `weights` (the active experts' plus an unrouted expert's for
+    trailing tiles) and the tile tables; writes `out_bytes`. MMA: every computed row, 2 * bound * N * K."""
+    a_bytes = layer.pairs * k * layer.act_bytes
+    padding = 0.0  # A's padding rows are zero-filled by TMA, not read
     tables = I32 * (layer.tiles + 2 * layer.shape.experts)  # expert_of_tile; padded_start and counts
     ctas = (layer.bound // layer.tile_m) * -(-n // tactic.tile_n)
     return KernelCost(name, stage, ctas, 1, GEMM_INFLIGHT_BYTES,

@@ -5,9 +5,12 @@ with the activation fused, and unfused) against FlashInfer's cutlass_fused_moe p
 
 A model, not a measurement: each kernel's reads and writes of activations, intermediates, scales, routing tables and
 output, computed from the shapes (what the kernels are written to touch; caches ignored). Weights (and their scales,
-and the per-expert biases) are the same for every pipeline and left out. Our GEMMs read whole tiles of the padded
-bound the host sizes the buffers by (each expert's segment padded to the tile height); with the MoE epilogues
-(fused) they write the T*k routed rows only, unfused every row. FlashInfer's grouped GEMM runs exact per-expert row
+and the per-expert biases) are the same for every pipeline and left out. Our GEMMs run over the padded bound the host
+sizes the buffers by (each expert's segment padded to the tile height) but read only the T*k routed rows of A: the
+routing plan's padded_start / counts bound each tile's A descriptor on the device, and TMA does not fetch rows past
+the bound (include/flashinfer_sm12x/common/a_row_bounds.cuh). A's scales keep whole 128-row atoms: every M tile of
+the bound, trailing ones included, reads its atoms. With the MoE epilogues (fused) the GEMMs write the T*k routed
+rows only, unfused every row. FlashInfer's grouped GEMM runs exact per-expert row
 counts (T*k rows; its TMA does not fetch rows past a problem's end). FlashInfer's pipeline as its kernels are
 written: the caller quantizes the hidden states (vLLM's MXFP8 path), expandInputRows permutes them (T*k rows),
 GEMM1 writes its [T*k, 2I] output in bf16, doActivation reads it and writes the quantized [T*k, I], GEMM2 writes
@@ -51,8 +54,9 @@ def ours(num_t: int, num_e: int, act: str, fused: bool, arch: str) -> dict[str, 
     scatter = pairs * H * BF16 + int(pairs * hp * b) + scales(rows, hp)  # gather, quantized rows, every scale row
     kernels = {"plan_scatter" if fused_plan_scatter_serves(num_t, TOP_K, num_e) else "plan + scatter":
                routing + scatter}
-    gemm1_in = int(rows * hp * b) + scales(rows, hp)
-    a_in = int(rows * ip * b) + scales(rows, ip)  # GEMM2 reads whole tiles: padding rows too
+    # A: the routed rows only (bounded per expert); its scales: the 128-row atoms of every M tile of the bound.
+    gemm1_in = int(pairs * hp * b) + scales(rows, hp)
+    a_in = int(pairs * ip * b) + scales(rows, ip)
     if fused:  # the MoE epilogues write the routed rows only
         kernels["GEMM1 + activation"] = gemm1_in + int(pairs * ip * b) + pairs * (ip // 32)
         kernels["GEMM2"] = a_in + pairs * hp * BF16

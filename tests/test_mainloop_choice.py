@@ -77,4 +77,4 @@ def test_rendered_mainloop_matches_config(family, target, fmt, tactic, epilogue)
         assert headers == []  # CUTLASS's collective as built: no header of ours
     else:
         assert len(headers) == 1
-        assert f"struct Mainloop<Collective, MainloopKind::{expected}>" in (MAINLOOPS / headers[0]).read_text()
+        assert f"struct Mainloop<Collective, MainloopKind::{expected}, Grouped>" in (MAINLOOPS / headers[0]).read_text()

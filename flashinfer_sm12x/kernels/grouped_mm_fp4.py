@@ -4,6 +4,9 @@ grouped_mm_fp4.cuh, jit/grouped_mm_fp4.cu.jinja): mm_fp4's tile configs with a m
 
     out[r, :] = (A[r, :] * SFA) @ (B[e(r)] * SFB[e(r)])^T,   e(r) = expert_of_tile[r // tile_m]
 
+With the routing plan's per-expert rows (padded_start, counts), A[r, :] reads as zeros for every r at or past
+padded_start[e(r)] + counts[e(r)]: those rows of A are not read (include/flashinfer_sm12x/common/a_row_bounds.cuh).
+
 Formats: W4A4 "mxfp4" (A packed e2m1) and W4A8 "mxfp8_mxfp4" (A e4m3); B is MXFP4 weights either way, all scales
 E8M0 per 32 in the 128x4 layout. W4A8 runs CUTLASS's own SM120 collective (FP4 unpacked to 8 bit in smem by TMA)
 with the per-tile batch choice around it.

@@ -260,8 +260,8 @@ class GlueViews:
     expert_of_tile: torch.Tensor  # int32 [tiles], a part of `workspace`
     x_gemm: torch.Tensor     # x with the GEMM's dtype (uint8 or float8_e4m3fn)
     a_gemm: torch.Tensor
-    padded_start: torch.Tensor  # int32 [E], parts of `workspace`: which rows are routed (the fused epilogues skip
-    counts: torch.Tensor        # the padding rows)
+    padded_start: torch.Tensor  # int32 [E], parts of `workspace`: which rows are routed (both GEMMs read only those
+    counts: torch.Tensor        # rows of A; the fused epilogues skip the padding rows)
 
 
 class Workspace:
@@ -457,8 +457,9 @@ def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: 
     b1 = e.w13_bias
     if b1 is not None and b1.data_ptr() % 16:
         b1 = b1.clone()  # the activation kernel and GEMM1's fused epilogue read bias rows in 16-byte vectors
+    # The plan's per-expert rows: both GEMMs read only the routed rows of their A (ops/grouped_mm_fp4.py).
+    routed = (views.padded_start, views.counts)
     if views.h is None:  # the fused epilogues: GEMM1 runs the activation, GEMM2 writes the routed rows only
-        routed = (views.padded_start, views.counts)
         gemm1 = ws.launcher(("swiglu_quantize", id(views.x), id(e.w13), id(e.w13_sf), id(views.a), t1), e.w13,
                             e.w13_sf, lambda: grouped_mm_fp4_swiglu_quantize_launcher(
                                 views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile, t1,
@@ -472,13 +473,13 @@ def _gemms_and_finalize(ws: Workspace, plan: RowPlan, views: GlueViews, module: 
     else:  # unfused: GEMM1 writes bf16, the activation kernel re-quantizes, GEMM2 writes every row
         ws.launcher(("store", id(views.x), id(e.w13), id(e.w13_sf), id(views.h), t1), e.w13, e.w13_sf,
                     lambda: grouped_mm_fp4_launcher(views.x_gemm, views.x_sf, e.w13, e.w13_sf, views.expert_of_tile,
-                                                    t1, views.h, fmt=fmt, target=target))()
+                                                    t1, views.h, fmt=fmt, target=target, expert_rows=routed))()
         module.activation(views.h, views.workspace, views.a, views.a_sf, plan.num_tokens, k, num_e, plan.tile_m,
                           layout, e.swiglu_oai, e.g1, b1, alpha_e, beta_e, limit_e, alpha, beta, limit,
                           e.limit is not None)
         ws.launcher(("store", id(views.a), id(e.w2), id(e.w2_sf), id(views.y), t2), e.w2, e.w2_sf,
                     lambda: grouped_mm_fp4_launcher(views.a_gemm, views.a_sf, e.w2, e.w2_sf, views.expert_of_tile,
-                                                    t2, views.y, fmt=fmt, target=target))()
+                                                    t2, views.y, fmt=fmt, target=target, expert_rows=routed))()
     module.finalize(views.y, views.workspace, out, k, num_e, plan.tile_m, e.g2, e.w2_bias)
 
 

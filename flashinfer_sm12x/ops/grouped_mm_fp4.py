@@ -6,6 +6,12 @@ Rows are sorted by expert and every expert's segment is padded to a multiple of 
 belongs to one expert. `expert_of_tile` lives on the device: the routing writes it, the host never reads it (no
 sync; CUDA-graph capturable). Tiles past the last used one must still name a valid expert; they compute rows nobody
 reads (the MoE bounds how many there are).
+
+With the routing plan's per-expert tables (`expert_rows` / `routed`: padded_start, counts, int32 [E] on the device),
+A's rows are read only up to each expert's last counted row: a tile whose expert's rows end inside it loads A through
+a device-side copy of A's TMA descriptor cut at that row (TMA zero-fills the rest without fetching it), so at decode
+the GEMM reads the routed rows of A, not whole tiles (include/flashinfer_sm12x/common/a_row_bounds.cuh). The output
+rows past an expert's counted rows then hold the product of zero rows; the counted rows are bit-identical.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ _FN = "grouped_mm_fp4"
 _A_ELEMS_PER_BYTE = {"mxfp4": 2, "mxfp8_mxfp4": 1}
 _SF_DTYPES = (torch.uint8, torch.float8_e8m0fnu)
 _E2M1X2 = getattr(torch, "float4_e2m1fn_x2", None)
-# Workspace sizes per (module, m, n, k, experts): a pure function of the module and the shape.
+# Workspace sizes per (module, device index, m, n, k, experts): a pure function of the module, the device's SM count
+# and the shape.
 _WORKSPACE_BYTES: dict[tuple, int] = {}
 
 
@@ -56,7 +63,8 @@ def gemm_format_of(a: torch.Tensor, fmt: str | None, fn: str = _FN) -> str:
 def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
                    expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor | None = None,
                    out_dtype: torch.dtype = torch.bfloat16, enable_pdl: bool = True, *,
-                   fmt: str | None = None, target: Target | None = None) -> torch.Tensor:
+                   fmt: str | None = None, target: Target | None = None,
+                   expert_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Grouped GEMM: row tile i of `a` times the weights of expert ``expert_of_tile[i]``.
 
     Parameters
@@ -84,6 +92,10 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
         Keyword-only. The format; required for uint8 `a` (its dtype does not say it), else inferred from a's dtype.
     target : Target, optional
         Keyword-only. The device's build target when the caller has it (`jit.arch.device_facts`), else looked up.
+    expert_rows : tuple of torch.Tensor, optional
+        Keyword-only. (padded_start, counts), int32 [E] each on a's device (the MoE routing plan's tables): expert
+        e's rows are ``padded_start[e] <= row < padded_start[e] + counts[e]``. A's other rows are not read; their
+        output rows are the product of zero rows. The counted rows are bit-identical to a call without them.
 
     Returns
     -------
@@ -93,7 +105,7 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     Raises
     ------
     TypeError, ValueError
-        Bad input, before any launch.
+        Bad input (tables included: dtype, shape, device, overlap with `out`), before any launch.
 
     Examples
     --------
@@ -112,8 +124,9 @@ def grouped_mm_fp4(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_
     """
     module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_dtype, enable_pdl,
                             fmt=fmt, target=target)
+    tables = _expert_row_tables(expert_rows, b, a.device, args[5], _FN)
     with on_device(a.device.index):
-        module.run(*args)
+        module.run(*args[:7], *tables, args[7])
     return args[5]
 
 
@@ -121,7 +134,8 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
                             expert_of_tile: torch.Tensor, tactic: Tactic, out: torch.Tensor,
                             enable_pdl: bool = True,
                             routed: tuple[torch.Tensor, torch.Tensor] | None = None, *, fmt: str | None = None,
-                            target: Target | None = None) -> Callable[[], torch.Tensor]:
+                            target: Target | None = None,
+                            expert_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> Callable[[], torch.Tensor]:
     """Validate once, then launch many times: for callers that reuse the same buffers every step (the fused MoE's
     kernel pipeline), so a repeated call costs one binding call of host time.
 
@@ -134,7 +148,10 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
     routed : tuple of torch.Tensor, optional
         (padded_start, counts), int32 [E] each on the device (the MoE routing plan's tables): write only the rows
         ``row - padded_start[e] < counts[e]`` of each tile's expert e (the "store_routed" epilogue); the other rows
-        of `out` keep what they held.
+        of `out` keep what they held. A's other rows are not read (as with `expert_rows`).
+    expert_rows : tuple of torch.Tensor, optional
+        (padded_start, counts) for the plain store: A's rows past each expert's counted rows are not read (as for
+        `grouped_mm_fp4`). Not with `routed`, which bounds A's rows by the same tables.
 
     Returns
     -------
@@ -153,8 +170,13 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
     module, args = _prepare(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out.dtype, enable_pdl,
                             epilogue, fmt=fmt, target=target)
     a_bytes, _, a_sf, _, tiles, _, workspace, pdl = args
+    if routed is not None and expert_rows is not None:
+        raise ValueError(f"{_FN}: pass routed (store_routed) or expert_rows (store), not both: routed bounds A's rows "
+                         "by the same tables")
     if routed is not None:
-        padded_start, counts = _routed_tables(routed, b.shape[0], a.device, _FN)
+        padded_start, counts = _expert_row_tables(routed, b, a.device, out, _FN, "routed")
+    else:
+        padded_start, counts = _expert_row_tables(expert_rows, b, a.device, out, _FN)
     # The weights are held weakly: a launcher cached by its caller must not keep freed weights alive.
     b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
     del args
@@ -167,7 +189,8 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
             raise RuntimeError(f"{_FN}: the weights this launcher was built for have been freed")
         with on_device(index):
             if routed is None:
-                module.run(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace, pdl)
+                module.run(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace, padded_start,
+                           counts, pdl)
             else:
                 module.run_store_routed(a_bytes, weights, a_sf, scales.view(torch.uint8), tiles, out, workspace,
                                         padded_start, counts, pdl)
@@ -176,16 +199,25 @@ def grouped_mm_fp4_launcher(a: torch.Tensor, a_descale: torch.Tensor, b: torch.T
     return launch
 
 
-def _routed_tables(routed: Any, experts: int, device: torch.device, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(padded_start, counts): int32 [E] each, contiguous, on `device`."""
-    if not isinstance(routed, tuple) or len(routed) != 2:
-        raise TypeError(f"{fn}: routed must be a (padded_start, counts) tuple of tensors")
-    tables = tuple(check_tensor(t, name, fn, torch.int32, shape=(experts,))
-                   for t, name in zip(routed, ("padded_start", "counts"), strict=True))
-    one_device([*tables], fn)
-    if tables[0].device != device:
+def _expert_row_tables(tables: Any, b: torch.Tensor, device: torch.device, outputs: torch.Tensor | tuple | None,
+                       fn: str, name: str = "expert_rows") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(padded_start, counts) of the routing plan checked for the binding: int32 [E] each, contiguous, on `device`,
+    sharing no memory with the outputs; (None, None) when `tables` is None."""
+    if tables is None:
+        return None, None
+    if not isinstance(tables, tuple) or len(tables) != 2:
+        raise TypeError(f"{fn}: {name} must be a (padded_start, counts) tuple of tensors")
+    checked = tuple(check_tensor(t, table, fn, torch.int32, shape=(b.shape[0],))
+                    for t, table in zip(tables, ("padded_start", "counts"), strict=True))
+    one_device([*checked], fn)
+    if checked[0].device != device:
         raise ValueError(f"{fn}: padded_start and counts must be on {device}")
-    return tables[0], tables[1]
+    named = (("padded_start", checked[0]), ("counts", checked[1]))
+    outs = outputs if isinstance(outputs, tuple) else (("out", outputs),)
+    for out_name, out in outs:
+        if out is not None:
+            check_no_alias(out, named, fn, out_name)
+    return checked[0], checked[1]
 
 
 def _named_inputs(a: Any, a_descale: Any, b: Any, b_descale: Any, expert_of_tile: Any) -> tuple[tuple[str, Any], ...]:
@@ -240,9 +272,12 @@ def _prepare(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descal
         out = torch.empty(m, n, dtype=out_dtype, device=a.device)
 
     module = FAMILY.load(target, fmt, tactic, out_dtype, epilogue)
-    size = _WORKSPACE_BYTES.get((id(module), m, n, k, experts))
+    # The device too: the A-row-bound descriptor slots scale with its SM count.
+    key = (id(module), a.device.index, m, n, k, experts)
+    size = _WORKSPACE_BYTES.get(key)
     if size is None:
-        size = _WORKSPACE_BYTES[(id(module), m, n, k, experts)] = int(module.workspace_bytes(m, n, k, experts))
+        with on_device(a.device.index):
+            size = _WORKSPACE_BYTES[key] = int(module.workspace_bytes(m, n, k, experts))
     workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=a.device)
     a_bytes = a if a.dtype == torch.uint8 else a.view(torch.uint8)
     return module, (a_bytes, b, a_descale.view(torch.uint8), b_descale.view(torch.uint8), expert_of_tile, out,
@@ -282,7 +317,8 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
     out, out_sf : torch.Tensor
         GEMM2's activation operand and its scales, as `swiglu_quantize_outputs` allocates them.
     routed : tuple of torch.Tensor, optional
-        (padded_start, counts), int32 [E] each: write only the routed rows (as `grouped_mm_fp4_launcher`).
+        (padded_start, counts), int32 [E] each: write only the routed rows and read only their rows of A (as
+        `grouped_mm_fp4_launcher`).
 
     Returns
     -------
@@ -310,7 +346,7 @@ def grouped_mm_fp4_swiglu_quantize_launcher(
     inputs = _named_inputs(a, a_descale, b, b_descale, expert_of_tile)
     check_no_alias(out, inputs + (("out_sf", out_sf),), fn)
     check_no_alias(out_sf, inputs, fn, "out_sf")
-    tables = (None, None) if routed is None else _routed_tables(routed, b.shape[0], a.device, fn)
+    tables = _expert_row_tables(routed, b, a.device, (("out", out), ("out_sf", out_sf)), fn, "routed")
     out_bytes, sf_bytes = out.view(torch.uint8), out_sf.view(torch.uint8)
     b_ref, b_sf_ref = weakref.ref(b), weakref.ref(b_descale)
     index = a.device.index
@@ -336,7 +372,8 @@ def grouped_mm_fp4_swiglu_quantize(
         expert_of_tile: torch.Tensor, tactic: Tactic, *, bias: torch.Tensor | None = None,
         activation: str = "swiglu_oai", alpha: float | torch.Tensor = 1.702, beta: float | torch.Tensor = 1.0,
         limit: float | torch.Tensor | None = 7.0, g1: torch.Tensor | None = None,
-        enable_pdl: bool = True, fmt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        enable_pdl: bool = True, fmt: str | None = None,
+        expert_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MoE's GEMM1 with fc1 bias, SwiGLU and the quantization for GEMM2 fused into its epilogue.
 
     Equal, bit for bit, to `grouped_mm_fp4` (bf16 out) followed by the activation kernel: h = bf16(A @ B^T);
@@ -357,6 +394,9 @@ def grouped_mm_fp4_swiglu_quantize(
         float32 [E]: each expert's scale of GEMM1's product, applied before the bias.
     fmt : {"mxfp4", "mxfp8_mxfp4"}, optional
         As for `grouped_mm_fp4`: required for uint8 `a`.
+    expert_rows : tuple of torch.Tensor, optional
+        (padded_start, counts), int32 [E] each: only the counted rows are computed from A and written (the
+        launcher's `routed`); the others of act keep what they were allocated with, act_sf's stay zero.
 
     Returns
     -------
@@ -391,7 +431,7 @@ def grouped_mm_fp4_swiglu_quantize(
     one_device([a, b, bias, *per_expert.values()], fn)
     out, out_sf = swiglu_quantize_outputs(a.shape[0], n // 2, fmt, a.device)
     launch = grouped_mm_fp4_swiglu_quantize_launcher(a, a_descale, b, b_descale, expert_of_tile, tactic, out, out_sf,
-                                                      enable_pdl, fmt=fmt)
+                                                      enable_pdl, expert_rows, fmt=fmt)
     scalar = {k: (0.0 if v is None or isinstance(v, torch.Tensor) else float(v))
               for k, v in (("alpha", alpha), ("beta", beta), ("limit", limit))}
     return launch(bias, activation == "swiglu_oai", per_expert.get("g1"), per_expert.get("alpha"),

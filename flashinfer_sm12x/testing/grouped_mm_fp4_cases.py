@@ -163,3 +163,39 @@ def run_swiglu_quantize_case(tactic, num_e: int, tiles: int, inter: int, k: int,
     assert bool((got_s[~routed, :kb] == 0xFF).all()), "scales of rows not routed must not be written"
     assert not got_s[:, kb:].any(), "padding scale columns must be zero"
     assert (got_s[routed, :kb] != 0xFF).all(), "finite inputs must give finite scales"
+
+
+def expert_segments(counts: list[int], tile_m: int, trailing_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The routing plan's layout of per-expert row `counts`: each expert's segment padded to `tile_m` (an empty expert
+    has none), then `trailing_tiles` tiles naming the last expert, as the MoE's bound leaves them. Returns
+    (padded_start int32 [E], expert_of_tile int32 [tiles]) on the CPU."""
+    rows_of = torch.tensor([-(-c // tile_m) * tile_m for c in counts])
+    start = torch.cumsum(rows_of, 0) - rows_of
+    tiles = [e for e, r in enumerate(rows_of.tolist()) for _ in range(r // tile_m)] + [len(counts) - 1] * trailing_tiles
+    return start.to(torch.int32), torch.tensor(tiles, dtype=torch.int32)
+
+
+def run_expert_rows_case(tactic, n: int, k: int, act: str = "mxfp4") -> None:
+    """grouped_mm_fp4 with expert_rows against the same call without: the counted rows bit-identical, and the padding
+    rows of A (poisoned: NaN e4m3 for W4A8, the largest e2m1 codes for W4A4) not read: their output rows are the
+    product of zero rows (exactly 0), where the unbounded call computes them from the poison."""
+    tm = tactic.tile_m
+    # Empty experts (first, middle, last), a 1-row expert, a full tile, a tile and a bit, a random partial one.
+    gen = torch.Generator().manual_seed(n + k)
+    counts = [0, 1, tm, 0, tm + 3, int(torch.randint(2, tm, (1,), generator=gen)), 0]
+    start, expert_of_tile = expert_segments(counts, tm, trailing_tiles=2)
+    m = expert_of_tile.numel() * tm
+    x_in = (torch.randn(m, k, generator=gen) * 3).cuda()
+    a, a_sf = mxfp4_quantize(x_in) if act == "mxfp4" else mxfp8_quantize(x_in, True, 32)
+    b, b_sf = expert_weights(len(counts), n, k, gen)
+    e = expert_of_tile.long().repeat_interleave(tm)
+    routed = (torch.arange(m) - start.long()[e] < torch.tensor(counts)[e]).cuda()
+    a.view(torch.uint8)[~routed] = 0x7F if act == "mxfp8" else 0x77
+    tables = (start.cuda(), torch.tensor(counts, dtype=torch.int32, device="cuda"))
+    tiles = expert_of_tile.cuda()
+    want = grouped_mm_fp4(a, a_sf, b, b_sf, tiles, tactic, fmt=gemm_format(act))
+    got = grouped_mm_fp4(a, a_sf, b, b_sf, tiles, tactic, fmt=gemm_format(act), expert_rows=tables)
+    torch.cuda.synchronize()
+    assert torch.equal(got[routed].view(torch.int16), want[routed].view(torch.int16))
+    assert bool((got[~routed] == 0).all()), "A's padding rows were read"
+    assert not bool((want[~routed] == 0).all()), "the unbounded call must read the poisoned padding rows"

@@ -12,7 +12,11 @@ import torch
 
 from flashinfer_sm12x.jit.arch import parse_target
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, FAMILY
-from flashinfer_sm12x.testing.grouped_mm_fp4_cases import check_bad_inputs_rejected_before_launch, run_grouped_case
+from flashinfer_sm12x.testing.grouped_mm_fp4_cases import (
+    check_bad_inputs_rejected_before_launch,
+    run_expert_rows_case,
+    run_grouped_case,
+)
 from flashinfer_sm12x.testing.workloads import prebuild_for_tests
 
 W4A8_TACTICS = FAMILY.shipped("mxfp8_mxfp4", parse_target("sm_90a"))
@@ -44,3 +48,13 @@ def test_grouped_w4a8_matches_per_tile_reference(tactic, num_e: int, tiles: int,
 
 def test_bad_inputs_rejected_before_launch() -> None:
     check_bad_inputs_rejected_before_launch()
+
+
+@pytest.mark.parametrize("tactic", CANDIDATES, ids=lambda t: t.name)
+def test_expert_rows_bound_a_reads(tactic) -> None:
+    run_expert_rows_case(tactic, 256, 640)
+
+
+@pytest.mark.parametrize("tactic", W4A8_TACTICS, ids=lambda t: t.name)
+def test_expert_rows_bound_a_reads_w4a8(tactic) -> None:
+    run_expert_rows_case(tactic, 200, 640, act="mxfp8")

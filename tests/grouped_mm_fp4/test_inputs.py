@@ -58,3 +58,33 @@ def test_heuristic_picks_only_proven_tiles(fmt: str, arch: str) -> None:
     for rows, experts in [(4, 32), (64, 32), (4000, 32), (32768, 32), (100000, 8)]:
         order = g.heuristic(rows, 2944, 2944, fmt, target, groups=experts)
         assert order and set(order) == set(g.PROVEN[arch][fmt])
+
+
+def test_expert_rows_tables_are_checked_before_any_launch() -> None:
+    """expert_rows / routed (the plan's padded_start and counts): int32 [E] on a's device, apart from the outputs."""
+    from flashinfer_sm12x.ops.grouped_mm_fp4 import _expert_row_tables
+
+    b, cpu = torch.zeros(3, 64, 64, dtype=torch.uint8), torch.device("cpu")
+    start, counts = torch.zeros(3, dtype=torch.int32), torch.ones(3, dtype=torch.int32)
+    out = torch.zeros(128, 64, dtype=torch.bfloat16)
+    assert _expert_row_tables(None, b, cpu, out, "f") == (None, None)
+    assert _expert_row_tables((start, counts), b, cpu, out, "f") == (start, counts)
+    with pytest.raises(TypeError, match="tuple"):
+        _expert_row_tables([start, counts], b, cpu, out, "f")
+    with pytest.raises(TypeError, match="int32"):
+        _expert_row_tables((start.long(), counts), b, cpu, out, "f")
+    with pytest.raises(ValueError, match="shape"):
+        _expert_row_tables((start, counts[:2]), b, cpu, out, "f")
+    with pytest.raises(ValueError, match="meta"):
+        _expert_row_tables((start, counts), b, torch.device("meta"), out, "f")
+    with pytest.raises(ValueError, match="overlaps counts"):
+        _expert_row_tables((start, out.view(torch.int32)[0, :3]), b, cpu, out, "f")
+    sf = torch.zeros(16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="out_sf overlaps padded_start"):
+        _expert_row_tables((sf.view(torch.int32)[:3], counts), b, cpu, (("out", out), ("out_sf", sf)), "f")
+
+
+def test_expert_rows_need_cuda_tensors_like_every_operand() -> None:
+    """Bad tables on CPU operands: the operands' device check fires first (one typed error, before any launch)."""
+    with pytest.raises(ValueError, match="CUDA"):
+        _w4a8(expert_rows=(torch.zeros(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int32)))

@@ -11,6 +11,7 @@ import torch
 from flashinfer_sm12x.jit.arch import device_facts
 from flashinfer_sm12x.kernels.grouped_mm_fp4 import CANDIDATES, FAMILY, W4A8_CANDIDATES
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import check_bad_inputs_rejected_before_launch as check_errors
+from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_expert_rows_case as check_expert_rows
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_grouped_case as check_grouped
 from flashinfer_sm12x.testing.grouped_mm_fp4_cases import run_swiglu_quantize_case as check_swiglu_quantize
 
@@ -58,3 +59,14 @@ def test_gemm1_fused_activation_epilogue_is_bit_identical(fmt: str, tactic, vari
 
 def test_grouped_bad_inputs() -> None:
     check_errors()
+
+
+@pytest.mark.parametrize(("fmt", "tactic"), [*(("mxfp4", t) for t in CANDIDATES),
+                                             *(("mxfp8_mxfp4", t) for t in W4A8_CANDIDATES)],
+                         ids=lambda v: v if isinstance(v, str) else v.name)
+def test_expert_rows_bound_a_reads(fmt: str, tactic) -> None:
+    """A's rows bounded per expert (per-SM descriptor slots on SM12x): counted rows bit-identical to the unbounded
+    GEMM, padding rows of A not read."""
+    if tactic not in FAMILY.shipped(fmt, device_facts(0).target):
+        pytest.skip(f"{tactic.name} is not in the proven {fmt} grouped menu for this GPU's target")
+    check_expert_rows(tactic, 256 if fmt == "mxfp4" else 200, 640, act="mxfp4" if fmt == "mxfp4" else "mxfp8")

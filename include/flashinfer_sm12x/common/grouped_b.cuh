@@ -9,6 +9,8 @@
 
 #include "cutlass/cutlass.h"
 
+#include "flashinfer_sm12x/common/a_row_bounds.cuh"
+
 namespace flashinfer_sm12x {
 
 struct GroupedB {
@@ -31,6 +33,7 @@ template <class BaseArguments>
 struct GroupedBArguments : BaseArguments {
   int32_t const* b_batch_of_m_tile = nullptr;
   int num_b_batches = 1;
+  ARowBoundsArguments a_row_bounds;  // grouped configs only: per-expert A row bounds (common/a_row_bounds.cuh)
 };
 
 }  // namespace flashinfer_sm12x

@@ -15,6 +15,8 @@
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 
+#include "flashinfer_sm12x/common/a_row_bounds.cuh"
+
 namespace flashinfer_sm12x {
 
 // Global tiles of an operand whose rows run along M (A, SFA) or N (B, SFB), through its TMA atom's coordinate
@@ -96,12 +98,18 @@ CUTLASS_DEVICE auto collective_operand_tiles(TmaA const& tma_a, TmaB const& tma_
                     n_side_tiles<TileShape>(params.tma_load_sfb, shape(params.layout_SFB)));
 }
 
-// load's operands (for produce_k_tiles) of the tile at `blk_coord`, B's stages being `smem_b`.
+// The A operand of dense configs: through A's atom as encoded.
+struct UnboundedA {};
+
+// load's operands (for produce_k_tiles) of the tile at `blk_coord`, B's stages being `smem_b`. `a_descriptor`:
+// UnboundedA, or (grouped configs) a callable (m_tile, expert) -> the descriptor A's tile loads through
+// (common/a_row_bounds.cuh).
 template <class Collective, class TmaA, class TmaB, class Params, class LoadInputs, class BlockCoord,
-          class TensorStorage, class SmemB>
+          class TensorStorage, class SmemB, class ADescriptor = UnboundedA>
 CUTLASS_DEVICE auto collective_tma_operands(TmaA const& tma_a, TmaB const& tma_b, Params const& params,
                                             LoadInputs const& load_inputs, BlockCoord const& blk_coord,
-                                            TensorStorage& smem, SmemB const& smem_b) {
+                                            TensorStorage& smem, SmemB const& smem_b,
+                                            ADescriptor const& a_descriptor = {}) {
   using namespace cute;
   using TileShape = typename Collective::TileShape;
   auto [gA_mkl, gB_nkl, gSFA_mkl, gSFB_nkl] = load_inputs;
@@ -110,17 +118,34 @@ CUTLASS_DEVICE auto collective_tma_operands(TmaA const& tma_a, TmaB const& tma_b
   // column below it (tile index stays in units of TileN, rounded down).
   constexpr int kNPerSfbTile = size<1>(typename Collective::TileShapeSFB{}) / size<1>(TileShape{});
   const int n_sfb = (int(n_coord) / kNPerSfbTile) * kNPerSfbTile;
-  // A is partitioned before the expert lookup, as the wrappers did before sharing this: in that order ptxas assigns
-  // the producer's registers as it did (an emulated sm_90a build swapped two otherwise; scripts/sass_identity.py).
-  auto a = tma_operand(tma_a, gA_mkl(_, _, m_coord, _, l_coord),
-                       make_tensor(make_smem_ptr(smem.smem_A.begin()), typename Collective::SmemLayoutA{}));
-  const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
-  return make_tuple(
-      a, tma_operand(tma_b, gB_nkl(_, _, n_coord, _, l_b), smem_b),
-      tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, m_coord, _, l_coord),
-                  make_tensor(make_smem_ptr(smem.smem_SFA.begin()), typename Collective::SmemLayoutSFA{})),
-      tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_sfb, _, l_b),
-                  make_tensor(make_smem_ptr(smem.smem_SFB.begin()), typename Collective::SmemLayoutSFB{})));
+  auto other_operands = [&](auto const& a, int l_b) {
+    return make_tuple(
+        a, tma_operand(tma_b, gB_nkl(_, _, n_coord, _, l_b), smem_b),
+        tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, m_coord, _, l_coord),
+                    make_tensor(make_smem_ptr(smem.smem_SFA.begin()), typename Collective::SmemLayoutSFA{})),
+        tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_sfb, _, l_b),
+                    make_tensor(make_smem_ptr(smem.smem_SFB.begin()), typename Collective::SmemLayoutSFB{})));
+  };
+  if constexpr (is_same_v<ADescriptor, UnboundedA>) {
+    // A is partitioned before the expert lookup, as the wrappers did before sharing this: in that order ptxas assigns
+    // the producer's registers as it did (an emulated sm_90a build swapped two otherwise; scripts/sass_identity.py).
+    auto a = tma_operand(tma_a, gA_mkl(_, _, m_coord, _, l_coord),
+                         make_tensor(make_smem_ptr(smem.smem_A.begin()), typename Collective::SmemLayoutA{}));
+    const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
+    return make_tuple(
+        a, tma_operand(tma_b, gB_nkl(_, _, n_coord, _, l_b), smem_b),
+        tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, m_coord, _, l_coord),
+                    make_tensor(make_smem_ptr(smem.smem_SFA.begin()), typename Collective::SmemLayoutSFA{})),
+        tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_sfb, _, l_b),
+                    make_tensor(make_smem_ptr(smem.smem_SFB.begin()), typename Collective::SmemLayoutSFB{})));
+  } else {
+    // The expert first: it bounds A's rows.
+    const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
+    return other_operands(
+        bounded_tma_operand(tma_a, a_descriptor(int(m_coord), l_b), gA_mkl(_, _, m_coord, _, l_coord),
+                            make_tensor(make_smem_ptr(smem.smem_A.begin()), typename Collective::SmemLayoutA{})),
+        l_b);
+  }
 }
 
 // The scale factors' atoms as CUTLASS's SM120 collective encodes them (2-byte elements), for the wrappers whose

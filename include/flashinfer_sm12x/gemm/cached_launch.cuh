@@ -48,12 +48,14 @@ uint64_t key_word(T value) {
 // Everything the Params of `p` depend on. The structured binding names every field of Problem: a field added to
 // Problem makes this line fail to compile until the key covers it too.
 inline LaunchKey key_of(gemm::Problem const& p, int device, void const* workspace) {
-  auto const& [m, n, k, a, b, sfa, sfb, d, alpha, b_batch_of_m_tile, num_b_batches, epilogue_args] = p;
-  static_assert(LaunchKey::kWords == 14, "one word per Problem field, plus the device and the workspace");
+  auto const& [m, n, k, a, b, sfa, sfb, d, alpha, b_batch_of_m_tile, num_b_batches, a_row_padded_start, a_row_counts,
+               epilogue_args] = p;
+  static_assert(LaunchKey::kWords == 16, "one word per Problem field, plus the device and the workspace");
   return LaunchKey{{detail::key_word(device), detail::key_word(m), detail::key_word(n), detail::key_word(k),
                     detail::key_word(a), detail::key_word(b), detail::key_word(sfa), detail::key_word(sfb),
                     detail::key_word(d), detail::key_word(alpha), detail::key_word(b_batch_of_m_tile),
-                    detail::key_word(num_b_batches), detail::key_word(epilogue_args), detail::key_word(workspace)}};
+                    detail::key_word(num_b_batches), detail::key_word(a_row_padded_start),
+                    detail::key_word(a_row_counts), detail::key_word(epilogue_args), detail::key_word(workspace)}};
 }
 
 // The per-configuration cache (one per rendered module: each has one Config).

@@ -156,7 +156,9 @@ constexpr MainloopKind mainloop_kind() {
   return MainloopKind::Collective;
 }
 
-template <class Collective, MainloopKind Kind>
+// Grouped: the mainloop serves a grouped GEMM (per-expert A row bounds, common/a_row_bounds.cuh); dense configs
+// instantiate the mainloops without them, so their code is what it was.
+template <class Collective, MainloopKind Kind, bool Grouped>
 struct Mainloop {
   static_assert(Kind == MainloopKind::Collective,
                 "this config's mainloop header (flashinfer_sm12x/gemm/mainloops/*.cuh) is not included");
@@ -241,7 +243,7 @@ struct MmFp4Config {
   static constexpr MainloopKind kMainloopKind =
       detail::mainloop_kind<Emulated, kM64, Grouped, !cute::is_same_v<Format, Mxfp8Mxfp4>>();
   using CollectiveMainloop = typename detail::Mainloop<
-      typename detail::MaybeEmulatedAtom<NativeMainloop, Emulated>::type, kMainloopKind>::type;
+      typename detail::MaybeEmulatedAtom<NativeMainloop, Emulated>::type, kMainloopKind, Grouped>::type;
 
   using GemmKernel = cutlass::gemm::kernel::GemmUniversal<
       cute::Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,
@@ -252,6 +254,9 @@ struct MmFp4Config {
   static constexpr int kStages = CollectiveMainloop::DispatchPolicy::Stages;
   static constexpr int kSmemBytes = static_cast<int>(sizeof(typename GemmKernel::SharedStorage));
   static_assert(kSmemBytes <= cutlass::arch::sm120_smem_capacity_bytes, "SharedStorage exceeds 101376 B");
+  // The grouped mainloops own A-descriptor slots per SM on SM12x (common/a_row_bounds.cuh): one CTA per SM.
+  static_assert(!Grouped || 2 * kSmemBytes > cutlass::arch::sm120_smem_capacity_bytes,
+                "grouped configs must not fit two CTAs per SM (their A-descriptor slots are per SM)");
   static constexpr bool kEmulated = Emulated;
   static constexpr bool kSwapAB = SwapAB;
   static constexpr bool kGrouped = Grouped;

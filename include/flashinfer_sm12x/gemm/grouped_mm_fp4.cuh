@@ -3,7 +3,9 @@
 // sorted by expert and every expert's segment is padded to a multiple of TileM, so each M tile belongs to one expert.
 // B (and its scales) is batched [E, N, K]; M tile m multiplies batch gemm::Problem::b_batch_of_m_tile[m]
 // (common/grouped_b.cuh), written on the device by the routing: the host sizes M_total by a bound and never reads the
-// counts (no sync; see flashinfer_sm12x/ops/grouped_mm_fp4.py).
+// counts (no sync; see flashinfer_sm12x/ops/grouped_mm_fp4.py). Given the routing plan's per-expert padded_start and
+// counts (gemm::Problem::a_row_padded_start / a_row_counts), every grouped mainloop reads A's rows of a tile only up
+// to its expert's last counted row (common/a_row_bounds.cuh): at decode, the routed rows instead of whole tiles.
 //
 // Namespaces: the configuration, the problem, the launch and the mainloops the dense GEMM shares are
 // flashinfer_sm12x::gemm (gemm/config.cuh, gemm/launcher.cuh); what only the grouped GEMM has lives in

@@ -15,7 +15,7 @@ namespace flashinfer_sm12x::mm_fp4 {
 // The values a prepared launch depends on, as words (device, shape, every pointer; see key_of in
 // gemm/cached_launch.cuh). Equal keys give bit-identical kernel parameters.
 struct LaunchKey {
-  static constexpr int kWords = 14;
+  static constexpr int kWords = 16;
   std::array<uint64_t, kWords> words{};
 
   bool operator==(LaunchKey const& other) const { return words == other.words; }

@@ -8,6 +8,7 @@
 
 #include "cutlass/util/packed_stride.hpp"  // tools/util/include
 
+#include "flashinfer_sm12x/common/a_row_bounds.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
 namespace flashinfer_sm12x::gemm {
@@ -24,6 +25,11 @@ struct Problem {
   // uses batch b_batch_of_m_tile[i] (device memory, ceil(m / TileM) entries).
   const int32_t* b_batch_of_m_tile = nullptr;
   int num_b_batches = 1;
+  // Grouped configs only, optional (both or neither): the routing plan's per-expert tables, int32 [num_b_batches] on
+  // the device. Expert e's rows are [padded_start[e], padded_start[e] + counts[e]); A's rows past them are not read
+  // (common/a_row_bounds.cuh): the GEMM's rows there are computed from zeros.
+  const int32_t* a_row_padded_start = nullptr;
+  const int32_t* a_row_counts = nullptr;
   // Fused-epilogue configs only: the epilogue's Arguments (host memory, read while the arguments are built).
   const void* epilogue_args = nullptr;
 };
@@ -55,8 +61,27 @@ Problem kernel_problem(Problem const& p) {
   }
 }
 
+// Owners of A-row-bound descriptor slots (grouped configs, common/a_row_bounds.cuh): the emulated SM90 build's
+// persistent grid has at most one CTA per SM, indexed by blockIdx; natively an owner is an SM by %smid, whose values
+// need not be contiguous on a part with SMs disabled: twice the SM count covers any die with at most twice the SMs
+// enabled (an owner past them reads whole tiles).
 template <class Config>
-typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem) {
+int a_row_bound_owners() {
+  return Config::kEmulated ? sm_count_cached() : 2 * sm_count_cached();
+}
+
+template <class Config>
+size_t a_row_bounds_bytes() {
+  if constexpr (Config::kGrouped) {
+    return a_row_bounds_slot_bytes(a_row_bound_owners<Config>(), Config::kStages);
+  } else {
+    return 0;
+  }
+}
+
+// `a_row_slots`: the A-row-bound descriptor slots in the workspace (grouped configs; null for a size query).
+template <class Config>
+typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem, void* a_row_slots = nullptr) {
   const Problem p = kernel_problem<Config>(caller_problem);
   using Gemm = typename Config::Gemm;
   using Mainloop = typename Config::CollectiveMainloop;
@@ -78,6 +103,10 @@ typename Config::Gemm::Arguments make_arguments(Problem const& caller_problem) {
   if constexpr (Config::kGrouped) {
     ml.b_batch_of_m_tile = p.b_batch_of_m_tile;
     ml.num_b_batches = p.num_b_batches;
+    if (p.a_row_padded_start && p.a_row_counts && a_row_slots) {
+      ml.a_row_bounds = ARowBoundsArguments{p.a_row_padded_start, p.a_row_counts, a_row_slots,
+                                            a_row_bound_owners<Config>()};
+    }
   }
 
   typename Epilogue::Arguments epi{};
@@ -120,9 +149,12 @@ inline cudaError_t to_cuda(cutlass::Status s) {
 
 }  // namespace detail
 
+// The kernel's workspace, then (grouped configs) the A-row-bound descriptor slots at a 128-byte boundary.
 template <class Config>
 size_t workspace_bytes(Problem const& p) {
-  return Config::Gemm::get_workspace_size(detail::make_arguments<Config>(p));
+  const size_t kernel = Config::Gemm::get_workspace_size(detail::make_arguments<Config>(p));
+  const size_t slots = detail::a_row_bounds_bytes<Config>();
+  return slots ? (kernel + 127) / 128 * 128 + slots : kernel;
 }
 
 // No host synchronisation: argument setup, TMA descriptor encoding (driver entry point resolved at
@@ -133,7 +165,13 @@ cudaError_t run(Problem const& p, void* workspace, cudaStream_t stream, bool ena
     return cudaErrorInvalidValue;
   if (Config::kGrouped && (!p.b_batch_of_m_tile || p.num_b_batches <= 0)) return cudaErrorInvalidValue;
   if (Config::kFusedEpilogue && !p.epilogue_args) return cudaErrorInvalidValue;
-  auto args = detail::make_arguments<Config>(p);
+  if (Config::kGrouped && (p.a_row_padded_start == nullptr) != (p.a_row_counts == nullptr)) return cudaErrorInvalidValue;
+  void* a_row_slots = nullptr;
+  if (Config::kGrouped && p.a_row_padded_start && detail::a_row_bounds_bytes<Config>()) {
+    const size_t kernel = Config::Gemm::get_workspace_size(detail::make_arguments<Config>(p));
+    a_row_slots = static_cast<uint8_t*>(workspace) + (kernel + 127) / 128 * 128;
+  }
+  auto args = detail::make_arguments<Config>(p, a_row_slots);
   typename Config::Gemm gemm;
   cutlass::Status s = gemm.can_implement(args);
   if (s != cutlass::Status::kSuccess)

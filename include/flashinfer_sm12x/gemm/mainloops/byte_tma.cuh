@@ -7,13 +7,15 @@
 // to Params and provides its own load_init / load (the producer side, common/tma_producer.cuh); the consumer side
 // (mma, with Params sliced to the base) and everything else are inherited. It serves the emulated SM90 builds of
 // 128-row tiles and, natively, the packed e2m1 grouped GEMMs: with `b_batch_of_m_tile` set, M tile m multiplies B
-// batch b_batch_of_m_tile[m] (common/grouped_b.cuh).
+// batch b_batch_of_m_tile[m] (common/grouped_b.cuh) and, with Grouped, A's rows are bounded per expert
+// (common/a_row_bounds.cuh).
 #pragma once
 
 #include "cute/atom/copy_traits_sm90_tma.hpp"
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 
+#include "flashinfer_sm12x/common/a_row_bounds.cuh"
 #include "flashinfer_sm12x/common/grouped_b.cuh"
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
 #include "flashinfer_sm12x/common/tma_producer.cuh"
@@ -21,8 +23,8 @@
 
 namespace flashinfer_sm12x::gemm {
 
-template <class Base>
-struct ByteTmaMainloop : Base {
+template <class Base, bool Grouped>
+struct ByteTmaMainloop : Base, ARowBoundsRing<Grouped> {
   using typename Base::TileShape;
   using typename Base::ElementA;
   using typename Base::ElementB;
@@ -50,11 +52,16 @@ struct ByteTmaMainloop : Base {
 
   using Arguments = GroupedBArguments<typename Base::Arguments>;
 
-  struct Params : Base::Params {
+  struct DenseParams : Base::Params {
     TMA_A8 tma_load_a8;
     TMA_B8 tma_load_b8;
     GroupedB grouped_b;
   };
+  using ABounds = ARowBounds<a_row_bound_slots_per_owner(Base::DispatchPolicy::Stages), cute::size<0>(TileShape{})>;
+  struct GroupedParams : DenseParams {
+    ABounds a_row_bounds;
+  };
+  using Params = cute::conditional_t<Grouped, GroupedParams, DenseParams>;
 
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void* workspace) {
@@ -71,6 +78,11 @@ struct ByteTmaMainloop : Base {
     params.grouped_b = GroupedB::of(args, int(L));
     params.tma_load_b8 = make_byte_tma<ElementB, StrideB, SmemLayoutB, GmemTiledCopyB>(
         args.ptr_B, make_shape(N, K, params.grouped_b.batches), args.dB, shape<1>(TileShape{}));
+    if constexpr (Grouped) {
+      params.a_row_bounds = ABounds::of(args.a_row_bounds, params.tma_load_a8, [&](int rows) {
+        return a_rows_tensor<uint8_t>(args.ptr_A, rows, int(K), int(L), args.dA);
+      }, int(M));
+    }
     return params;
   }
 
@@ -92,17 +104,24 @@ struct ByteTmaMainloop : Base {
                            int /*thread_idx*/, uint32_t /*block_rank_in_cluster*/, TensorStorage& shared_tensors) {
     produce_k_tiles(pipeline, smem_pipe_write, k_tile_iter, k_tile_count, [&] {
       using namespace cute;
-      return collective_tma_operands<Base>(
-          params.tma_load_a8, params.tma_load_b8, params, load_inputs, blk_coord, shared_tensors,
-          make_tensor(make_smem_ptr(shared_tensors.smem_B.begin()), SmemLayoutB{}));
+      if constexpr (Grouped) {
+        return collective_tma_operands<Base>(
+            params.tma_load_a8, params.tma_load_b8, params, load_inputs, blk_coord, shared_tensors,
+            make_tensor(make_smem_ptr(shared_tensors.smem_B.begin()), SmemLayoutB{}),
+            this->a_descriptor(params.a_row_bounds, params.tma_load_a8));
+      } else {
+        return collective_tma_operands<Base>(
+            params.tma_load_a8, params.tma_load_b8, params, load_inputs, blk_coord, shared_tensors,
+            make_tensor(make_smem_ptr(shared_tensors.smem_B.begin()), SmemLayoutB{}));
+      }
     });
   }
 };
 
 namespace detail {
-template <class Collective>
-struct Mainloop<Collective, MainloopKind::ByteTma> {
-  using type = ByteTmaMainloop<Collective>;
+template <class Collective, bool Grouped>
+struct Mainloop<Collective, MainloopKind::ByteTma, Grouped> {
+  using type = ByteTmaMainloop<Collective, Grouped>;
 };
 }  // namespace detail
 

@@ -1,26 +1,35 @@
 // SPDX-License-Identifier: Apache-2.0
 // GroupedCollectiveMainloop: CUTLASS's SM120 block-scaled collective, unchanged, serving a grouped GEMM (the W4A8
 // path: A e4m3, B e2m1 unpacked to 8 bit in smem by the 16U4_ALIGN16B TMA type). It re-encodes B's descriptor over
-// all E batches, gives A and SFA a stride-0 batch mode, and calls the collective's own producer with l = the tile's
-// expert: A/SFA read batch 0, B/SFB read the expert. Native only (SM90 has neither that TMA type nor the unpacking
-// ldmatrix). The packed e2m1 x e2m1 grouped configs use ByteTmaMainloop (byte_tma.cuh) instead.
+// all E batches and runs the collective's atoms through our producer (common/tma_producer.cuh): A/SFA at the
+// problem's batch, A's rows bounded per expert (common/a_row_bounds.cuh), B/SFB at the tile's expert. Native only
+// (SM90 has neither that TMA type nor the unpacking ldmatrix). The packed e2m1 x e2m1 grouped configs use ByteTmaMainloop (byte_tma.cuh) instead.
 #pragma once
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 
+#include "flashinfer_sm12x/common/a_row_bounds.cuh"
 #include "flashinfer_sm12x/common/grouped_b.cuh"
+#include "flashinfer_sm12x/common/tma_producer.cuh"
 #include "flashinfer_sm12x/gemm/config.cuh"
 
 namespace flashinfer_sm12x::grouped_mm_fp4 {
 
-template <class Base>
-struct GroupedCollectiveMainloop : Base {
+template <class Base, bool Grouped = true>
+struct GroupedCollectiveMainloop : Base, ARowBoundsRing<true> {
+  static_assert(Grouped, "the grouped W4A8 mainloop serves grouped configs only");
   using typename Base::TileShape;
+  using typename Base::MainloopPipeline;
+  using typename Base::PipelineState;
+  using typename Base::SmemLayoutB;
+  using typename Base::TensorStorage;
   using Arguments = GroupedBArguments<typename Base::Arguments>;
+  using ABounds = ARowBounds<a_row_bound_slots_per_owner(Base::DispatchPolicy::Stages), cute::size<0>(TileShape{})>;
 
   struct Params : Base::Params {
     GroupedB grouped_b;
+    ABounds a_row_bounds;  // common/a_row_bounds.cuh
   };
 
   template <class ProblemShape>
@@ -37,40 +46,39 @@ struct GroupedCollectiveMainloop : Base {
     params.tma_load_b = make_tma_copy(typename Base::GmemTiledCopyB{}, tensor_b,
                                       typename Base::SmemLayoutB{}(_, _, Int<0>{}),
                                       make_shape(shape<1>(TileShape{}), shape<2>(TileShape{})), _1{});
+    params.a_row_bounds = ABounds::of(args.a_row_bounds, params.tma_load_a, [&](int rows) {
+      return a_rows_tensor<typename Base::TmaInternalElementA>(args.ptr_A, rows, int(K), int(L), args.dA);
+    }, int(M));
     return params;
   }
 
+  // Producer (common/tma_producer.cuh), the collective's own atoms: A (bounded per expert) and SFA at the problem's
+  // batch, B and SFB at the M tile's expert.
   template <class ProblemShape_MNKL>
   CUTLASS_DEVICE auto load_init(ProblemShape_MNKL const& problem_shape_MNKL, Params const& params) const {
-    using namespace cute;
-    using X = Underscore;
-    auto [gA_mkl, gB_nkl, gSFA_mkl, gSFB_nkl] = Base::load_init(problem_shape_MNKL, params);
-    auto [M, N, K, L] = problem_shape_MNKL;
-    const int batches = params.grouped_b.batches;
-    // (BLK_M,BLK_K,m,k,l) views whose l mode repeats batch 0, so slicing them at an expert index stays in A.
-    auto repeat_batch0 = [batches](auto const& t) {
-      return make_tensor(t.data(), make_layout(replace<4>(t.shape(), batches), replace<4>(t.stride(), Int<0>{})));
-    };
-    auto gB_experts = local_tile(params.tma_load_b.get_tma_tensor(make_shape(N, K, batches)), TileShape{},
-                                 make_coord(_, _, _), Step<X, _1, _1>{});
-    return make_tuple(repeat_batch0(gA_mkl), gB_experts, repeat_batch0(gSFA_mkl), gSFB_nkl);
+    return collective_operand_tiles<Base>(params.tma_load_a, params.tma_load_b, params, problem_shape_MNKL);
   }
 
-  template <class Pipeline, class PipelineState, class LoadInputs, class BlockCoord, class... Rest>
-  CUTLASS_DEVICE void load(Params const& params, Pipeline pipeline, PipelineState smem_pipe_write,
-                           LoadInputs const& load_inputs, BlockCoord const& blk_coord, Rest&&... rest) {
-    auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
-    const int expert = params.grouped_b.batch_of(int(m_coord), int(l_coord));
-    Base::load(params, pipeline, smem_pipe_write, load_inputs, cute::make_coord(m_coord, n_coord, k_coord, expert),
-               static_cast<Rest&&>(rest)...);
+  template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
+  CUTLASS_DEVICE void load(Params const& params, MainloopPipeline pipeline, PipelineState smem_pipe_write,
+                           cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
+                           BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
+                           int /*thread_idx*/, uint32_t /*block_rank_in_cluster*/, TensorStorage& shared_tensors) {
+    produce_k_tiles(pipeline, smem_pipe_write, k_tile_iter, k_tile_count, [&] {
+      using namespace cute;
+      return collective_tma_operands<Base>(params.tma_load_a, params.tma_load_b, params, load_inputs, blk_coord,
+                                           shared_tensors,
+                                           make_tensor(make_smem_ptr(shared_tensors.smem_B.begin()), SmemLayoutB{}),
+                                           this->a_descriptor(params.a_row_bounds, params.tma_load_a));
+    });
   }
 };
 
 }  // namespace flashinfer_sm12x::grouped_mm_fp4
 
 namespace flashinfer_sm12x::gemm::detail {
-template <class Collective>
-struct Mainloop<Collective, MainloopKind::GroupedCollective> {
-  using type = grouped_mm_fp4::GroupedCollectiveMainloop<Collective>;
+template <class Collective, bool Grouped>
+struct Mainloop<Collective, MainloopKind::GroupedCollective, Grouped> {
+  using type = grouped_mm_fp4::GroupedCollectiveMainloop<Collective, Grouped>;
 };
 }  // namespace flashinfer_sm12x::gemm::detail

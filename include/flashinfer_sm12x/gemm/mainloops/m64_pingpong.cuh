@@ -23,6 +23,7 @@
 //   - Consumer: the SFA smem tensor is the 64-row view above at offset 8 h (h = m-tile % 2, a run-time value
 //     that only moves the smem base pointer). From there on the scale fragments, their smem->register copies
 //     and the MMA atoms are those of a plain 64-row tile: CUTLASS's partitioning helpers are inherited.
+//   - Grouped: A's rows are bounded per expert (common/a_row_bounds.cuh); the SFA block stays whole.
 //   - Stages: computed by the caller for 101,376 B (MmFp4Config); MXFP4 64x128x128: 13,312 B per stage.
 //
 // Inherits the CUTLASS collective built for the same 64-row tile (the "blueprint": TiledMma with a 64-row
@@ -34,6 +35,7 @@
 #include "cutlass/arch/barrier.h"
 #include "cutlass/cutlass.h"
 
+#include "flashinfer_sm12x/common/a_row_bounds.cuh"
 #include "flashinfer_sm12x/common/grouped_b.cuh"
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
 #include "flashinfer_sm12x/common/tma_producer.cuh"
@@ -41,8 +43,8 @@
 
 namespace flashinfer_sm12x::gemm {
 
-template <class Blueprint>
-struct M64PingpongMainloop : Blueprint {
+template <class Blueprint, bool Grouped>
+struct M64PingpongMainloop : Blueprint, ARowBoundsRing<Grouped> {
   using Base = Blueprint;
   using typename Base::ArchTag;
   using Arguments = GroupedBArguments<typename Base::Arguments>;
@@ -144,7 +146,7 @@ struct M64PingpongMainloop : Blueprint {
                                          cute::_1{});
   }
 
-  struct Params {
+  struct DenseParams {
     PackedFp4Tma<ElementA, GmemTiledCopyA, SmemStageA, StrideA, BoxA> tma_load_a;
     PackedFp4Tma<ElementB, GmemTiledCopyB, SmemStageB, StrideB, BoxB> tma_load_b;
     decltype(make_sf_tma(nullptr, LayoutSFA{}, SfaLoadStage{}, BoxSFA{})) tma_load_sfa;
@@ -154,6 +156,11 @@ struct M64PingpongMainloop : Blueprint {
     GroupedB grouped_b;
     uint32_t tma_transaction_bytes = TmaTransactionBytes;
   };
+  using ABounds = ARowBounds<a_row_bound_slots_per_owner(kStages), kTileM>;
+  struct GroupedParams : DenseParams {
+    ABounds a_row_bounds;  // common/a_row_bounds.cuh
+  };
+  using Params = cute::conditional_t<Grouped, GroupedParams, DenseParams>;
 
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void*) {
@@ -169,6 +176,11 @@ struct M64PingpongMainloop : Blueprint {
     params.tma_load_sfb = make_sf_tma(args.ptr_SFB, args.layout_SFB, SmemStageSFB{}, BoxB{});
     params.layout_SFA = args.layout_SFA;
     params.layout_SFB = args.layout_SFB;
+    if constexpr (Grouped) {
+      params.a_row_bounds = ABounds::of(args.a_row_bounds, params.tma_load_a, [&](int rows) {
+        return a_rows_tensor<uint8_t>(args.ptr_A, rows, int(K), int(L), args.dA);
+      }, int(M));
+    }
     return params;
   }
 
@@ -202,15 +214,32 @@ struct M64PingpongMainloop : Blueprint {
       auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
       const int sfa_block = int(m_coord) / kTilesPerSfaLoad;
       const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
-      return make_tuple(
-          tma_operand(params.tma_load_a, gA_mkl(_, _, m_coord, _, l_coord),
-                      make_tensor(make_smem_ptr(smem.smem_A.begin()), SmemLayoutA{})),
-          tma_operand(params.tma_load_b, gB_nkl(_, _, n_coord, _, l_b),
-                      make_tensor(make_smem_ptr(smem.smem_B.begin()), SmemLayoutB{})),
-          tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, sfa_block, _, l_coord),
-                      make_tensor(make_smem_ptr(smem.smem_SFA.begin()), SmemLayoutSFA{})),
-          tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_coord, _, l_b),
-                      make_tensor(make_smem_ptr(smem.smem_SFB.begin()), SmemLayoutSFB{})));
+      auto other_operands = [&] {
+        return make_tuple(
+            tma_operand(params.tma_load_b, gB_nkl(_, _, n_coord, _, l_b),
+                        make_tensor(make_smem_ptr(smem.smem_B.begin()), SmemLayoutB{})),
+            tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, sfa_block, _, l_coord),
+                        make_tensor(make_smem_ptr(smem.smem_SFA.begin()), SmemLayoutSFA{})),
+            tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_coord, _, l_b),
+                        make_tensor(make_smem_ptr(smem.smem_SFB.begin()), SmemLayoutSFB{})));
+      };
+      if constexpr (Grouped) {
+        return prepend(other_operands(),
+                       bounded_tma_operand(params.tma_load_a,
+                                           this->a_descriptor(params.a_row_bounds, params.tma_load_a)(int(m_coord), l_b),
+                                           gA_mkl(_, _, m_coord, _, l_coord),
+                                           make_tensor(make_smem_ptr(smem.smem_A.begin()), SmemLayoutA{})));
+      } else {
+        return make_tuple(
+            tma_operand(params.tma_load_a, gA_mkl(_, _, m_coord, _, l_coord),
+                        make_tensor(make_smem_ptr(smem.smem_A.begin()), SmemLayoutA{})),
+            tma_operand(params.tma_load_b, gB_nkl(_, _, n_coord, _, l_b),
+                        make_tensor(make_smem_ptr(smem.smem_B.begin()), SmemLayoutB{})),
+            tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, sfa_block, _, l_coord),
+                        make_tensor(make_smem_ptr(smem.smem_SFA.begin()), SmemLayoutSFA{})),
+            tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_coord, _, l_b),
+                        make_tensor(make_smem_ptr(smem.smem_SFB.begin()), SmemLayoutSFB{})));
+      }
     });
   }
 
@@ -335,9 +364,9 @@ struct M64PingpongMainloop : Blueprint {
 };
 
 namespace detail {
-template <class Collective>
-struct Mainloop<Collective, MainloopKind::M64Pingpong> {
-  using type = M64PingpongMainloop<Collective>;
+template <class Collective, bool Grouped>
+struct Mainloop<Collective, MainloopKind::M64Pingpong, Grouped> {
+  using type = M64PingpongMainloop<Collective, Grouped>;
 };
 }  // namespace detail
 

@@ -18,6 +18,7 @@
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 
+#include "flashinfer_sm12x/common/a_row_bounds.cuh"
 #include "flashinfer_sm12x/common/grouped_b.cuh"
 #include "flashinfer_sm12x/common/packed_fp4_tma.cuh"
 #include "flashinfer_sm12x/common/tma_producer.cuh"
@@ -34,8 +35,8 @@ using PackedFp4ImageLayout =
                  cute::Stride<cute::Stride<cute::_128, cute::_2048>, cute::Stride<cute::_1, cute::Int<TileN / 8 * 2048>>,
                               cute::Int<TileN * TileK * 2>>>;
 
-template <class Base>
-struct EmulatedW4A8Mainloop : Base {
+template <class Base, bool Grouped>
+struct EmulatedW4A8Mainloop : Base, ARowBoundsRing<Grouped> {
   using typename Base::TileShape;
   using typename Base::ElementA;
   using typename Base::ElementB;
@@ -74,10 +75,15 @@ struct EmulatedW4A8Mainloop : Base {
 
   using Arguments = GroupedBArguments<typename Base::Arguments>;
 
-  struct Params : Base::Params {
+  struct DenseParams : Base::Params {
     TMA_B8 tma_load_b8;
     GroupedB grouped_b;
   };
+  using ABounds = ARowBounds<a_row_bound_slots_per_owner(kStages), cute::size<0>(TileShape{})>;
+  struct GroupedParams : DenseParams {
+    ABounds a_row_bounds;  // common/a_row_bounds.cuh
+  };
+  using Params = cute::conditional_t<Grouped, GroupedParams, DenseParams>;
 
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void* workspace) {
@@ -94,6 +100,11 @@ struct EmulatedW4A8Mainloop : Base {
     encode_collective_scale_tmas<Base>(params, args);
     params.grouped_b = GroupedB::of(args, int(L));
     params.tma_load_b8 = make_b_tma(args.ptr_B, make_shape(N, K, params.grouped_b.batches), args.dB);
+    if constexpr (Grouped) {
+      params.a_row_bounds = ABounds::of(args.a_row_bounds, params.tma_load_a, [&](int rows) {
+        return a_rows_tensor<typename Base::TmaInternalElementA>(args.ptr_A, rows, int(K), int(L), args.dA);
+      }, int(M));
+    }
     return params;
   }
 
@@ -120,16 +131,22 @@ struct EmulatedW4A8Mainloop : Base {
                            BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
                            int /*thread_idx*/, uint32_t /*block_rank_in_cluster*/, TensorStorage& shared_tensors) {
     produce_k_tiles(pipeline, smem_pipe_write, k_tile_iter, k_tile_count, [&] {
-      return collective_tma_operands<Base>(params.tma_load_a, params.tma_load_b8, params, load_inputs, blk_coord,
-                                           shared_tensors, packed_b_image(shared_tensors));
+      if constexpr (Grouped) {
+        return collective_tma_operands<Base>(params.tma_load_a, params.tma_load_b8, params, load_inputs, blk_coord,
+                                             shared_tensors, packed_b_image(shared_tensors),
+                                             this->a_descriptor(params.a_row_bounds, params.tma_load_a));
+      } else {
+        return collective_tma_operands<Base>(params.tma_load_a, params.tma_load_b8, params, load_inputs, blk_coord,
+                                             shared_tensors, packed_b_image(shared_tensors));
+      }
     });
   }
 };
 
 namespace detail {
-template <class Collective>
-struct Mainloop<Collective, MainloopKind::EmulatedW4A8> {
-  using type = EmulatedW4A8Mainloop<Collective>;
+template <class Collective, bool Grouped>
+struct Mainloop<Collective, MainloopKind::EmulatedW4A8, Grouped> {
+  using type = EmulatedW4A8Mainloop<Collective, Grouped>;
 };
 }  // namespace detail
 
