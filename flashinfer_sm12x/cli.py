@@ -145,12 +145,16 @@ def _cache_import(args: argparse.Namespace) -> int:
     from .jit import archive
 
     targets = _targets(args.arch) if args.arch else None
-    summary = archive.import_archive(args.archive, targets=targets, expect_sha256=args.sha256)
+    summary = archive.import_archive(args.archive, targets=targets, expect_sha256=args.sha256,
+                                     skip_stale=args.skip_stale)
     for name in summary.installed:
         print(f"imported {name}")
     for name in summary.kept:
         print(f"kept {name} (already in the cache and verified)")
-    print(f"{len(summary.installed)} imported, {len(summary.kept)} already present, from {args.archive} "
+    for name in summary.stale:
+        print(f"skipped {name} (built from other headers than this installation's)")
+    stale = f", {len(summary.stale)} skipped as stale" if args.skip_stale else ""
+    print(f"{len(summary.installed)} imported, {len(summary.kept)} already present{stale}, from {args.archive} "
           f"(sha256 {summary.sha256}) in {summary.seconds:.1f} s")
     return 0
 
@@ -209,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--arch", default=None,
                      help="accept only these targets (default: what runs on this GPU; any target without a GPU)")
     imp.add_argument("--sha256", default=None, help="refuse the archive unless it has this sha256")
+    imp.add_argument("--skip-stale", action="store_true",
+                     help="skip the modules built from other headers than this installation's (an archive of an "
+                     "earlier checkout) and install the rest, instead of refusing the whole archive")
     _command(sub, "prebuild", _prebuild, "build modules ahead of time (no GPU needed)",
              "Build JIT modules ahead of time: every module of some ops (--ops), or exactly what one model deployment "
              "loads (--model). Modules build in parallel within the cores and memory available (~5.5 GB per CUTLASS "

@@ -38,7 +38,8 @@
 # and tools/util/include). Optional: .carry/modules*.tar.gz, sm_90a modules built on the CPU machine with
 #   flashinfer-sm12x cache export --arch sm_90a --ops grouped_mm_fp4 -o .carry/modules_sm_90a.tar.gz
 # (same tvm_ffi version and CUDA major as here; keep the carry within its 64 MiB): imported into the cache first,
-# so this machine compiles only what they lack (an archive that does not verify here is refused and logged).
+# so this machine compiles only what they lack (a module built from other headers is skipped and rebuilt; an
+# archive that fails any other check is refused and logged).
 # MODULE_ARCHIVES / BASELINE_ARCHIVES: the archives for this checkout's cache and for the baseline's (stage baseline). Logs and results go to $RESULTS, packed at the end into $OUT/gpu_results_<stages>.tgz
 # (the device tool returns few files). Usage: bash scripts/gpu_run.sh [stage ...]
 # EMULATION_K: a pytest -k expression, EMULATION_PATHS: test paths (default tests), to run part of the GPU tests
@@ -66,7 +67,9 @@ mkdir -p "$FLASHINFER_SM12X_CACHE_DIR" && chmod 700 "$FLASHINFER_SM12X_CACHE_DIR
 shopt -s nullglob
 for carried in ${MODULE_ARCHIVES:-.carry/modules*.tar .carry/modules*.tar.gz}; do
   echo "== [$(elapsed) s] cache import $carried"
-  python3 -m flashinfer_sm12x cache import "$carried" --arch sm_90a 2>&1 | tail -1 | tee -a "$RESULTS/import.log"
+  # --skip-stale: a module whose headers changed since the archive was made is rebuilt here; the rest still serve
+  python3 -m flashinfer_sm12x cache import "$carried" --arch sm_90a --skip-stale 2>&1 | tail -1 \
+    | tee -a "$RESULTS/import.log"
 done
 shopt -u nullglob
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RESULTS/device.txt"

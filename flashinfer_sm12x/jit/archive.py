@@ -74,6 +74,7 @@ class ExportSummary:
 class ImportSummary:
     installed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # already in the cache and verified: left as they were
+    stale: list[str] = field(default_factory=list)  # skipped (skip_stale): built from other headers than these
     sha256: str = ""
     seconds: float = 0.0
 
@@ -393,7 +394,7 @@ def install_packed(packed: PackedModule, module_dir: Path, *, origin: str, sourc
 
 
 def import_archive(path: Path, root: Path | None = None, *, targets: Sequence[Target] | None = None,
-                   expect_sha256: str | None = None) -> ImportSummary:
+                   expect_sha256: str | None = None, skip_stale: bool = False) -> ImportSummary:
     """Verify every module of the archive at `path`, then install them into the cache.
 
     Parameters
@@ -407,28 +408,39 @@ def import_archive(path: Path, root: Path | None = None, *, targets: Sequence[Ta
         a GPU).
     expect_sha256
         The archive's sha256 as published; refused when it differs.
+    skip_stale
+        Install the modules built from this installation's headers and skip (list in `stale`) those built from
+        other ones, instead of refusing the archive: an archive made for an earlier checkout still serves the
+        modules whose headers did not change. Every other check still refuses the whole archive.
 
     Returns
     -------
     ImportSummary
-        What was installed and what was already there.
+        What was installed, what was already there and what was skipped as stale.
 
     Raises
     ------
     ArchiveError
-        Any check failed; nothing was written.
+        Any check failed (with skip_stale, any but "sources"); nothing was written.
     """
     start = time.monotonic()
     index, modules, digest = read_archive(path)
     if expect_sha256 is not None and digest != expect_sha256.lower():
         raise ArchiveError("tampered", f"{path} has sha256 {digest}, not the expected {expect_sha256}")
     roots, cuda_major, gpu = installed_roots(), local_cuda_major(), _gpu_capability()
+    summary = ImportSummary(sha256=digest)
     for packed in modules.values():  # every check before the first write
-        check_module(packed, roots=roots, cuda_major=cuda_major, targets=targets, gpu=gpu, where=str(path))
+        try:
+            check_module(packed, roots=roots, cuda_major=cuda_major, targets=targets, gpu=gpu, where=str(path))
+        except ArchiveError as exc:
+            if not (skip_stale and exc.reason == "sources"):
+                raise
+            summary.stale.append(packed.name)
     from .module import module_dir_named
 
-    summary = ImportSummary(sha256=digest)
     for packed in modules.values():
+        if packed.name in summary.stale:
+            continue
         module_dir = module_dir_named(packed.target, packed.name, root)
         with build_lock(module_dir.parent / f"{packed.name}.lock", packed.name):
             outcome = install_packed(packed, module_dir, origin="imported", source=digest, roots=roots)

@@ -221,6 +221,22 @@ def test_other_sources_are_refused(exported: Path, cache_root: Path, monkeypatch
     monkeypatch.setattr(archive, "installed_roots", lambda: {**real(), "pkg/include": fake_include})
     error = _refused(exported, "sources", cache_root)
     assert "mma_probe.cuh" in str(error)
+    # skip_stale: the stale module is skipped and named, nothing is written; the CLI says so and succeeds.
+    before = _snapshot(cache_root)
+    summary = archive.import_archive(exported, skip_stale=True)
+    assert summary.stale == [_probe().name] and not summary.installed and not summary.kept
+    assert _snapshot(cache_root) == before
+    assert main(["cache", "import", str(exported), "--skip-stale"]) == 0
+    assert _snapshot(cache_root) == before
+
+
+@pytest.mark.compile_proof
+def test_skip_stale_still_refuses_a_tampered_archive(exported: Path, cache_root: Path, tmp_path: Path) -> None:
+    members = _members(exported)
+    for i, (info, data) in enumerate(members):
+        if info.name.endswith(".so"):
+            members[i] = (info, data[:-1] + bytes([data[-1] ^ 1]))  # type: ignore[index]
+    _refused(_write(tmp_path / "bad.tar", members), "tampered", cache_root, skip_stale=True)
 
 
 def _index_only(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> list[tuple[tarfile.TarInfo, bytes | None]]:
