@@ -169,13 +169,15 @@ if [[ " $stages " == *" sanitizer "* ]]; then  # SANITIZER_TIMEOUT: seconds per 
     python3 scripts/sanitize_moe.py --build-only > "$RESULTS/sanitize_build_moe.log" 2>&1 &
     wait
     echo "== [$(elapsed) s] sanitizer matrix: 4 tools x (quantize, glue, fused_moe W4A4 and W4A8, mm_fp4 x 3 formats)"
-    for tool in memcheck racecheck initcheck synccheck; do
+    { for tool in memcheck racecheck initcheck synccheck; do
       echo "$tool quantize scripts/sanitize_quantize.py"
       echo "$tool moe_glue scripts/sanitize_moe.py --glue-only"
       echo "$tool moe scripts/sanitize_moe.py"
       echo "$tool moe_w4a8 scripts/sanitize_moe.py --act mxfp8"
       for fmt in mxfp4 nvfp4 mxfp8_mxfp4; do echo "$tool mm_fp4_$fmt scripts/sanitize_mm_fp4.py --formats $fmt"; done
-    done | xargs -P "${SANITIZE_PARALLEL:-8}" -L 1 bash -c 'sanitize_one "$@"' _ | sort | tee "$RESULTS/sanitizer_matrix.txt"
+    done
+    # initcheck's view of TMA-store output: D written only by the GEMM (see sanitize_mm_fp4.py --fresh-output)
+    echo "initcheck tma_store_probe scripts/sanitize_mm_fp4.py --fresh-output"; } | xargs -P "${SANITIZE_PARALLEL:-8}" -L 1 bash -c 'sanitize_one "$@"' _ | sort | tee "$RESULTS/sanitizer_matrix.txt"
   elif [[ -n ${SANITIZE_GLUE_ONLY:-} ]]; then  # the glue kernels only, under all four tools
     for tool in memcheck racecheck initcheck synccheck; do
       run_sanitizer "$tool" moe_glue scripts/sanitize_moe.py --glue-only

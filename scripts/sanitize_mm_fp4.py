@@ -49,6 +49,35 @@ def modules(target: Target, work: list[Case]) -> list[ModuleSpec]:
     return unique_specs([FAMILY.spec(target, fmt, tactic, torch.bfloat16) for fmt, tactic, *_ in work])
 
 
+def fresh_output_probe(target: Target, formats: list[str]) -> int:
+    """The GEMM's D is written by CUTLASS's TMA-store epilogue (bulk copies from shared memory). The workload's other
+    cases pre-fill D with NaN (a regular kernel's stores) to catch unwritten elements; here D is a fresh torch.empty
+    that only the GEMM writes, then read by torch. Equal to the NaN-filled run: every element was written by the
+    GEMM, so an initcheck report on these reads is about what the tool sees, not about our kernel."""
+    from flashinfer_sm12x.ops.mm_fp4 import run_tactic, validate
+    from flashinfer_sm12x.testing.mm_fp4_cases import make_operands
+
+    for fmt in formats:
+        fmt_, tactic, m, n, k = cases(target, [fmt])[1]  # the ragged 130 x 136 case
+        ops = make_operands(fmt_, m, n, k, 0)
+        outs = []
+        for out in (torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda"),
+                    # the tail of a fresh 64 MiB block: memory no kernel of this process has written
+                    torch.empty(2**25 + m * n, dtype=torch.bfloat16, device="cuda")[-m * n:].view(m, n)):
+            p = validate(ops["a"], ops["b"], ops["a_descale"], ops["b_descale"], ops["alpha"], torch.bfloat16, out,
+                         ops["block_size"], False, ops["use_nvfp4"], fp8_a=fmt_ == "mxfp8_mxfp4")
+            run_tactic(p, tactic)
+            outs.append(out)
+        torch.cuda.synchronize()
+        same = torch.equal(outs[0], outs[1])
+        print(f"fresh-output probe {fmt_} {tactic.name} m={m} n={n} k={k}: "
+              f"{'identical to the NaN-filled run' if same else 'DIFFERS'}", flush=True)
+        if not same:
+            return 1
+    print("sanitizer workload done: fresh-output probe", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--formats", default="", help="comma-separated formats (default: every one with a build "
@@ -57,6 +86,9 @@ def main() -> int:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--build-only", action="store_true", help="build the workload's modules and exit")
     what.add_argument("--list-cases", action="store_true", help="print the cases and modules and exit")
+    what.add_argument("--fresh-output", action="store_true",
+                      help="initcheck's probe: each format's first case into a never-written output (torch.empty), "
+                      "read back by a torch kernel and compared with the same call into a NaN-filled output")
     args = parser.parse_args()
     try:
         target = workload_target(args.arch)
@@ -77,6 +109,9 @@ def main() -> int:
         return 0 if build_modules(modules(target, work), "sanitize_mm_fp4") else 1
 
     from flashinfer_sm12x.testing.mm_fp4_cases import run_and_check
+
+    if args.fresh_output:
+        return fresh_output_probe(target, formats)
 
     print(f"target {target.name}: {len(work)} cases over formats {', '.join(formats)}", flush=True)
     for fmt, tactic, m, n, k in work:
