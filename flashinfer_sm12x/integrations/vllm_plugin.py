@@ -181,7 +181,7 @@ def why_not_ours(moe: Any, placement: str = "linear") -> str | None:
         if pc.use_all2all_kernels:
             from .vllm_modular import all2all_reason
 
-            reason = all2all_reason(pc, moe.num_experts, moe.in_dtype)
+            reason = all2all_reason(pc, getattr(moe, "num_experts", None), getattr(moe, "in_dtype", None))
             if reason is not None:
                 return reason
         if placement != "linear":
