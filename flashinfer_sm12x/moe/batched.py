@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_tensor, round_up
+from ..checks import check_index_range, check_tensor, round_up
 from ..jit.arch import device_facts
 from . import pipeline
 from .weights import PreparedMoEWeights
@@ -68,7 +68,7 @@ def batched_experts(x: torch.Tensor, expert_num_tokens: torch.Tensor, weights: P
     Raises
     ------
     TypeError, ValueError
-        Bad input, before any launch.
+        Bad input (shapes, dtypes, devices, sizes past the kernels' 32-bit indices), before any launch.
     """
     if not isinstance(weights, PreparedMoEWeights):
         raise TypeError(f"{_FN}: weights must come from prepare_gpt_oss_weights, got {type(weights).__name__}")
@@ -99,17 +99,29 @@ def batched_experts(x: torch.Tensor, expert_num_tokens: torch.Tensor, weights: P
         impl = "kernels" if x.is_cuda else "reference"
     if impl == "kernels" and not x.is_cuda:
         raise ValueError(f"{_FN}: impl='kernels' needs CUDA tensors, got {x.device}")
-    m = x.shape[1]
     if x.numel() == 0:  # no experts or no rows: nothing to launch
         return out
     e = _experts(weights)
     facts = device_facts(x.device) if impl == "kernels" else None
-    t1, t2 = pipeline._checked_tactics(tactic, num_e * m, num_e, e.gemm_format, facts.target if facts else None,
-                                       facts.sm_count if facts else None, e.hidden_padded, e.inter_padded)
+    t1, t2 = pipeline._checked_tactics(tactic, num_e * x.shape[1], num_e, e.gemm_format,
+                                       facts.target if facts else None, facts.sm_count if facts else None,
+                                       e.hidden_padded, e.inter_padded)
     if impl == "kernels" and not pipeline.fuses_activation(e, t1):
         raise ValueError(f"{_FN}: impl='kernels' runs the activation in GEMM1's epilogue: it needs interleaved "
                          f"gate/up weights and a GEMM1 tactic with tile_n % 64 == 0; got the {e.layout} layout, "
                          f"tactic {t1.name}")
+    # The kernels' 32-bit line (as fused_moe's check_row_plan): padded rows and their 128x4 scale elements.
+    rows = num_e * round_up(x.shape[1], t1.tile_m)
+    check_index_range(_FN, padded_rows=rows, scale_elements=round_up(rows, 128) * round_up(
+        max(e.hidden_padded, e.inter_padded) // 32, 4))
+    return _forward(x, expert_num_tokens, e, t1, t2, impl, out)
+
+
+def _forward(x: torch.Tensor, expert_num_tokens: torch.Tensor, e: pipeline.Experts, t1: pipeline.Tactic,
+             t2: pipeline.Tactic, impl: str, out: torch.Tensor) -> torch.Tensor:
+    """The layout and one implementation, on validated arguments: the padded rows, the tile and row tables (all
+    built on the device), then the kernels' or the reference's GEMMs, written into `out`."""
+    num_e, m, cols = x.shape
     mp = round_up(m, t1.tile_m)
     counts = expert_num_tokens[:num_e].clamp(0, m).to(torch.int32)
     # Expert e's rows start at e * Mp; its tiles are [e * Mp / TM, (e + 1) * Mp / TM).
@@ -118,10 +130,9 @@ def batched_experts(x: torch.Tensor, expert_num_tokens: torch.Tensor, weights: P
                                mp // t1.tile_m, rounding_mode="floor")
     hp = e.hidden_padded
     rows = x
-    if mp != m or x.shape[2] != hp:  # pad M to the tile height and H to Hp (zeros: the quantizers' exact padding)
+    if mp != m or cols != hp:  # pad M to the tile height and H to Hp (zeros: the quantizers' exact padding)
         rows = x.new_zeros((num_e, mp, hp))
-        rows[:, :m, : x.shape[2]] = x
-    cols = x.shape[2]
+        rows[:, :m, :cols] = x
     if impl == "kernels":
         y = _run_kernels(rows.view(num_e * mp, hp), e, t1, t2, expert_of_tile, (padded_start, counts))
         y = y.view(num_e, mp, hp)[:, :m, :cols]

@@ -120,3 +120,63 @@ def test_bad_input_gives_typed_errors() -> None:
     for args, kw, exc, match in cases:
         with pytest.raises(exc, match=match):
             batched_experts(*args, **kw)
+
+
+def _gemm_with_rows(a, a_sf, b, b_sf, expert_of_tile, tactic, out=None, out_dtype=torch.bfloat16, *, fmt=None,
+                    expert_rows=None, **kw):
+    """grouped_mm_fp4's contract with `expert_rows`: A's rows outside each expert's counted rows are not read
+    (their output rows are products of zero rows), modelled by zeroing those output rows. float32 out, as
+    grouped_gemm_model (the kernel writes bf16): the comparison isolates the wiring from bf16 rounding."""
+    padded_start, counts = expert_rows
+    assert padded_start.dtype == counts.dtype == torch.int32 and padded_start.shape == counts.shape == (b.shape[0],)
+    assert fmt in ("mxfp4", "mxfp8_mxfp4") and expert_of_tile.dtype == torch.int32
+    y = grouped_gemm_model(a, a_sf, b, b_sf, expert_of_tile, tactic, fmt=fmt)
+    row = torch.arange(y.shape[0])
+    e = expert_of_tile.long().repeat_interleave(tactic.tile_m)
+    counted = (row >= padded_start.long()[e]) & (row < padded_start.long()[e] + counts.long()[e])
+    return torch.where(counted.unsqueeze(1), y, 0.0), counted
+
+
+def _gemm2_model(*args, **kw):
+    return _gemm_with_rows(*args, **kw)[0]
+
+
+def _swiglu_quantize_model(a, a_sf, b, b_sf, expert_of_tile, tactic, *, bias=None, activation="swiglu_oai",
+                           alpha=1.702, beta=1.0, limit=7.0, g1=None, enable_pdl=True, fmt=None, expert_rows=None):
+    """The fused GEMM1's documented contract: A @ B^T (float32 here, bf16 in the kernel), + bias, swiglu_oai on
+    interleaved gate/up, quantized; only the counted rows written (the others: zeros here, never read by GEMM2)."""
+    assert activation == "swiglu_oai" and g1 is None and expert_rows is not None
+    h, counted = _gemm_with_rows(a, a_sf, b, b_sf, expert_of_tile, tactic, fmt=fmt, expert_rows=expert_rows)
+    if bias is not None:
+        h += bias.float().index_select(0, expert_of_tile.long().repeat_interleave(tactic.tile_m))
+    act = pipeline.swiglu(h, "interleaved", b.shape[1] // 2, True, alpha, beta, limit)
+    return pipeline._quantize(torch.where(counted.unsqueeze(1), act, 0.0).contiguous(), "mxfp4" if fmt == "mxfp4"
+                              else "mxfp8")
+
+
+@pytest.mark.parametrize("act", ["mxfp8", "mxfp4"])
+def test_kernel_path_wiring_with_modelled_ops(monkeypatch: pytest.MonkeyPatch, act: str) -> None:
+    """The kernels' path on the CPU, each op replaced by a model of its documented contract: the operands, tables and
+    epilogue arguments it hands the ops, the fc2 bias after GEMM2; stale rows (NaN) past the counts never reach a
+    counted row. Equal to the reference (the same modelled GEMMs in float32) up to summation order."""
+    from flashinfer_sm12x.moe import batched
+    from flashinfer_sm12x.ops import grouped_mm_fp4 as ops
+
+    monkeypatch.setattr(ops, "grouped_mm_fp4", _gemm2_model)
+    monkeypatch.setattr(ops, "grouped_mm_fp4_swiglu_quantize", _swiglu_quantize_model)
+    w = prepare_gpt_oss_weights(**make_weights(NUM_E, H, INTER), act=act)
+    e = batched._experts(w)
+    t1, t2 = pipeline._checked_tactics(None, NUM_E * 9, NUM_E, e.gemm_format, None, None, e.hidden_padded,
+                                       e.inter_padded)
+    assert pipeline.fuses_activation(e, t1)
+    counts = [3, 0, 9, 1]
+    x = _rows(9)
+    ref = batched_experts(x, torch.tensor(counts), w, impl="reference", out_dtype=torch.float32)
+    for i, c in enumerate(counts):
+        x[i, c:] = float("nan")
+    got = batched._forward(x, torch.tensor(counts), e, t1, t2, "kernels", torch.empty(NUM_E, 9, H))
+    for i, c in enumerate(counts):
+        if c:
+            scale = float(ref[i, :c].abs().max())
+            assert torch.isfinite(got[i, :c]).all()
+            assert float((got[i, :c] - ref[i, :c]).abs().max()) <= 1e-5 * scale, i
