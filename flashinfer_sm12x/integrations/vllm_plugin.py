@@ -17,13 +17,15 @@ subclass of vLLM's GptOssMxfp4Config whose MoE method subclasses GptOssMxfp4MoEM
 own method and backend, with one log line per reason and process: an explicit `--moe-backend` other than "auto"
 (vLLM's explicit choice wins over the plugin's opt-in, an environment variable often set image-wide), data
 parallelism combined with expert parallelism over an all2all backend other than vLLM's default
-`allgather_reducescatter`, EPLB, an expert placement other than "linear", LoRA, another activation.
+`allgather_reducescatter` and DeepEP (high-throughput, low-latency; DeepEP with bf16 activations and an even expert
+split only), EPLB, an expert placement other than "linear", LoRA, another activation.
 Served: one GPU, tensor parallelism (each rank holds I/tp, padded to 128; vLLM all-reduces the output and loads
 the fc2 bias on TP rank 0 only) and expert parallelism with DP = 1 (each rank holds a contiguous slice of the
 experts; vLLM hands over global expert ids and all-reduces; the slice becomes fused_moe's expert_offset /
 num_global_experts once, at load time), and data parallelism with expert parallelism: the layer runs vLLM's
-modular kernel, vLLM's prepare/finalize (all2all dispatch and combine) around our experts class
-(`vllm_modular.Sm12xMxfp4Experts`), built at load time.
+modular kernel, vLLM's prepare/finalize (all2all dispatch and combine) around our experts class of its activation
+format (`vllm_modular.Sm12xMxfp4Experts` for Standard rows: all-gather, DeepEP high-throughput;
+`vllm_modular.Sm12xMxfp4BatchedExperts` for per-expert batched rows: DeepEP low-latency), built at load time.
 Our path: sizes padded to multiples of 128, weights adopted in place after loading (scales swizzled to the
 128x4 layout, same shapes), and `apply` runs the fused MoE on vLLM's top-k ids/weights (routing stays
 vLLM's). Activations: `FLASHINFER_SM12X_MOE_ACT=mxfp8` (W4A8, default) or `mxfp4` (W4A4, lower accuracy).
@@ -179,7 +181,7 @@ def why_not_ours(moe: Any, placement: str = "linear") -> str | None:
         if pc.use_all2all_kernels:
             from .vllm_modular import all2all_reason
 
-            reason = all2all_reason(pc)
+            reason = all2all_reason(pc, getattr(moe, "num_experts", None), getattr(moe, "in_dtype", None))
             if reason is not None:
                 return reason
         if placement != "linear":
@@ -327,6 +329,12 @@ def make_method_class(base: type) -> type:
             if not self.uses_sm12x:
                 return super().maybe_roundup_sizes(hidden_size, intermediate_size_per_partition, act_dtype,
                                                    moe_parallel_config)
+            # vLLM's all2all rounding first (DeepEP: 512-byte rows for high-throughput, its supported sizes for
+            # low-latency), then our multiples of 128; the GPT-OSS backends' own rounding is not ours to apply.
+            from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
+
+            hidden_size, _ = FusedMoEMethodBase.maybe_roundup_sizes(self, hidden_size, intermediate_size_per_partition,
+                                                                    act_dtype, moe_parallel_config)
             return round_up(hidden_size, _PAD), round_up(intermediate_size_per_partition, _PAD)
 
         def process_weights_after_loading(self, layer: Any) -> None:

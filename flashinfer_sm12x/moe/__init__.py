@@ -8,6 +8,7 @@ tests compare the two sides, so a bug on one side cannot hide in a helper both c
 
 from __future__ import annotations
 
+from .batched import batched_experts
 from .fused_moe import fused_moe
 from .reference import gpt_oss_moe_reference
 from .routing import clamp_expert_ids, finalize, permute, route
@@ -16,6 +17,7 @@ from .weights import CheckpointMoEWeights, PreparedMoEWeights, prepare_gpt_oss_w
 __all__ = [
     "CheckpointMoEWeights",
     "PreparedMoEWeights",
+    "batched_experts",
     "clamp_expert_ids",
     "finalize",
     "fused_moe",

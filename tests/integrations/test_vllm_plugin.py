@@ -102,6 +102,8 @@ def test_method_choices(registry: None) -> None:
     dp_ep.moe_parallel_config.dp_size = 2
     assert vp.why_not_ours(dp_ep) is None  # DP + EP over vLLM's default all2all: vLLM's modular kernel, our experts
     dp_ep.moe_parallel_config.all2all_backend = "deepep_low_latency"
+    assert vp.why_not_ours(dp_ep) is None  # DeepEP LL: vLLM's modular kernel, our batched experts
+    dp_ep.moe_parallel_config.all2all_backend = "nixl_ep"
     assert "data parallelism" in vp.why_not_ours(dp_ep)
     assert "round_robin" in vp.why_not_ours(_moe_config(use_ep=True)[0], "round_robin")
 

@@ -230,25 +230,27 @@ def test_plugin_serves_dp_ep_through_the_modular_kernel(model_gemm: pytest.Monke
 
 
 def test_unserved_dp_ep_configs_keep_vllms_backend() -> None:
-    for backend in ("deepep_low_latency", "deepep_high_throughput", "flashinfer_nvlink_one_sided"):
+    for backend in ("flashinfer_nvlink_one_sided", "nixl_ep"):
         reason = vp.why_not_ours(_moe(4, dp=2, ep=2, backend=backend))
         assert reason is not None and backend in reason and "allgather_reducescatter" in reason
+    for backend in ("deepep_low_latency", "deepep_high_throughput"):  # served (test_vllm_plugin_batched.py)
+        assert vp.why_not_ours(_moe(4, dp=2, ep=2, backend=backend)) is None
     eplb = _moe(4, dp=2, ep=2)
     eplb.moe_parallel_config.enable_eplb = True
     assert "EPLB" in vp.why_not_ours(eplb)
     assert vp.why_not_ours(_moe(4, dp=2, ep=2)) is None
 
 
-def test_a_batched_prepare_finalize_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Our experts take the Standard format; a batched dispatch (DeepEP low-latency style) fails at load time."""
+def test_a_batched_prepare_finalize_gets_the_batched_experts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batched dispatch (DeepEP low-latency style) gets our BatchedExperts-format class, not the Standard one."""
     from vllm.model_executor.layers.fused_moe import all2all_utils
     from vllm.model_executor.layers.fused_moe.prepare_finalize.batched import BatchedPrepareAndFinalize
 
     batched = BatchedPrepareAndFinalize(max_num_tokens=16, num_local_experts=4, num_dispatchers=1, rank=0)
     monkeypatch.setattr(all2all_utils, "maybe_make_prepare_finalize", lambda moe, quant_config, **kw: batched)
     w = prepare_gpt_oss_weights(**make_weights(4, HIDDEN, INTER))
-    with pytest.raises(ValueError, match="Standard"):
-        vm.make_kernel(_moe(4, dp=2, ep=2), w, 0, NUM_E)
+    kernel = vm.make_kernel(_moe(4, dp=2, ep=2), w, 0, NUM_E)
+    assert type(kernel.fused_experts) is vm.batched_experts_class() and kernel.prepare_finalize is batched
 
 
 class _SimulatedEPGroup:
