@@ -24,6 +24,7 @@ routing = importlib.import_module("flashinfer_sm12x.moe.routing")
 
 pytestmark = [pytest.mark.emulation, pytest.mark.usefixtures("emulate")]
 H, K = 256, 4
+KERNELS_VS_TORCH = 2e-3  # relative L2, kernels against the torch pipeline
 
 
 def _weights(raw: dict[str, torch.Tensor], act: str):
@@ -79,11 +80,13 @@ def test_ep_shards_through_the_kernels_sum_to_the_full_layer(act: str, num_e: in
         local = _local_pairs(ids, offset, count)
         none_here = ~local.any(1)
         assert torch.equal(out[none_here], torch.zeros_like(out[none_here]))  # no local expert: an exact zero row
-        # The same rank through the reference glue (the oracle of the kernels' plan): equal within the GEMMs'
-        # accumulation order.
+        # The same rank through the torch pipeline (the oracle of the kernels' plan; it still computes other ranks'
+        # pairs, weighted 0): as close as on one GPU (tests/moe/test_fused_moe_kernels_emulated.py's bound: the
+        # activation's exp may round differently and flip a re-quantized code).
         ref = fm.fused_moe(hidden, (ids, weights), w, top_k=K, impl="reference", out_dtype=torch.float32,
                            expert_offset=offset, num_global_experts=num_e)
-        assert float((out - ref).abs().max()) <= 1e-5 * max(float(ref.abs().max()), 1e-30)
+        if ref.any():
+            assert float((out - ref).norm() / ref.norm()) < KERNELS_VS_TORCH
         outs.append(out)
     if skew:
         assert all(not o.any() for o in outs[1:])
