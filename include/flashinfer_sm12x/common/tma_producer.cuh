@@ -131,13 +131,7 @@ CUTLASS_DEVICE auto collective_tma_operands(TmaA const& tma_a, TmaB const& tma_b
     // the producer's registers as it did (an emulated sm_90a build swapped two otherwise; scripts/sass_identity.py).
     auto a = tma_operand(tma_a, gA_mkl(_, _, m_coord, _, l_coord),
                          make_tensor(make_smem_ptr(smem.smem_A.begin()), typename Collective::SmemLayoutA{}));
-    const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
-    return make_tuple(
-        a, tma_operand(tma_b, gB_nkl(_, _, n_coord, _, l_b), smem_b),
-        tma_operand(params.tma_load_sfa, gSFA_mkl(_, _, m_coord, _, l_coord),
-                    make_tensor(make_smem_ptr(smem.smem_SFA.begin()), typename Collective::SmemLayoutSFA{})),
-        tma_operand(params.tma_load_sfb, gSFB_nkl(_, _, n_sfb, _, l_b),
-                    make_tensor(make_smem_ptr(smem.smem_SFB.begin()), typename Collective::SmemLayoutSFB{})));
+    return other_operands(a, params.grouped_b.batch_of(int(m_coord), int(l_coord)));
   } else {
     // The expert first: it bounds A's rows.
     const int l_b = params.grouped_b.batch_of(int(m_coord), int(l_coord));
