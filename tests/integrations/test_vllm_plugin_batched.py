@@ -41,6 +41,8 @@ from vllm.model_executor.layers.fused_moe.prepare_finalize.batched import Batche
 
 from flashinfer_sm12x.integrations import vllm_modular as vm  # noqa: E402
 
+from .vllm_layers import moe_config  # noqa: E402
+
 NUM_E, HIDDEN, INTER, TOP_K, MAX_TOKENS = 12, 256, 256, 4, 16  # 12 experts: an even split over 2 and 3 ranks
 # vLLM's naive batched finalize (TopKWeightAndReduceNaiveBatched) weights the bf16 expert rows with bf16 router
 # weights and sums them in bf16: per rank a few bf16 roundings of terms as large as the output (the experts' own rows
@@ -63,24 +65,9 @@ def model_gemm(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 def _moe(num_local: int = NUM_E, dp: int = 1, ep: int = 1, ep_rank: int = 0, backend: str | None = None,
          in_dtype: torch.dtype = torch.bfloat16):
-    """vLLM's FusedMoEConfig of a GPT-OSS-shaped layer; dp/ep > 1 set the parallel config as vLLM's make() would."""
-    from vllm.model_executor.layers.fused_moe.config import (
-        FusedMoEConfig,
-        FusedMoEParallelConfig,
-        RoutingMethodType,
-    )
-
-    pc = FusedMoEParallelConfig.make_no_parallel()
-    if ep > 1:
-        pc.use_ep, pc.ep_size, pc.ep_rank = True, ep, ep_rank
-    pc.dp_size = dp
-    if backend is not None:
-        pc.all2all_backend = backend
-    return FusedMoEConfig(num_experts=NUM_E, experts_per_token=TOP_K, hidden_dim=HIDDEN, intermediate_size=INTER,
-                          num_local_experts=num_local, num_logical_experts=NUM_E,
-                          activation=MoEActivation.SWIGLUOAI, device="cpu",
-                          routing_method=RoutingMethodType.Renormalize, moe_parallel_config=pc,
-                          in_dtype=in_dtype, has_bias=True, max_num_tokens=MAX_TOKENS)
+    """vLLM's FusedMoEConfig of this file's GPT-OSS-shaped layer (tests/integrations/vllm_layers.py)."""
+    return moe_config(NUM_E, HIDDEN, INTER, TOP_K, num_local, dp=dp, ep=ep, ep_rank=ep_rank, backend=backend,
+                      in_dtype=in_dtype, max_num_tokens=MAX_TOKENS)
 
 
 def _routing(num_t: int, seed: int = 1, skew: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
