@@ -27,10 +27,8 @@ import torch
 from flashinfer_sm12x.integrations import vllm_plugin as vp
 from flashinfer_sm12x.moe.fused_moe import fused_moe
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
+from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights
 from flashinfer_sm12x.testing.moe_shards import ep_shard
-
-fm = importlib.import_module("flashinfer_sm12x.moe.pipeline")  # where the MoE calls its grouped GEMM
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed in this environment (see README: vLLM tests)")
 import vllm.model_executor.layers.fused_moe.modular_kernel as mk  # noqa: E402
@@ -48,19 +46,6 @@ NUM_E, HIDDEN, INTER, TOP_K, MAX_TOKENS = 12, 256, 256, 4, 16  # 12 experts: an 
 # weights and sums them in bf16: per rank a few bf16 roundings of terms as large as the output (the experts' own rows
 # are checked tightly in tests/moe/test_batched_experts.py).
 BATCHED_FINALIZE_TOL = 2.0 ** -6
-
-
-@pytest.fixture
-def model_gemm(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """The grouped GEMM as the torch model of its contract; vLLM's workspace manager on the CPU."""
-    from vllm.v1.worker import workspace
-
-    monkeypatch.setattr(fm, "grouped_mm_fp4", grouped_gemm_model)
-    for name in (vp.ENV_BACKEND, vp.ENV_ENABLE, vp.ENV_ACT, vp.ENV_RELOAD):
-        monkeypatch.delenv(name, raising=False)
-    workspace.init_workspace_manager(torch.device("cpu"))
-    yield monkeypatch
-    workspace.reset_workspace_manager()
 
 
 def _moe(num_local: int = NUM_E, dp: int = 1, ep: int = 1, ep_rank: int = 0, backend: str | None = None,

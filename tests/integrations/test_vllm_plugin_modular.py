@@ -10,7 +10,6 @@ simulated in one process (a real multi-process vLLM world needs vLLM's CPU platf
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Iterator
 
@@ -20,10 +19,8 @@ import torch
 from flashinfer_sm12x.integrations import vllm_plugin as vp
 from flashinfer_sm12x.moe.fused_moe import fused_moe
 from flashinfer_sm12x.moe.weights import prepare_gpt_oss_weights
-from flashinfer_sm12x.testing.moe_cases import grouped_gemm_model, make_inputs, make_weights
+from flashinfer_sm12x.testing.moe_cases import make_inputs, make_weights
 from flashinfer_sm12x.testing.moe_shards import ep_shard
-
-fm = importlib.import_module("flashinfer_sm12x.moe.pipeline")  # where the MoE calls its grouped GEMM
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed in this environment (see README: vLLM tests)")
 import vllm.model_executor.layers.fused_moe.modular_kernel as mk  # noqa: E402
@@ -38,20 +35,6 @@ from flashinfer_sm12x.integrations import vllm_modular as vm  # noqa: E402
 from .vllm_layers import moe_config  # noqa: E402
 
 NUM_E, HIDDEN, INTER, TOP_K = 8, 256, 256, 4
-
-
-@pytest.fixture
-def model_gemm(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """No GPU here: the grouped GEMM is the torch model of its contract (as in the other plugin tests), and vLLM's
-    workspace manager (which its GPU model runner starts) lives on the CPU for the test."""
-    from vllm.v1.worker import workspace
-
-    monkeypatch.setattr(fm, "grouped_mm_fp4", grouped_gemm_model)
-    for name in (vp.ENV_BACKEND, vp.ENV_ENABLE, vp.ENV_ACT, vp.ENV_RELOAD):
-        monkeypatch.delenv(name, raising=False)
-    workspace.init_workspace_manager(torch.device("cpu"))
-    yield monkeypatch
-    workspace.reset_workspace_manager()
 
 
 @pytest.fixture
