@@ -117,7 +117,11 @@ def _base_class() -> type:
     class Sm12xMxfp4ExpertsBase(mk.FusedMoEExpertsModular):
         """GPT-OSS MXFP4 experts of one EP rank (the formats' shared part; not instantiated itself)."""
 
-        served_all2all: tuple[str, ...] = ()
+        served_all2all: tuple[str, ...] = ()  # the all2all backends whose prepare/finalize hands over our format
+
+        @classmethod
+        def _supports_parallel_config(cls, moe_parallel_config: Any) -> bool:
+            return _serves(moe_parallel_config, cls.served_all2all)
 
         def __init__(self, moe_config: Any, quant_config: Any, max_num_tokens: int | None = None,
                      num_dispatchers: int | None = None, *, weights: PreparedMoEWeights, expert_offset: int = 0,
@@ -211,10 +215,6 @@ def experts_class() -> type:
         def expects_unquantized_inputs(self) -> bool:
             return True  # our kernels quantize the dispatched bf16 rows (MXFP8 / MXFP4) themselves
 
-        @staticmethod
-        def _supports_parallel_config(moe_parallel_config: Any) -> bool:
-            return _serves(moe_parallel_config, STANDARD_ALL2ALL)
-
         def workspace_shapes(self, M: int, N: int, K: int, topk: int, global_num_experts: int,  # noqa: N803
                              local_num_experts: int, expert_tokens_meta: Any,
                              activation: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -273,10 +273,6 @@ def batched_experts_class() -> type:
             # vLLM's batched prepare steps (DeepEP low-latency, BatchedPrepareAndFinalize) refuse to defer the
             # quantization; with our quant config's quant_dtype None they do not quantize: the rows stay bf16.
             return False
-
-        @staticmethod
-        def _supports_parallel_config(moe_parallel_config: Any) -> bool:
-            return _serves(moe_parallel_config, BATCHED_ALL2ALL)
 
         def workspace_shapes(self, M: int, N: int, K: int, topk: int, global_num_experts: int,  # noqa: N803
                              local_num_experts: int, expert_tokens_meta: Any,
