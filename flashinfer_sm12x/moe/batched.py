@@ -28,12 +28,6 @@ _FN = "batched_experts"
 _ALPHA, _BETA, _LIMIT = 1.702, 1.0, 7.0  # GPT-OSS's swiglu_oai
 
 
-def _experts(w: PreparedMoEWeights) -> pipeline.Experts:
-    layout = "interleaved" if w.interleaved else ("up_first" if w.up_first else "gate_first")
-    return pipeline.Experts(w.act, w.w13, w.w13_sf, w.w13_bias, w.w2, w.w2_sf, w.w2_bias, layout, True, _ALPHA,
-                            _BETA, _LIMIT)
-
-
 def batched_experts(x: torch.Tensor, expert_num_tokens: torch.Tensor, weights: PreparedMoEWeights, *,
                     out_dtype: torch.dtype = torch.bfloat16, impl: str | None = None,
                     tactic: pipeline.TacticChoice = None, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,7 +95,7 @@ def batched_experts(x: torch.Tensor, expert_num_tokens: torch.Tensor, weights: P
         raise ValueError(f"{_FN}: impl='kernels' needs CUDA tensors, got {x.device}")
     if x.numel() == 0:  # no experts or no rows: nothing to launch
         return out
-    e = _experts(weights)
+    e = pipeline.Experts.of(weights, True, _ALPHA, _BETA, _LIMIT)
     facts = device_facts(x.device) if impl == "kernels" else None
     t1, t2 = pipeline._checked_tactics(tactic, num_e * x.shape[1], num_e, e.gemm_format,
                                        facts.target if facts else None, facts.sm_count if facts else None,

@@ -187,10 +187,8 @@ def fused_moe(
 
         ids, topk_weights = top_k_route(logits, k)
         route = Routing(None, ids, topk_weights, k, expert_offset, id_limit, False)
-    experts = Experts(
-        weights.act, weights.w13, weights.w13_sf, weights.w13_bias, weights.w2, weights.w2_sf, weights.w2_bias,
-        "interleaved" if weights.interleaved else ("up_first" if weights.up_first else "gate_first"),
-        activation == "swiglu_oai", _per_expert(alpha), _per_expert(beta), _per_expert(limit))
+    experts = Experts.of(weights, activation == "swiglu_oai", _per_expert(alpha), _per_expert(beta),
+                         _per_expert(limit))
     device = device_facts(hidden.device) if hidden.is_cuda and impl == "kernels" else None
     return run_moe(Tokens(hidden), route, experts, out, device=device, impl=impl, tactic=tactic,
                    fused_epilogue=fused_epilogue)

@@ -112,6 +112,13 @@ class Experts:
     g1: torch.Tensor | None = None
     g2: torch.Tensor | None = None
 
+    @classmethod
+    def of(cls, weights: Any, swiglu_oai: bool, alpha: Scalar, beta: Scalar, limit: Scalar | None) -> Experts:
+        """The experts of `weights` (moe.weights.PreparedMoEWeights) with this activation."""
+        layout = "interleaved" if weights.interleaved else ("up_first" if weights.up_first else "gate_first")
+        return cls(weights.act, weights.w13, weights.w13_sf, weights.w13_bias, weights.w2, weights.w2_sf,
+                   weights.w2_bias, layout, swiglu_oai, alpha, beta, limit)
+
     @property
     def num_experts(self) -> int:
         return self.w13.shape[0]

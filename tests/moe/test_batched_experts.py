@@ -165,7 +165,7 @@ def test_kernel_path_wiring_with_modelled_ops(monkeypatch: pytest.MonkeyPatch, a
     monkeypatch.setattr(ops, "grouped_mm_fp4", _gemm2_model)
     monkeypatch.setattr(ops, "grouped_mm_fp4_swiglu_quantize", _swiglu_quantize_model)
     w = prepare_gpt_oss_weights(**make_weights(NUM_E, H, INTER), act=act)
-    e = batched._experts(w)
+    e = pipeline.Experts.of(w, True, batched._ALPHA, batched._BETA, batched._LIMIT)
     t1, t2 = pipeline._checked_tactics(None, NUM_E * 9, NUM_E, e.gemm_format, None, None, e.hidden_padded,
                                        e.inter_padded)
     assert pipeline.fuses_activation(e, t1)
